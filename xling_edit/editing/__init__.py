@@ -1,0 +1,1 @@
+"""Editing methods (ROME), subject localisation, hooks and exact weight restoration."""

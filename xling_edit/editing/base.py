@@ -1,0 +1,81 @@
+"""What every editing method returns, and exact application / restoration of its deltas.
+
+An editor computes weight deltas without touching the model; :func:`applied` adds them, yields,
+and copies the saved originals back — only the edited tensors, bit for bit, even on error.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import torch
+from torch import nn
+
+from xling_edit.data.schema import LangRecord
+
+
+class SkipCase(Exception):
+    """The request cannot be edited (e.g. subject not found); recorded as skipped, not fatal."""
+
+
+@dataclass
+class EditRequest:
+    case_id: str
+    lang: Any  # LanguageConfig-like mapping: code, word_sep, kl_prompt, context_* fields
+    record: LangRecord
+    answer_prefix: str = ""
+
+
+@dataclass
+class WeightDelta:
+    param: str  # parameter name in model.named_parameters()
+    delta: torch.Tensor  # same shape and layout as the parameter
+
+
+@dataclass
+class EditOutcome:
+    deltas: list[WeightDelta]
+    info: dict = field(default_factory=dict)  # JSON-able, written to results
+    tensors: dict = field(default_factory=dict)  # e.g. k_star, v_star: for tests, not written
+
+
+class Editor(Protocol):
+    def edit(self, model: nn.Module, tok, request: EditRequest) -> EditOutcome: ...
+
+
+EDITORS: dict[str, Callable[..., Editor]] = {}
+
+
+def register_editor(name: str):
+    def deco(cls):
+        EDITORS[name] = cls
+        return cls
+
+    return deco
+
+
+def build_editor(name: str, **kwargs) -> Editor:
+    try:
+        factory = EDITORS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; available: {sorted(EDITORS)}") from None
+    return factory(**kwargs)
+
+
+@contextmanager
+def applied(model: nn.Module, deltas: Sequence[WeightDelta]) -> Iterator[None]:
+    params = dict(model.named_parameters())
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for d in deltas:
+                p = params[d.param]
+                saved.append((p, p.detach().clone()))
+                p.add_(d.delta.to(device=p.device, dtype=p.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for p, orig in reversed(saved):
+                p.copy_(orig)

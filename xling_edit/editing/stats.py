@@ -1,0 +1,240 @@
+"""Second-moment statistics C = E[k kᵀ] of an MLP output projection's inputs, per layer.
+
+ROME's published update uses u = C⁻¹ k; without C every prompt whose key points the same way as
+the subject's (e.g. "The capital of Japan" vs "The capital of France") moves with the edit.
+The reference computes C from 100k English Wikipedia articles; an English-only C describes
+English keys only. Here the corpus is a config choice:
+
+- ``builtin`` (offline default): the short encyclopedic paragraphs shipped in
+  ``xling_edit/data/stats_corpus/<lang>.txt`` (written for this project; they avoid stating
+  the built-in evaluation facts), equal numbers of paragraphs per language (the evaluation
+  languages unless ``langs`` is given);
+- ``generated``: text sampled from the model itself, seeded, in equal shares per language,
+  starting from each language's ``context_seeds`` (slow on a CPU: generation dominates);
+- ``files``: local UTF-8 text files, one document per non-empty line.
+
+Accumulation is in float64 over non-special tokens; results are cached on disk keyed by model,
+layer, corpus spec and sample count (safetensors, written to a temporary file then renamed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from xling_edit.evaluation.forward import model_device, pad_right
+from xling_edit.models.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+def accumulate_second_moment(keys: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
+    """Add Σ k kᵀ over the rows of ``keys`` ([n, d]) to ``acc`` (float64)."""
+    k = keys.double()
+    s = k.T @ k
+    return s if acc is None else acc + s
+
+
+@torch.inference_mode()
+def layer_second_moments(model, tok, spec: ModelSpec, layers: Sequence[int], texts: Sequence[str],
+                         batch_size: int = 8, max_length: int = 128,
+                         desc: str = "covariance") -> tuple[dict[int, torch.Tensor], int]:
+    """({layer: C}, number of tokens): C = mean over non-special tokens of k kᵀ, float64."""
+    device = model_device(model)
+    sums: dict[int, torch.Tensor | None] = {l: None for l in layers}
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [spec.module(model, "down_proj", l).register_forward_hook(
+        lambda m, i, o, l=l: captured.__setitem__(l, i[0])) for l in layers]
+    special = torch.tensor(sorted(set(tok.all_special_ids)), device=device)
+    n_tokens = 0
+    t0 = time.perf_counter()
+    try:
+        bar = tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", dynamic_ncols=True)
+        for b in bar:
+            enc = [tok(t, truncation=True, max_length=max_length)["input_ids"] for t in texts[b: b + batch_size]]
+            enc = [e for e in enc if len(e) > 1]
+            if not enc:
+                continue
+            ids, mask = pad_right(enc, tok.pad_token_id, device)
+            model(input_ids=ids, attention_mask=mask, logits_to_keep=1, use_cache=False)
+            keep = mask.bool() & ~torch.isin(ids, special)
+            n_tokens += int(keep.sum())
+            for l in layers:
+                sums[l] = accumulate_second_moment(captured[l][keep], sums[l])
+            bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
+    finally:
+        for h in hooks:
+            h.remove()
+    if n_tokens == 0:
+        raise ValueError("the statistics corpus produced no tokens")
+    return {l: s / n_tokens for l, s in sums.items()}, n_tokens
+
+
+@torch.no_grad()
+def generate_corpus(model, tok, seeds_by_lang: Mapping[str, Sequence[str]], per_lang: int,
+                    length: int, seed: int = 0, batch_size: int = 16) -> list[str]:
+    """Seeded samples from the model, ``per_lang`` per language, starting from the seed words."""
+    device = model_device(model)
+    texts: list[str] = []
+    pad_side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+            torch.manual_seed(seed)
+            for lang, seeds in tqdm(list(seeds_by_lang.items()), desc="stats corpus", unit="lang"):
+                starts = [seeds[i % len(seeds)] for i in range(per_lang)]
+                for b in range(0, len(starts), batch_size):
+                    enc = tok(starts[b: b + batch_size], return_tensors="pt", padding=True).to(device)
+                    gen = model.generate(**enc, max_new_tokens=length, do_sample=True, top_k=40,
+                                         pad_token_id=tok.pad_token_id)
+                    texts.extend(tok.batch_decode(gen, skip_special_tokens=True))
+    finally:
+        tok.padding_side = pad_side
+    return texts
+
+
+class CovarianceProvider:
+    """``layer -> C`` with an on-disk cache; built lazily on first use of a layer.
+
+    Args:
+        model, tok, spec: the (unedited) model.
+        ridge: relative diagonal loading added when C is returned (not stored).
+        model_key: identifies the weights (name + source) in the cache key.
+        corpus: ``generated`` or ``files``.
+        langs: {code: context_seeds} for the generated corpus (equal share per language).
+        per_lang, length: generated samples per language and their token length.
+        files: text files for ``files``.
+        max_length: truncation of each document in tokens.
+        cache_dir: where statistics are stored; None disables the disk cache.
+        seed: sampling seed.
+    """
+
+    def __init__(self, model, tok, spec: ModelSpec, model_key: str, corpus: str,
+                 langs: Mapping[str, Sequence[str]], per_lang: int = 16, length: int = 64,
+                 files: Sequence[str] = (), max_length: int = 128, cache_dir: str | None = None,
+                 seed: int = 0, batch_size: int = 8, ridge: float = 0.0):
+        if corpus not in ("builtin", "generated", "files"):
+            raise ValueError(f"unknown stats.corpus {corpus!r}; one of builtin, generated, files, none")
+        if corpus == "files" and not files:
+            raise ValueError("stats.corpus=files needs stats.files")
+        self.model, self.tok, self.spec = model, tok, spec
+        self.spec_dict = {"model": model_key, "corpus": corpus, "seed": seed,
+                          "max_length": max_length}
+        if corpus == "generated":
+            self.spec_dict.update(langs=sorted(langs), per_lang=per_lang, length=length)
+        elif corpus == "builtin":
+            self.spec_dict.update(langs=sorted(langs), per_lang=per_lang,
+                                  digest=_builtin_digest(sorted(langs)))
+        else:
+            self.spec_dict.update(files=[_file_fingerprint(f) for f in files])
+        self.corpus, self.langs, self.files = corpus, dict(langs), list(files)
+        self.per_lang, self.length, self.max_length = per_lang, length, max_length
+        self.cache_dir = Path(os.path.expanduser(cache_dir)) if cache_dir else None
+        self.seed, self.batch_size, self.ridge = seed, batch_size, ridge
+        self._mem: dict[int, torch.Tensor] = {}
+        self.last_source: str | None = None  # "memory" | "disk" | "computed"
+
+    @property
+    def label(self) -> str:
+        if self.corpus == "generated":
+            return (f"generated:{'+'.join(sorted(self.langs))}:"
+                    f"{self.per_lang}x{self.length}:seed{self.seed}")
+        if self.corpus == "builtin":
+            return f"builtin:{'+'.join(sorted(self.langs))}:{self.per_lang}/lang"
+        return f"files:{len(self.files)}"
+
+    def key(self, layer: int) -> str:
+        blob = json.dumps({**self.spec_dict, "layer": layer}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def __call__(self, layer: int) -> torch.Tensor:
+        """C for ``layer`` plus ``ridge`` × mean(diag C) × I (keeps C⁻¹k stable when the corpus
+        has few tokens relative to the key dimension)."""
+        c = self._raw(layer)
+        if self.ridge:
+            c = c + self.ridge * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype)
+        return c
+
+    def _raw(self, layer: int) -> torch.Tensor:
+        if layer in self._mem:
+            self.last_source = "memory"
+            return self._mem[layer]
+        path = self.cache_dir / "stats" / f"{self.key(layer)}.safetensors" if self.cache_dir else None
+        if path is not None and path.exists():
+            self._mem[layer] = load_file(str(path))["second_moment"]
+            self.last_source = "disk"
+            log.info("covariance for layer %d loaded from cache %s", layer, path)
+            return self._mem[layer]
+        t0 = time.perf_counter()
+        texts = self._texts()
+        moments, n = layer_second_moments(self.model, self.tok, self.spec, [layer], texts,
+                                          batch_size=self.batch_size, max_length=self.max_length,
+                                          desc=f"covariance L{layer}")
+        c = moments[layer]
+        log.info("covariance for layer %d from %d tokens in %.1fs", layer, n, time.perf_counter() - t0)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            os.close(fd)
+            save_file({"second_moment": c.contiguous()}, tmp,
+                      metadata={"spec": json.dumps(self.spec_dict), "layer": str(layer), "tokens": str(n)})
+            os.replace(tmp, path)
+        self._mem[layer] = c
+        self.last_source = "computed"
+        return c
+
+    def _texts(self) -> list[str]:
+        if self.corpus == "builtin":
+            return builtin_corpus(sorted(self.langs), self.per_lang)
+        if self.corpus == "generated":
+            return generate_corpus(self.model, self.tok, self.langs, self.per_lang, self.length,
+                                   seed=self.seed)
+        texts = []
+        for f in self.files:
+            with open(f, encoding="utf-8") as fh:
+                texts.extend(line.strip() for line in fh if line.strip())
+        return texts
+
+
+def _builtin_path(lang: str) -> Path:
+    return Path(str(importlib.resources.files("xling_edit.data").joinpath("stats_corpus", f"{lang}.txt")))
+
+
+def _builtin_digest(langs: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for lang in langs:
+        p = _builtin_path(lang)
+        h.update(p.read_bytes() if p.exists() else b"-")
+    return h.hexdigest()[:16]
+
+
+def builtin_corpus(langs: Sequence[str], per_lang: int) -> list[str]:
+    """``per_lang`` paragraphs from each language's shipped file (equal shares; languages
+    without a file are skipped with a warning)."""
+    per: dict[str, list[str]] = {}
+    for lang in langs:
+        p = _builtin_path(lang)
+        if not p.exists():
+            log.warning("no built-in statistics text for %r; it is left out of C", lang)
+            continue
+        per[lang] = [l.strip() for l in p.read_text(encoding="utf-8").splitlines() if l.strip()]
+    if not per:
+        raise FileNotFoundError(f"no built-in statistics text for any of {list(langs)}")
+    n = min(per_lang, *(len(v) for v in per.values()))
+    return [t for lines in per.values() for t in lines[:n]]
+
+
+def _file_fingerprint(path: str) -> dict[str, Any]:
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime": int(st.st_mtime)}

@@ -1,0 +1,1 @@
+"""Prompt/target joining, pure scorers and batched per-case evaluation."""
