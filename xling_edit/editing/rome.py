@@ -83,11 +83,13 @@ class RomeEditor:
         covariance: ``layer -> C`` (d_in × d_in second moment) or None; returns None when no
             statistics exist, in which case the identity is used and results say so.
         covariance_label: what the statistics are (recorded in results).
+    Raises:
+        SkipCase: the subject cannot be located in the prompt.
     """
 
     def __init__(self, hparams: Mapping[str, Any], spec: ModelSpec, seed: int = 0,
                  covariance: Callable[[int], torch.Tensor | None] | None = None,
-                 covariance_label: str = "identity"):
+                 covariance_label: str | None = None):
         self.hp = RomeHparams.from_mapping(hparams)
         self.spec = spec
         self.seed = seed
@@ -210,7 +212,7 @@ class RomeEditor:
             "nll_trajectory": trajectory, "delta_norm": float(delta_v.norm()),
             "v0_norm": float(v0.norm()),
             "update_rel_norm": float(dw.norm() / w.double().norm()),
-            "covariance": self.covariance_label if cov is not None else "identity",
+            "covariance": (self.covariance_label or "provided") if cov is not None else "identity",
             "key_form": "consistent" if hp.consistent_key else "original",
             "n_context": n_prompts, "subject": match.to_dict(),
             "edit_s": round(time.perf_counter() - t0, 3),

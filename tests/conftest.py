@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny random models built from the project's own model configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from xling_edit.config import ModelConfig
+from xling_edit.models import ModelSpec, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TINY = ("tiny_llama", "tiny_gpt2", "tiny_gemma3")
+
+torch.set_num_threads(2)
+
+
+def model_cfg(name: str):
+    return OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"))
+
+
+@pytest.fixture(scope="session", params=TINY)
+def tiny(request):
+    """(name, model, tokenizer, spec, model config) for each tiny architecture."""
+    cfg = model_cfg(request.param)
+    model, tok = load_model(cfg, seed=0)
+    return request.param, model, tok, ModelSpec.from_config(cfg.templates), cfg
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"reference data not found at {SHARED_DATA} (../shared/data beside the project)")
+    return SHARED_DATA
+
+
+def language(code: str):
+    from xling_edit.languages import load_languages
+
+    return load_languages(ROOT / "conf")[code]

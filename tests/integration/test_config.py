@@ -1,0 +1,88 @@
+"""Hydra composition: typed schemas, per-model method values, language registry."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from tests.conftest import ROOT
+from xling_edit.config import register_configs
+from xling_edit.languages import load_languages, resolve_eval_langs
+
+register_configs()
+
+
+def cfg(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_default_composition():
+    c = cfg()
+    assert c.model.name == "gemma3_270m" and c.method.name == "rome" and c.edit_lang.code == "en"
+    assert c.data.loader == "builtin" and c.eval_langs is None
+    assert c.method.layer == c.model.hparams.rome.layer  # per-model value reaches the method
+
+
+def test_cli_beats_model_value():
+    assert cfg("method.layer=7").method.layer == 7
+
+
+def test_unknown_language_lists_options():
+    with pytest.raises(ConfigCompositionException) as e:
+        cfg("edit_lang=xx")
+    msg = str(e.value.__cause__ or e.value) + str(e.value)
+    assert "edit_lang/xx" in msg
+
+
+def test_unknown_language_error_lists_available():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "run.py", "edit_lang=xx"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "Available options in 'edit_lang'" in r.stderr and "\tta" in r.stderr
+
+
+@pytest.mark.parametrize("override", ["method.layer=abc", "data.max_cases=many", "seed=x"])
+def test_wrong_type_fails_at_compose(override):
+    with pytest.raises((ValidationError, ConfigCompositionException)):
+        c = cfg(override)
+        OmegaConf.to_container(c, resolve=True)
+
+
+def test_unknown_key_fails_at_compose():
+    with pytest.raises((ConfigKeyError, ConfigCompositionException)):
+        cfg("model.nonsense=1")
+
+
+def test_every_language_file_is_valid_and_registry_is_complete():
+    langs = load_languages(ROOT / "conf")
+    assert set(langs) == {"en", "de", "fr", "it", "es", "hi", "ta", "kn"}
+    for code in langs:
+        c = cfg(f"edit_lang={code}")
+        assert c.edit_lang.code == code and c.edit_lang.name
+    assert resolve_eval_langs(None, langs, "ta") == list(langs)
+    assert resolve_eval_langs(["de"], langs, "ta") == ["de", "ta"]
+    with pytest.raises(ValueError, match="available"):
+        resolve_eval_langs(["xx"], langs, "en")
+
+
+def test_adding_a_language_is_one_file(tmp_path):
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    (conf / "edit_lang" / "sw.yaml").write_text("code: sw\nname: Swahili\nscript: Latin\n")
+    langs = load_languages(conf)
+    assert "sw" in langs and langs["sw"].word_sep == " "
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        assert compose(config_name="config", overrides=["edit_lang=sw"]).edit_lang.name == "Swahili"
+
+
+@pytest.mark.parametrize("model", ["gemma3_270m", "smollm2_135m", "gpt2", "tiny_llama", "tiny_gpt2", "tiny_gemma3"])
+def test_model_configs_compose(model):
+    c = cfg(f"model={model}")
+    assert c.model.templates.down_proj.count("{}") == 1
+    OmegaConf.to_container(c.method, resolve=True)

@@ -1,0 +1,112 @@
+"""ROME on tiny random GPT-2 / Llama / Gemma-3 models: closed forms and exact restoration."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tests.conftest import ROOT, language
+from xling_edit.config import RomeConfig
+from xling_edit.data.schema import LangRecord
+from xling_edit.editing.base import EditRequest, SkipCase, applied
+from xling_edit.editing.rome import RomeEditor
+from xling_edit.models.spec import is_transposed, weight_as_out_in
+
+RECORD = LangRecord(subject="Eiffel Tower", prompt="The Eiffel Tower is located in",
+                    target_new="Rome", target_true="Paris")
+
+
+def hparams(model_cfg, **kw):
+    base = OmegaConf.merge(OmegaConf.structured(RomeConfig), model_cfg.hparams.rome)
+    return OmegaConf.merge(base, kw)
+
+
+def edit(tiny, covariance=None, **kw):
+    name, model, tok, spec, cfg = tiny
+    editor = RomeEditor(hparams(cfg, **kw), spec, seed=0, covariance=covariance)
+    return editor, editor.edit(model, tok, EditRequest("c0", language("en"), RECORD))
+
+
+@pytest.mark.parametrize("consistent", [True, False])
+def test_edit_maps_key_to_value_and_is_rank_one(tiny, consistent):
+    name, model, tok, spec, cfg = tiny
+    _, out = edit(tiny, consistent_key=consistent)
+    down = spec.module(model, "down_proj", cfg.hparams.rome.layer)
+    (d,) = out.deltas
+    assert d.param == spec.down_proj_weight_name(cfg.hparams.rome.layer)
+    delta = d.delta.T if is_transposed(down) else d.delta
+    sv = torch.linalg.svdvals(delta.double())
+    assert sv[0] > 0 and sv[1] / sv[0] < 1e-5  # rank one up to float32 storage rounding
+    k, v = out.tensors["k_star"].double(), out.tensors["v_star"]
+    with applied(model, out.deltas):
+        w_new = weight_as_out_in(down).double()
+        bias = down.bias.double() if getattr(down, "bias", None) is not None else 0.0
+        assert torch.allclose(w_new @ k + bias, v, rtol=1e-4, atol=1e-4)
+
+
+def test_original_form_real_forward_reaches_v_star(tiny):
+    """With the bare-prompt key, the edited layer's real output at the subject equals v*."""
+    from xling_edit.evaluation.forward import capture_output
+    from xling_edit.evaluation.text import encode, last_token_in_span
+
+    name, model, tok, spec, cfg = tiny
+    _, out = edit(tiny, consistent_key=False)
+    enc = encode(tok, RECORD.prompt)
+    s = RECORD.prompt.find(RECORD.subject)
+    pos = last_token_in_span(enc, s, s + len(RECORD.subject))
+    down = spec.module(model, "down_proj", cfg.hparams.rome.layer)
+    with applied(model, out.deltas), capture_output(down) as cap, torch.no_grad():
+        model(input_ids=torch.tensor([enc.input_ids]))
+    assert torch.allclose(cap["out"][0, pos].double(), out.tensors["v_star"], rtol=1e-4, atol=1e-4)
+
+
+def test_restore_is_bit_exact(tiny):
+    name, model, tok, spec, cfg = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _, out = edit(tiny)
+    with applied(model, out.deltas):
+        changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+        assert changed == [out.deltas[0].param]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_restore_on_exception(tiny):
+    name, model, tok, spec, cfg = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _, out = edit(tiny)
+    with pytest.raises(RuntimeError):
+        with applied(model, out.deltas):
+            raise RuntimeError("boom")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_covariance_changes_left_vector(tiny):
+    name, model, tok, spec, cfg = tiny
+    d_in = weight_as_out_in(spec.module(model, "down_proj", cfg.hparams.rome.layer)).shape[1]
+    scale = torch.linspace(1, 5, d_in, dtype=torch.float64)
+    _, out = edit(tiny, covariance=lambda layer: torch.diag(scale))
+    k_bar = out.tensors["k_star"].double()  # consistent form: k* is the averaged key
+    assert torch.allclose(out.tensors["u"], k_bar / scale)
+    assert out.info["covariance"] != "identity"
+
+
+def test_value_optimisation_lowers_target_nll(tiny):
+    _, out = edit(tiny, v_steps=15, v_loss_stop=0.0, v_lr=0.05, clamp_norm_factor=50.0,
+                  kl_factor=0.0, weight_decay=0.0)
+    assert out.info["nll_trajectory"][-1] < out.info["nll_trajectory"][0]
+    assert out.info["delta_norm"] <= 50.0 * out.info["v0_norm"] * (1 + 1e-5)  # norm clamp
+
+
+def test_subject_not_found_is_a_skip(tiny):
+    name, model, tok, spec, cfg = tiny
+    editor = RomeEditor(hparams(cfg), spec)
+    bad = LangRecord(subject="Angela Merkel", prompt="The Eiffel Tower is in", target_new="Rome")
+    with pytest.raises(SkipCase):
+        editor.edit(model, tok, EditRequest("c1", language("en"), bad))
+
+
+def test_context_prefixes_are_seeded(tiny):
+    name, model, tok, spec, cfg = tiny
+    a = RomeEditor(hparams(cfg), spec, seed=3).prefixes(model, tok, language("hi"))
+    b = RomeEditor(hparams(cfg), spec, seed=3).prefixes(model, tok, language("hi"))
+    assert a == b and a[0] == "" and len(a) == 1 + cfg.hparams.rome.n_context

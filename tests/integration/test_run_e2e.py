@@ -1,0 +1,83 @@
+"""End-to-end `python run.py` on tiny models: files written, tables printed, sweeps work."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+FAST = ["stats.per_lang=4", "data.max_cases=2"]
+
+
+def run(*args, cwd=ROOT):
+    r = subprocess.run([sys.executable, "run.py", *args], cwd=cwd, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.mark.parametrize("model", ["tiny_gpt2", "tiny_gemma3"])
+def test_single_run_writes_results(tmp_path, model):
+    out = tmp_path / "job"
+    r = run(f"model={model}", *FAST, f"hydra.run.dir={out}", f"model.cache_dir={tmp_path / 'cache'}")
+    lines = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 * 8  # cases x eval languages
+    assert {l["eval_lang"] for l in lines} == {"en", "de", "fr", "it", "es", "hi", "ta", "kn"}
+    ok = [l for l in lines if l["status"] == "ok"]
+    assert ok and all(l["post"] is not None and "reliability.token_acc" in l["pre"] for l in ok)
+    assert all(l["elfi"] == (l["eval_lang"] == "en") for l in lines)
+    assert ok[0]["subject"]["method"] == "exact"
+    assert "edit_s" in ok[0]["timings"] and ok[0]["edit"]["covariance"].startswith("builtin")
+    summary = (out / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("edit_lang,eval_lang,phase,n,reliability.token_acc")
+    assert any(row.startswith("en,ELFO,post") for row in summary)
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["case_status"] == {"ok": 2}
+    assert "reliability.token_acc (post-edit)" in r.stdout
+    header = next(l for l in r.stdout.splitlines() if l.startswith("edit\\eval"))
+    for code in ("de", "en", "es", "fr", "hi", "it", "kn", "ta", "ELFI", "ELFO"):
+        assert code in header
+
+
+def test_sweep_over_edit_languages(tmp_path):
+    sweep = tmp_path / "sweep"
+    run("-m", "model=tiny_llama", "edit_lang=en,hi,ta", *FAST, "eval_langs=[en,hi,ta]",
+        f"hydra.sweep.dir={sweep}", f"model.cache_dir={tmp_path / 'cache'}")
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and (p / "results.jsonl").exists())
+    assert len(jobs) == 3 and [j.split("_")[-1] for j in jobs] == ["en", "hi", "ta"]
+    for j in jobs:
+        lines = (sweep / j / "results.jsonl").read_text().splitlines()
+        assert len(lines) == 2 * 3
+
+
+def test_covariance_cache_is_reused(tmp_path):
+    cache = tmp_path / "cache"
+    run("model=tiny_llama", *FAST, f"hydra.run.dir={tmp_path / 'a'}", f"model.cache_dir={cache}")
+    stats = list((cache / "stats").glob("*.safetensors"))
+    assert len(stats) == 1
+    mtime = stats[0].stat().st_mtime_ns
+    run("model=tiny_llama", *FAST, f"hydra.run.dir={tmp_path / 'b'}", f"model.cache_dir={cache}")
+    assert stats[0].stat().st_mtime_ns == mtime
+    log = (tmp_path / "b" / "run.log").read_text()
+    assert "loaded from cache" in log
+
+
+def test_help_and_cfg_job():
+    r = subprocess.run([sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "edit_lang" in r.stdout
+    r = subprocess.run([sys.executable, "run.py", "--cfg", "job"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "gemma3_270m" in r.stdout
+
+
+@pytest.mark.shared
+def test_bmike_tamil_reports_localisation(tmp_path, shared_data):
+    out = tmp_path / "job"
+    r = run("model=tiny_llama", "dataset=bmike53_counterfact", "edit_lang=ta", "data.max_cases=6",
+            f"data.root={shared_data}", "eval_langs=[en,ta,kn]", "stats.per_lang=4",
+            f"hydra.run.dir={out}", f"model.cache_dir={tmp_path / 'cache'}")
+    info = json.loads((out / "run_info.json").read_text())
+    assert sum(info["subject_localisation"].values()) == 6
+    assert info["missing_languages"].get("kn") == 6
+    assert "subject localisation (ta)" in r.stdout
