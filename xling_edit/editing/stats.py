@@ -39,6 +39,10 @@ from xling_edit.models.spec import ModelSpec
 log = logging.getLogger(__name__)
 
 
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the needed activations are captured."""
+
+
 def accumulate_second_moment(keys: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
     """Add Σ k kᵀ over the rows of ``keys`` ([n, d]) to ``acc`` (float64)."""
     k = keys.double()
@@ -54,8 +58,15 @@ def layer_second_moments(model, tok, spec: ModelSpec, layers: Sequence[int], tex
     device = model_device(model)
     sums: dict[int, torch.Tensor | None] = {l: None for l in layers}
     captured: dict[int, torch.Tensor] = {}
+    last = max(layers)
+
+    def grab(_m, inp, _o, layer):
+        captured[layer] = inp[0]
+        if layer == last:  # nothing above the last statistics layer is needed
+            raise _StopForward
+
     hooks = [spec.module(model, "down_proj", l).register_forward_hook(
-        lambda m, i, o, l=l: captured.__setitem__(l, i[0])) for l in layers]
+        lambda m, i, o, l=l: grab(m, i, o, l)) for l in layers]
     special = torch.tensor(sorted(set(tok.all_special_ids)), device=device)
     n_tokens = 0
     t0 = time.perf_counter()
@@ -67,7 +78,10 @@ def layer_second_moments(model, tok, spec: ModelSpec, layers: Sequence[int], tex
             if not enc:
                 continue
             ids, mask = pad_right(enc, tok.pad_token_id, device)
-            model(input_ids=ids, attention_mask=mask, logits_to_keep=1, use_cache=False)
+            try:
+                model(input_ids=ids, attention_mask=mask, logits_to_keep=1, use_cache=False)
+            except _StopForward:
+                pass
             keep = mask.bool() & ~torch.isin(ids, special)
             n_tokens += int(keep.sum())
             for l in layers:

@@ -1,0 +1,3 @@
+from xling_edit.report.cli import main
+
+raise SystemExit(main())

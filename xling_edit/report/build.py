@@ -1,0 +1,307 @@
+"""Writing a report folder: tables (CSV + Markdown), heatmaps, diagnostics and ``report.md``.
+
+    paths ─► load_results ─► aggregate (per table) ─► tables/*.csv|md, cells.csv
+                                                 └─► figures/heatmap_*.png
+                          ─► diagnostics (localisation, fertility) ─► diagnostics/*, figures/fertility_*.png
+                          ─► report.md (what was run, statuses, tables, links)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from xling_edit.report import maths as agg
+from xling_edit.report import tables as tb
+from xling_edit.report.load import Results, Run, language_names, load_results, name_of
+
+log = logging.getLogger(__name__)
+
+HEATMAP_PROTOCOLS = ("token_acc", "exact", "prob")
+MANIFEST = ".report_files.json"  # what the last build wrote; stale files of it are removed
+CELL_COLS = list(agg.ROW_KEYS) + ["eval_lang", "phase", "metric", "protocol", "key", "mean",
+                                  "ci_lo", "ci_hi", "n_lines", "n_cases"]
+
+
+@dataclass
+class Report:
+    """What ``build_report`` produced."""
+
+    out: Path
+    results: Results
+    cells: list[agg.Cell]
+    files: list[Path] = field(default_factory=list)
+    skipped_tables: list[str] = field(default_factory=list)  # (phase key) without any value
+    figure_error: str | None = None
+
+    @property
+    def report_md(self) -> Path:
+        return self.out / "report.md"
+
+
+def table_stem(phase: str, key: str) -> str:
+    return f"{phase}_{key.replace('.', '_')}"
+
+
+def slug(parts: Iterable) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(str(p) for p in parts if p != "")).strip("-")
+
+
+def default_out(paths: Sequence[str | os.PathLike]) -> Path:
+    first = Path(paths[0])
+    return (first.parent if first.is_file() else first) / "report"
+
+
+def build_report(paths: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike | None = None,
+                 n_boot: int = 1000, seed: int = 0, ci: float = 0.95, figures: bool = True,
+                 pre_metrics: Sequence[str] = ("reliability",),
+                 heatmap_protocols: Sequence[str] = HEATMAP_PROTOCOLS) -> Report:
+    """Load every run under ``paths`` and write the report folder ``out`` (default: ``report/``
+    inside the first path)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = list(paths)
+    results = load_results(paths)
+    out = Path(out) if out is not None else default_out(paths)
+    out.mkdir(parents=True, exist_ok=True)
+    names = language_names(results.runs)
+    ok = results.ok_lines
+    rep = Report(out=out, results=results, cells=[])
+    eval_langs = agg.lang_order(l["eval_lang"] for l in ok)
+
+    # ---- tables
+    sections: list[str] = []
+    specs = agg.table_specs(pre_metrics)
+    all_cells = agg.aggregate_many(ok, specs, n_boot=n_boot, ci=ci, seed=seed)
+    for phase, key in specs:
+        cells = [c for c in all_cells if c.phase == phase and c.key == key]
+        if not cells:
+            rep.skipped_tables.append(f"{key} ({phase}-edit)")
+            continue
+        rep.cells += cells
+        cols, rows = agg.wide_rows(cells, eval_langs)
+        stem = table_stem(phase, key)
+        title = f"{key} ({phase}-edit)"
+        csv_path = tb.write_csv(out / "tables" / f"{stem}.csv", rows, tb.wide_csv_columns(cols))
+        md = tb.wide_markdown(cols, rows)
+        md_path = out / "tables" / f"{stem}.md"
+        md_path.write_text(f"## {title}\n\nmean [{ci:.0%} bootstrap CI over cases, {n_boot} "
+                           f"resamples]\n\n{md}\n", encoding="utf-8")
+        rep.files += [csv_path, md_path]
+        sections.append(f"### {title}\n\n[CSV](tables/{stem}.csv) · [Markdown](tables/{stem}.md)"
+                        f"\n\n{md}\n")
+    rep.files.append(tb.write_csv(out / "cells.csv", [c.to_dict() for c in rep.cells], CELL_COLS))
+
+    # ---- diagnostics
+    diag = out / "diagnostics"
+    loc_cats, loc_rows = agg.localisation_table(results.lines)
+    loc_cols = list(agg.ROW_KEYS) + ["n_cases"] + [x for c in loc_cats for x in (c, f"share_{c}")]
+    rep.files.append(tb.write_csv(diag / "localisation.csv", loc_rows, loc_cols))
+    fert_rows = agg.fertility_table(results.lines)
+    fert_cols = list(agg.GROUP_KEYS) + ["eval_lang", "n_lines", "target_tokens", "subject_tokens",
+                                        "subject_tokens_per_word", "success", "success_cross",
+                                        "success_exact"]
+    rep.files.append(tb.write_csv(diag / "fertility.csv", fert_rows, fert_cols))
+    corr_rows = agg.fertility_correlations(results.lines)
+    non_ok = agg.non_ok_reasons(results.lines)
+    rep.files.append(tb.write_csv(diag / "non_ok.csv", non_ok,
+                                  list(agg.ROW_KEYS) + ["status", "reason", "lines"]))
+
+    # ---- figures
+    heatmaps: list[tuple[str, Path]] = []
+    fert_png = None
+    if figures:
+        try:
+            from xling_edit.report import plots
+
+            by_group: dict[tuple, list[agg.Cell]] = defaultdict(list)
+            for c in rep.cells:
+                if c.phase == "post":
+                    by_group[agg.group_of(c.row)].append(c)
+            for g, gcells in by_group.items():
+                edits = agg.lang_order(c.edit_lang for c in gcells)
+                evals = agg.lang_order(c.eval_lang for c in gcells if c.eval_lang not in agg.SUMMARY_COLS)
+                for proto in heatmap_protocols:
+                    per_key = {f"{m}.{proto}": [c for c in gcells if c.key == f"{m}.{proto}"]
+                               for m in agg.METRICS}
+                    if not any(per_key.values()):
+                        continue
+                    fig = plots.heatmap_figure(per_key, names, plots.group_title(g, f"post-edit, {proto}"),
+                                               edits, evals)
+                    p = plots.save(fig, out / "figures" / f"heatmap_{slug(g)}_{proto}.png")
+                    heatmaps.append((f"{' / '.join(str(x) for x in g if x != '')}, {proto}", p))
+                    rep.files.append(p)
+            if fert_rows:
+                fert_png = plots.save(plots.fertility_figure(fert_rows, names),
+                                      out / "figures" / "fertility_vs_success.png")
+                rep.files.append(fert_png)
+        except ImportError as exc:  # matplotlib missing: tables still useful
+            rep.figure_error = f"figures skipped: {exc}"
+            log.warning(rep.figure_error)
+
+    # ---- report.md
+    md = _report_md(rep, names, sections, heatmaps, fert_png, loc_cats, loc_rows, fert_rows,
+                    corr_rows, non_ok, n_boot=n_boot, seed=seed, ci=ci)
+    (out / "report.md").write_text(md, encoding="utf-8")
+    rep.files.append(out / "report.md")
+    _remove_stale(out, rep.files)
+    return rep
+
+
+def _remove_stale(out: Path, written: Sequence[Path]) -> None:
+    """Delete files a previous build of ``out`` wrote and this one did not (e.g. heatmaps of a
+    run no longer included); only files listed in the previous manifest are touched."""
+    manifest = out / MANIFEST
+    now = sorted({_rel(p, out) for p in written})
+    try:
+        before = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else []
+    except (json.JSONDecodeError, OSError):
+        before = []
+    for rel in set(before) - set(now):
+        p = out / rel
+        if ".." not in Path(rel).parts and p.is_file():
+            p.unlink()
+    manifest.write_text(json.dumps(now, indent=1), encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------- report.md
+
+
+def _rel(p: Path, base: Path) -> str:
+    try:
+        return os.path.relpath(p, base).replace(os.sep, "/")
+    except ValueError:  # other drive
+        return str(p)
+
+
+def _counter(c: Counter | dict | None) -> str:
+    if not c:
+        return "–"
+    return ", ".join(f"{k} {v}" for k, v in sorted(c.items(), key=lambda kv: (-kv[1], str(kv[0]))))
+
+
+def _runs_table(runs: Sequence[Run], out: Path) -> str:
+    header = ["run", "model", "dataset", "method", "merge", "variant", "edit", "eval langs", "cases",
+              "case status (lines)", "line status", "covariance", "seconds"]
+    rows = []
+    for r in runs:
+        st = agg.status_counts(r.lines)
+        evals = agg.lang_order(l.get("eval_lang") for l in r.lines if l.get("eval_lang"))
+        info = r.info or {}
+        rows.append([f"[{r.name}]({_rel(r.path, out)})", r.field("model"), r.field("dataset"),
+                     r.field("method"), r.field("merge"), r.variant or "–", r.field("edit_lang"),
+                     " ".join(evals),
+                     len({l.get("case_id") for l in r.lines}), _counter(st["cases"]),
+                     _counter(st["lines"]),
+                     info.get("covariance", "–" if r.info else "no run_info.json (running or crashed?)"),
+                     (info.get("seconds") or {}).get("total", "–")])
+    return tb.markdown(header, [[tb.fmt(x) for x in row] for row in rows])
+
+
+def _report_md(rep: Report, names, sections, heatmaps, fert_png, loc_cats, loc_rows, fert_rows,
+               corr_rows, non_ok, n_boot, seed, ci) -> str:
+    res, out = rep.results, rep.out
+    lines_all = res.lines
+    st = agg.status_counts(lines_all)
+    uniq = lambda k: sorted({str(l.get(k)) for l in lines_all})  # noqa: E731
+    edit_langs = agg.lang_order(str(l.get("edit_lang")) for l in lines_all)
+    eval_langs = agg.lang_order(str(l.get("eval_lang")) for l in lines_all)
+    n_cases = len({(agg.row_of(l), l.get("case_id")) for l in lines_all})
+    L = [f"# xling_edit report", "",
+         f"Generated {_dt.datetime.now().isoformat(timespec='seconds')} from "
+         + ", ".join(f"`{p}`" for p in res.paths) + f": {len(res.runs)} run(s).", "",
+         "## What was run", "",
+         f"- models: {', '.join(uniq('model'))}",
+         f"- methods: {', '.join(uniq('method'))}; merge: {', '.join(uniq('merge'))}",
+         f"- datasets: {', '.join(uniq('dataset'))}",
+         f"- edit languages: {', '.join(f'{name_of(c, names)} ({c})' for c in edit_langs)}",
+         f"- evaluation languages: {', '.join(f'{name_of(c, names)} ({c})' for c in eval_langs)}",
+         f"- cases (counted per condition and edit language): {n_cases}; "
+         f"by status: {_counter(st['cases'])}",
+         f"- result lines: {len(lines_all)}; by status: {_counter(st['lines'])}. "
+         f"Only the {st['lines'].get('ok', 0)} `ok` lines enter the metric tables; "
+         f"{len(lines_all) - st['lines'].get('ok', 0)} other line(s) are counted below.",
+         ]
+    if res.superseded:
+        L.append(f"- {res.superseded} line(s) superseded: the same model/dataset/method/merge/"
+                 "edit language/case/eval language appeared in several runs; the run written last "
+                 "was kept.")
+    if res.bad_lines:
+        L.append(f"- {res.bad_lines} undecodable line(s) in results.jsonl files were ignored.")
+    L += ["", _runs_table(res.runs, out), ""]
+    variants = [r for r in res.runs if r.variant]
+    if variants:
+        L += ["### Variants", "",
+              "Runs of the same model/dataset/method/merge whose configs differ (beyond edit "
+              "language, case selection, paths and batch sizes) are kept apart as *variants*:", "",
+              tb.markdown(["run", "variant", "settings"],
+                          [[r.name, r.variant, ", ".join(f"`{k}={v}`" for k, v in
+                                                         r.variant_settings.items())]
+                           for r in variants]), ""]
+    if non_ok:
+        keys = tb.key_columns(non_ok)
+        L += ["### Lines not counted (status ≠ ok)", "",
+              tb.markdown([tb.HEADER_NAMES.get(k, k) for k in keys] + ["status", "reason", "lines"],
+                          [[tb.fmt(r[k]) for k in keys] + [r["status"], r["reason"], r["lines"]]
+                           for r in non_ok]),
+              "", "[CSV](diagnostics/non_ok.csv)", ""]
+    L += ["## Results", "",
+          f"Cells are means over cases; brackets hold the {ci:.0%} percentile bootstrap interval "
+          f"over cases ({n_boot} resamples of case ids, seed {seed}; every cell of a row, ELFI "
+          "and ELFO from the same resamples). **ELFI**: evaluation language = edit language; "
+          "**ELFO**: all other evaluation languages, pooled over case-language lines. "
+          "`token_acc`: share of target tokens predicted (EasyEdit); `exact`: all of them; "
+          "`prob`: P(new) > P(true) (ROME/MEMIT). All cells in one long table: "
+          "[cells.csv](cells.csv).", ""]
+    L += sections
+    if rep.skipped_tables:
+        L += ["Tables without any value (not written): " + ", ".join(rep.skipped_tables) + ".", ""]
+
+    L += ["## Heatmaps", "",
+          "Post-edit, edit language (rows) × evaluation language (columns), one figure per "
+          "model/dataset/method/merge(/variant) and protocol, colour scale fixed to 0..1.", ""]
+    if rep.figure_error:
+        L += [f"_{rep.figure_error}_", ""]
+    for title, p in heatmaps:
+        L += [f"### {title}", "", f"![{title}]({_rel(p, out)})", ""]
+
+    L += ["## Diagnostics", "", "### Subject localisation (per edit language)", "",
+          "Share of cases whose subject was found in the edit-language prompt by each method, "
+          "or that were skipped (reasons in the table above).", ""]
+    show = [c for c in loc_cats if any(r.get(c) for r in loc_rows)] or loc_cats[:1]
+    keys = tb.key_columns(loc_rows)
+    L += [tb.markdown([tb.HEADER_NAMES.get(k, k) for k in keys] + ["cases"] + show,
+                      [[tb.fmt(r[k]) for k in keys] + [r["n_cases"]]
+                       + [f"{r[c]} ({r[f'share_{c}']:.0%})" if r[f"share_{c}"] is not None else "–"
+                          for c in show] for r in loc_rows]),
+          "", "[CSV](diagnostics/localisation.csv)", ""]
+    L += ["### Tokenizer fertility vs edit success (per evaluation language)", "",
+          "Over `ok` lines of every edit language: mean number of tokens of the new target and "
+          "of the subject (and per subject word), against mean post-edit reliability "
+          "(`token_acc`; `cross`: lines with eval language ≠ edit language; `exact`).", ""]
+    keys = tb.key_columns(fert_rows, agg.GROUP_KEYS)
+    L += [tb.markdown(keys + ["eval", "lines", "target tokens", "subject tokens", "tokens/word",
+                              "success", "success cross", "success exact"],
+                      [[tb.fmt(r[k]) for k in keys]
+                       + [f"{name_of(r['eval_lang'], names)} ({r['eval_lang']})", r["n_lines"]]
+                       + [tb.fmt(r[k], 2 if "tokens" in k else 3) for k in
+                          ("target_tokens", "subject_tokens", "subject_tokens_per_word", "success",
+                           "success_cross", "success_exact")] for r in fert_rows]),
+          "", "[CSV](diagnostics/fertility.csv)", ""]
+    if corr_rows:
+        keys = tb.key_columns(corr_rows, agg.GROUP_KEYS)
+        L += ["Line-level Pearson correlation of success with fertility:", "",
+              tb.markdown(keys + ["lines", "r (target tokens)", "r (subject tokens/word)"],
+                          [[tb.fmt(r[k]) for k in keys]
+                           + [r["n_lines"], tb.fmt(r["r_target_tokens"]),
+                              tb.fmt(r["r_subject_tokens_per_word"])] for r in corr_rows]), ""]
+    if fert_png:
+        L += [f"![fertility vs success]({_rel(fert_png, out)})", ""]
+    return "\n".join(L) + "\n"

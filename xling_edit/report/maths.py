@@ -1,0 +1,482 @@
+"""The report's maths: pure functions over results lines (dicts as in ``results.jsonl``).
+
+Nothing here reads or writes files or draws; everything takes lines and returns numbers, so the
+CLI, the notebook and the tests share one implementation.
+
+Conventions (the same as ``xling_edit.results.summarize``):
+
+- only lines with ``status == "ok"`` enter metric aggregates;
+- a cell (row, eval_lang) is the mean over the cases' values in that eval language;
+- ELFI pools the lines with eval_lang == edit_lang, ELFO pools the lines of every other eval
+  language, each case-language line weighing one (so a language with fewer valid lines weighs
+  less in ELFO, exactly as in ``summary.csv``);
+- the unit of uncertainty is the case: a bootstrap resamples case ids (with replacement) within
+  a row and recomputes every cell of that row, ELFI and ELFO from the same resample.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+# Mirrors xling_edit.evaluation.evaluate.METRICS / PROTOCOLS (not imported from there: that
+# module pulls in torch; tests/unit/test_report.py checks the two agree).
+METRICS = ("reliability", "generalization", "locality", "portability")
+PROTOCOLS = ("token_acc", "exact", "prob")
+PHASES = ("pre", "post")
+
+#: the paper's language order; other languages follow alphabetically
+LANG_ORDER = ("en", "de", "fr", "it", "es", "hi", "ta", "kn")
+#: what identifies one experimental condition (a heatmap figure). ``variant`` names the
+#: settings in which runs of the same model/dataset/method/merge differ (e.g. a swept ROME
+#: layer, another covariance corpus); "" when they do not differ (see load.assign_variants)
+GROUP_KEYS = ("model", "dataset", "method", "merge", "variant")
+#: one table row
+ROW_KEYS = GROUP_KEYS + ("edit_lang",)
+#: lines with the same identity from two runs are duplicates (the later run wins, see load.py)
+LINE_KEYS = ROW_KEYS + ("case_id", "eval_lang")
+SUMMARY_COLS = ("ELFI", "ELFO")
+#: known subject-localisation methods, in the order of xling_edit.editing.localize
+LOCALISATION_METHODS = ("exact", "normalized", "fuzzy", "translit")
+
+
+# ----------------------------------------------------------------------------------- basics
+
+
+def lang_order(codes: Iterable[str]) -> list[str]:
+    """``codes`` (deduplicated) in the paper's order (en de fr it es hi ta kn), then others sorted."""
+    codes = set(codes)
+    known = [c for c in LANG_ORDER if c in codes]
+    return known + sorted(codes - set(LANG_ORDER))
+
+
+def metric_keys(metrics: Sequence[str] = METRICS, protocols: Sequence[str] = PROTOCOLS) -> list[str]:
+    return [f"{m}.{p}" for m in metrics for p in protocols]
+
+
+def field(line: Mapping, key: str):
+    """``line[key]``; a missing or null key reads as "" (lines carry no ``variant`` of their own)."""
+    v = line.get(key)
+    return "" if v is None else v
+
+
+def row_of(line: Mapping) -> tuple:
+    return tuple(field(line, k) for k in ROW_KEYS)
+
+
+def group_of(line_or_row) -> tuple:
+    if isinstance(line_or_row, Mapping):
+        return tuple(field(line_or_row, k) for k in GROUP_KEYS)
+    return tuple(line_or_row[: len(GROUP_KEYS)])
+
+
+def ok_lines(lines: Iterable[Mapping]) -> list[Mapping]:
+    return [l for l in lines if l.get("status") == "ok"]
+
+
+def value(line: Mapping, phase: str, key: str) -> float | None:
+    """``line[phase][key]`` as a float, or None when absent, null or NaN."""
+    d = line.get(phase)
+    if not d:
+        return None
+    v = d.get(key)
+    if v is None:
+        return None
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+# ----------------------------------------------------------------------- case matrix + split
+
+
+def _row_index(lines: Sequence[Mapping], eval_langs: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(sorted case ids, case index per line, language index per line (-1: not in eval_langs))."""
+    col = {c: j for j, c in enumerate(eval_langs)}
+    ids = [str(l.get("case_id")) for l in lines]
+    cases = sorted(set(ids))
+    at = {c: i for i, c in enumerate(cases)}
+    return (cases, np.array([at[c] for c in ids], dtype=int),
+            np.array([col.get(l.get("eval_lang"), -1) for l in lines], dtype=int))
+
+
+def _matrix_from_index(lines, phase, key, cases, ii, jj, n_langs) -> tuple[list[str], np.ndarray]:
+    vals = np.array([np.nan if (v := value(l, phase, key)) is None else v for l in lines], dtype=float)
+    ok = (jj >= 0) & ~np.isnan(vals)
+    V = np.full((len(cases), n_langs), np.nan)
+    V[ii[ok], jj[ok]] = vals[ok]
+    keep = ~np.isnan(V).all(axis=1)
+    return [c for c, k in zip(cases, keep) if k], V[keep]
+
+
+def case_matrix(lines: Sequence[Mapping], phase: str, key: str,
+                eval_langs: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """(case ids, values[n_cases, n_langs]) for the lines of ONE row; NaN where a case has no
+    value in a language. Cases without any value for ``key`` are left out."""
+    lines = list(lines)
+    cases, ii, jj = _row_index(lines, eval_langs)
+    return _matrix_from_index(lines, phase, key, cases, ii, jj, len(eval_langs))
+
+
+def selectors(eval_langs: Sequence[str], edit_lang: str) -> tuple[list[str], np.ndarray]:
+    """Output columns (each eval language, ELFI, ELFO) and a 0/1 matrix [n_out, n_langs] saying
+    which language columns each output column pools."""
+    n = len(eval_langs)
+    sel = np.zeros((n + 2, n))
+    sel[:n, :n] = np.eye(n)
+    for j, c in enumerate(eval_langs):
+        sel[n if c == edit_lang else n + 1, j] = 1.0
+    return list(eval_langs) + list(SUMMARY_COLS), sel
+
+
+def pooled_means(V: np.ndarray, sel: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Pooled means per output column, for each row of case ``weights`` [n_resamples, n_cases]
+    (default: every case once). Returns [n_resamples, n_out]; NaN where nothing is pooled."""
+    if weights is None:
+        weights = np.ones((1, V.shape[0]))
+    present = ~np.isnan(V)
+    sums = np.where(present, V, 0.0) @ sel.T  # per case, per output column
+    counts = present.astype(float) @ sel.T
+    S, C = weights @ sums, weights @ counts
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(C > 0, S / np.where(C > 0, C, 1.0), np.nan)
+
+
+def elfi_elfo(V: np.ndarray, eval_langs: Sequence[str], edit_lang: str) -> tuple[float, float]:
+    """(ELFI, ELFO) point estimates: pooled mean of the edit-language column / of the others."""
+    cols, sel = selectors(eval_langs, edit_lang)
+    m = pooled_means(V, sel)[0]
+    return float(m[-2]), float(m[-1])
+
+
+# -------------------------------------------------------------------------------- bootstrap
+
+
+def resample_weights(n_cases: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_boot, n_cases] multiplicities of a case bootstrap: each row counts how often each case
+    was drawn in n_cases draws with replacement (each row sums to n_cases)."""
+    if n_cases == 0:
+        return np.zeros((n_boot, 0))
+    draws = rng.integers(0, n_cases, size=(n_boot, n_cases))
+    flat = (draws + np.arange(n_boot)[:, None] * n_cases).ravel()
+    return np.bincount(flat, minlength=n_boot * n_cases).reshape(n_boot, n_cases).astype(float)
+
+
+def bootstrap_ci(V: np.ndarray, sel: np.ndarray, n_boot: int = 1000, ci: float = 0.95,
+                 rng: np.random.Generator | None = None,
+                 weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, lo, hi) per output column: point estimate and percentile bootstrap interval over
+    cases (``weights``: precomputed ``resample_weights``, else drawn from ``rng``). Bounds are
+    clipped to the range of the pooled values (a mean of resampled values cannot leave it; this
+    only removes floating-point noise), so all-equal values give a degenerate interval
+    lo == mean == hi."""
+    mean = pooled_means(V, sel)[0]
+    n_out = sel.shape[0]
+    lo, hi = np.full(n_out, np.nan), np.full(n_out, np.nan)
+    if V.shape[0] == 0:
+        return mean, lo, hi
+    if weights is None:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        weights = resample_weights(V.shape[0], n_boot, rng)
+    boots = pooled_means(V, sel, weights)
+    a = (1.0 - ci) / 2.0
+    for k in range(n_out):
+        pooled = V[:, sel[k] > 0]
+        pooled = pooled[~np.isnan(pooled)]
+        b = boots[:, k]
+        b = b[~np.isnan(b)]
+        if pooled.size == 0 or b.size == 0:
+            continue
+        vmin, vmax = pooled.min(), pooled.max()
+        lo[k], hi[k] = np.clip(np.quantile(b, [a, 1.0 - a]), vmin, vmax)
+        mean[k] = np.clip(mean[k], vmin, vmax)
+    return mean, lo, hi
+
+
+def row_rng(seed: int, row: Sequence) -> np.random.Generator:
+    """A generator seeded by ``seed`` and the row's identity: a row's intervals do not depend on
+    which other runs are in the report or in which order they were read."""
+    return np.random.default_rng([int(seed), zlib.crc32(repr(tuple(row)).encode("utf-8"))])
+
+
+# -------------------------------------------------------------------------------- aggregate
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One aggregate: a row (model, dataset, method, merge, variant, edit_lang), an eval language (or
+    ELFI / ELFO), a phase and a metric key."""
+
+    model: str
+    dataset: str
+    method: str
+    merge: str
+    variant: str
+    edit_lang: str
+    eval_lang: str
+    phase: str
+    key: str
+    mean: float
+    ci_lo: float
+    ci_hi: float
+    n_lines: int
+    n_cases: int
+
+    @property
+    def row(self) -> tuple:
+        return (self.model, self.dataset, self.method, self.merge, self.variant, self.edit_lang)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["metric"], d["protocol"] = self.key.split(".", 1) if "." in self.key else (self.key, "")
+        return d
+
+
+def rows_of(lines: Iterable[Mapping]) -> dict[tuple, list[Mapping]]:
+    out: dict[tuple, list[Mapping]] = defaultdict(list)
+    for l in lines:
+        out[row_of(l)].append(l)
+    return dict(out)
+
+
+def aggregate(lines: Iterable[Mapping], phase: str, key: str, n_boot: int = 1000,
+              ci: float = 0.95, seed: int = 0, eval_langs: Sequence[str] | None = None) -> list[Cell]:
+    """Every cell (row × eval language, plus ELFI and ELFO per row) of one table, with bootstrap
+    confidence intervals. Non-ok lines are ignored. ``eval_langs`` defaults to those present."""
+    return aggregate_many(lines, [(phase, key)], n_boot=n_boot, ci=ci, seed=seed,
+                          eval_langs=eval_langs)
+
+
+def aggregate_many(lines: Iterable[Mapping], specs: Iterable[tuple[str, str]], n_boot: int = 1000,
+                   ci: float = 0.95, seed: int = 0,
+                   eval_langs: Sequence[str] | None = None) -> list[Cell]:
+    """``aggregate`` for several (phase, key) pairs (lines are grouped once), in spec order."""
+    specs = list(specs)
+    rows = sorted(rows_of(ok_lines(lines)).items(), key=lambda kv: _row_sort(kv[0]))
+    out: dict[tuple[str, str], list[Cell]] = {s: [] for s in specs}
+    for row, rl in rows:
+        langs = list(eval_langs) if eval_langs is not None else lang_order(l["eval_lang"] for l in rl)
+        index = _row_index(rl, langs)
+        cols, sel = selectors(langs, row[-1])
+        weights: dict[int, np.ndarray] = {}  # per case count: the row's resamples (same seed)
+        for phase, key in specs:
+            cases, V = _matrix_from_index(rl, phase, key, *index, len(langs))
+            if not cases:
+                continue
+            if len(cases) not in weights:
+                weights[len(cases)] = resample_weights(len(cases), n_boot, row_rng(seed, row))
+            mean, lo, hi = bootstrap_ci(V, sel, ci=ci, weights=weights[len(cases)])
+            per_case = (~np.isnan(V)).astype(int) @ sel.T.astype(int)  # lines per case and column
+            n_lines, n_cases = per_case.sum(axis=0), (per_case > 0).sum(axis=0)
+            for k, c in enumerate(cols):
+                if n_lines[k] == 0:
+                    continue
+                out[(phase, key)].append(Cell(*row, eval_lang=c, phase=phase, key=key,
+                                              mean=float(mean[k]), ci_lo=float(lo[k]),
+                                              ci_hi=float(hi[k]), n_lines=int(n_lines[k]),
+                                              n_cases=int(n_cases[k])))
+    return [c for s in specs for c in out[s]]
+
+
+def table_specs(pre_metrics: Sequence[str] = ("reliability",)) -> list[tuple[str, str]]:
+    """(phase, key) of every table: post-edit for every metric × protocol, pre-edit for
+    ``pre_metrics`` (locality has no pre-edit value)."""
+    specs = [("post", k) for k in metric_keys()]
+    specs += [("pre", k) for k in metric_keys(tuple(m for m in pre_metrics if m != "locality"))]
+    return specs
+
+
+def _row_sort(row: tuple):
+    rank = {c: i for i, c in enumerate(LANG_ORDER)}
+    return tuple(str(x) for x in row[:-1]) + (rank.get(row[-1], len(rank)), str(row[-1]))
+
+
+def wide_rows(cells: Sequence[Cell], eval_langs: Sequence[str] | None = None) -> tuple[list[str], list[dict]]:
+    """A paper-style table from the cells of one (phase, key): one dict per row with the row
+    keys, ``n_cases``, and per column ``<lang>``, ``<lang>_ci_lo``, ``<lang>_ci_hi``
+    (columns: eval languages in order, then ELFI, ELFO). Returns (value columns, rows)."""
+    langs = list(eval_langs) if eval_langs is not None else lang_order(
+        c.eval_lang for c in cells if c.eval_lang not in SUMMARY_COLS)
+    cols = langs + list(SUMMARY_COLS)
+    by_row: dict[tuple, dict[str, Cell]] = defaultdict(dict)
+    for c in cells:
+        by_row[c.row][c.eval_lang] = c
+    out = []
+    for row in sorted(by_row, key=_row_sort):
+        d: dict = dict(zip(ROW_KEYS, row))
+        d["n_cases"] = max(c.n_cases for c in by_row[row].values())
+        for col in cols:
+            c = by_row[row].get(col)
+            d[col] = c.mean if c else None
+            d[f"{col}_ci_lo"] = c.ci_lo if c else None
+            d[f"{col}_ci_hi"] = c.ci_hi if c else None
+        out.append(d)
+    return cols, out
+
+
+def matrix(cells: Sequence[Cell], edit_langs: Sequence[str] | None = None,
+           eval_langs: Sequence[str] | None = None) -> tuple[list[str], list[str], np.ndarray]:
+    """(edit langs, eval langs, means[n_edit, n_eval]) of the cells of ONE group and key; NaN
+    where missing. ELFI/ELFO cells are left out."""
+    cells = [c for c in cells if c.eval_lang not in SUMMARY_COLS]
+    edits = list(edit_langs) if edit_langs is not None else lang_order(c.edit_lang for c in cells)
+    evals = list(eval_langs) if eval_langs is not None else lang_order(c.eval_lang for c in cells)
+    M = np.full((len(edits), len(evals)), np.nan)
+    ei, vi = {c: i for i, c in enumerate(edits)}, {c: j for j, c in enumerate(evals)}
+    for c in cells:
+        if c.edit_lang in ei and c.eval_lang in vi:
+            M[ei[c.edit_lang], vi[c.eval_lang]] = c.mean
+    return edits, evals, M
+
+
+# ------------------------------------------------------------------------------ diagnostics
+
+
+def case_outcomes(lines: Iterable[Mapping]) -> list[dict]:
+    """One record per (row, case): its status (ok > skipped > failed > missing_eval_lang over
+    the case's lines: per-line overrides such as a missing eval language or a tokenisation
+    failure do not hide an edit that happened), the reason, and the localisation category:
+    ``skipped`` for skipped cases, else the subject's localisation method, else the status."""
+    rank = {"ok": 0, "skipped": 1, "failed": 2, "missing_eval_lang": 3}
+    by: dict[tuple, list[Mapping]] = defaultdict(list)
+    for l in lines:
+        by[row_of(l) + (str(l.get("case_id")),)].append(l)
+    out = []
+    for key, ls in by.items():
+        best = min(ls, key=lambda l: rank.get(l.get("status"), 9))
+        status = best.get("status")
+        subj = next((l.get("subject") for l in ls if l.get("subject")), None)
+        if status == "skipped":
+            category = "skipped"
+        elif subj and subj.get("method"):
+            category = str(subj["method"])
+        else:
+            category = str(status)
+        out.append({**dict(zip(ROW_KEYS, key[:-1])), "case_id": key[-1], "status": status,
+                    "reason": best.get("reason"), "localisation": category})
+    return out
+
+
+def localisation_table(lines: Iterable[Mapping]) -> tuple[list[str], list[dict]]:
+    """Per row (i.e. per edit language): number of cases and the share located by each method
+    (exact / normalized / fuzzy / translit, others as seen) or skipped / failed.
+    Returns (categories, rows) with ``n_cases``, ``<category>`` (count) and ``share_<category>``."""
+    outcomes = case_outcomes(lines)
+    seen = {o["localisation"] for o in outcomes}
+    cats = list(LOCALISATION_METHODS)
+    cats += sorted(seen - set(cats) - {"skipped", "failed"})
+    cats += ["skipped", "failed"]
+    by: dict[tuple, Counter] = defaultdict(Counter)
+    for o in outcomes:
+        by[tuple(o[k] for k in ROW_KEYS)][o["localisation"]] += 1
+    rows = []
+    for row in sorted(by, key=_row_sort):
+        cnt = by[row]
+        n = sum(cnt.values())
+        d: dict = {**dict(zip(ROW_KEYS, row)), "n_cases": n}
+        for c in cats:
+            d[c] = cnt.get(c, 0)
+            d[f"share_{c}"] = cnt.get(c, 0) / n if n else None
+        rows.append(d)
+    return cats, rows
+
+
+def status_counts(lines: Iterable[Mapping]) -> dict[str, Counter]:
+    """{"lines": Counter(status), "cases": Counter(case status)} over all lines."""
+    lines = list(lines)
+    return {"lines": Counter(str(l.get("status")) for l in lines),
+            "cases": Counter(str(o["status"]) for o in case_outcomes(lines))}
+
+
+def non_ok_reasons(lines: Iterable[Mapping]) -> list[dict]:
+    """Counts of non-ok lines per (row, status, reason), most frequent first."""
+    cnt: Counter = Counter()
+    for l in lines:
+        if l.get("status") != "ok":
+            cnt[row_of(l) + (str(l.get("status")), str(l.get("reason")))] += 1
+    return [{**dict(zip(ROW_KEYS, k[:-2])), "status": k[-2], "reason": k[-1], "lines": n}
+            for k, n in sorted(cnt.items(), key=lambda kv: (-kv[1], _row_sort(kv[0][:-2])))]
+
+
+def _nanmean(xs: Sequence[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    return float(np.mean(xs)) if xs else None
+
+
+def pearson(xs: Sequence[float | None], ys: Sequence[float | None]) -> float | None:
+    """Pearson correlation over the pairs where both are present; None if undefined."""
+    pairs = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None
+             and not math.isnan(x) and not math.isnan(y)]
+    if len(pairs) < 3:
+        return None
+    a = np.array(pairs, dtype=float)
+    if a[:, 0].std() == 0 or a[:, 1].std() == 0:
+        return None
+    return float(np.corrcoef(a[:, 0], a[:, 1])[0, 1])
+
+
+def fertility_points(lines: Iterable[Mapping], success_key: str = "reliability.token_acc") -> list[dict]:
+    """Per ok line: target tokens, subject tokens, subject words, tokens per word, and the
+    post-edit success (``success_key``)."""
+    out = []
+    for l in ok_lines(lines):
+        tt, st, sw = l.get("target_new_tokens"), l.get("subject_tokens"), l.get("subject_words")
+        out.append({**{k: field(l, k) for k in LINE_KEYS},
+                    "target_tokens": float(tt) if tt is not None else None,
+                    "subject_tokens": float(st) if st is not None else None,
+                    "subject_words": float(sw) if sw is not None else None,
+                    "subject_tokens_per_word": (float(st) / sw) if st is not None and sw else None,
+                    "success": value(l, "post", success_key),
+                    "exact": value(l, "post", success_key.split(".")[0] + ".exact")})
+    return out
+
+
+def fertility_table(lines: Iterable[Mapping], success_key: str = "reliability.token_acc") -> list[dict]:
+    """Per (model, dataset, method, merge, eval_lang), over ok lines of every edit language:
+    mean target tokens, mean subject tokens, tokens per subject word, and mean post-edit
+    success (all lines; cross-lingual lines only, eval_lang != edit_lang; exact match)."""
+    pts = fertility_points(lines, success_key)
+    by: dict[tuple, list[dict]] = defaultdict(list)
+    for p in pts:
+        by[group_of(p) + (p["eval_lang"],)].append(p)
+    order = {c: i for i, c in enumerate(lang_order({k[-1] for k in by}))}
+    rows = []
+    for k in sorted(by, key=lambda k: (tuple(map(str, k[:-1])), order[k[-1]])):
+        ps = by[k]
+        rows.append({**dict(zip(GROUP_KEYS, k[:-1])), "eval_lang": k[-1], "n_lines": len(ps),
+                     "target_tokens": _nanmean([p["target_tokens"] for p in ps]),
+                     "subject_tokens": _nanmean([p["subject_tokens"] for p in ps]),
+                     "subject_tokens_per_word": _nanmean([p["subject_tokens_per_word"] for p in ps]),
+                     "success": _nanmean([p["success"] for p in ps]),
+                     "success_cross": _nanmean([p["success"] for p in ps
+                                                if p["eval_lang"] != p["edit_lang"]]),
+                     "success_exact": _nanmean([p["exact"] for p in ps])})
+    return rows
+
+
+def fertility_correlations(lines: Iterable[Mapping], success_key: str = "reliability.token_acc") -> list[dict]:
+    """Per group: line-level Pearson r of success with target tokens and with subject tokens
+    per word."""
+    by: dict[tuple, list[dict]] = defaultdict(list)
+    for p in fertility_points(lines, success_key):
+        by[group_of(p)].append(p)
+    return [{**dict(zip(GROUP_KEYS, g)), "n_lines": len(ps),
+             "r_target_tokens": pearson([p["target_tokens"] for p in ps], [p["success"] for p in ps]),
+             "r_subject_tokens_per_word": pearson([p["subject_tokens_per_word"] for p in ps],
+                                                  [p["success"] for p in ps])}
+            for g, ps in sorted(by.items(), key=lambda kv: tuple(map(str, kv[0])))]
+
+
+def split_by(lines: Iterable[Mapping], key: str) -> dict:
+    """{value of ``line[key]``: lines} (e.g. ``shared_surface`` → True / False / None)."""
+    out: dict = defaultdict(list)
+    for l in lines:
+        out[l.get(key)].append(l)
+    return dict(out)

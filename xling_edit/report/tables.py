@@ -1,0 +1,109 @@
+"""Formatting tables: CSV files and Markdown text (no maths here)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from xling_edit.report.maths import ROW_KEYS
+
+
+def fmt(v, digits: int = 3) -> str:
+    """A number for Markdown: fixed digits; '–' for missing."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def fmt_ci(mean, lo, hi, digits: int = 3) -> str:
+    """'mean [lo, hi]' (or just the mean / '–' when bounds are missing)."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)):
+        return fmt(mean, digits)
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def md_escape(s) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """A GitHub-flavoured Markdown table from already formatted cells."""
+    out = ["| " + " | ".join(md_escape(h) for h in header) + " |",
+           "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(md_escape(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def markdown_records(rows: Sequence[Mapping], cols: Sequence[str], digits: int = 3,
+                     header: Sequence[str] | None = None) -> str:
+    return markdown(header or cols, [[fmt(r.get(c), digits) for c in cols] for r in rows])
+
+
+HEADER_NAMES = {"edit_lang": "edit", "eval_lang": "eval", "n_cases": "n"}
+
+
+def key_columns(rows: Sequence[Mapping], keys: Sequence[str] = ROW_KEYS) -> list[str]:
+    """``keys`` without ``variant`` when no row has one (the usual case)."""
+    return [k for k in keys if k != "variant" or any(r.get("variant") for r in rows)]
+
+
+def wide_markdown(cols: Sequence[str], rows: Sequence[Mapping], digits: int = 3, ci: bool = True) -> str:
+    """A paper-style table (from ``maths.wide_rows``): row keys, n, then 'mean [lo, hi]'
+    per eval language, ELFI, ELFO."""
+    keys = key_columns(rows)
+    header = [HEADER_NAMES.get(k, k) for k in keys] + ["n"] + list(cols)
+    body = []
+    for r in rows:
+        cells = [fmt(r.get(k)) for k in keys] + [fmt(r.get("n_cases"))]
+        for c in cols:
+            cells.append(fmt_ci(r.get(c), r.get(f"{c}_ci_lo"), r.get(f"{c}_ci_hi"), digits) if ci
+                         else fmt(r.get(c), digits))
+        body.append(cells)
+    return markdown(header, body)
+
+
+def _csv_value(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return repr(round(v, 6))
+    return v
+
+
+def write_csv(path: Path, rows: Sequence[Mapping], cols: Sequence[str]) -> Path:
+    """Write ``rows`` (dicts) with columns ``cols``; missing values are empty. Atomic."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for r in rows:
+            w.writerow([_csv_value(r.get(c)) for c in cols])
+    os.replace(tmp, path)
+    return path
+
+
+def wide_csv_columns(cols: Sequence[str]) -> list[str]:
+    out = list(ROW_KEYS) + ["n_cases"]
+    for c in cols:
+        out += [c, f"{c}_ci_lo", f"{c}_ci_hi"]
+    return out
+
+
+def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a CSV file, as strings."""
+    with open(path, newline="", encoding="utf-8") as f:
+        r = list(csv.reader(f))
+    return (r[0], r[1:]) if r else ([], [])
