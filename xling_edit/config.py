@@ -27,6 +27,9 @@ class ModuleTemplates:
         final_norm: the norm applied before the LM head.
         lm_head: the output embedding / LM head.
         embed: the input token embedding.
+        mlp_out_norm: what the block applies to the MLP output before the residual add
+            (Gemma-2/3's ``post_feedforward_layernorm``); null when the output is added as is.
+            MEMIT maps residual targets back through it.
     """
 
     layer: str = "model.layers.{}"
@@ -35,6 +38,7 @@ class ModuleTemplates:
     final_norm: str = "model.norm"
     lm_head: str = "lm_head"
     embed: str = "model.embed_tokens"
+    mlp_out_norm: Optional[str] = None
 
 
 @dataclass
@@ -102,6 +106,10 @@ class RomeConfig:
         consistent_key: r-ROME's consistent form (the averaged key both in u and in the
             denominator; guarantees W'k = v*). False gives the original mixed-key update.
         subject_match_threshold: minimum similarity for fuzzy subject localisation.
+        mode: ``single`` (one case per edit, restored after each), ``sequential`` (``num_edits``
+            cases edited one after another without restoring, all evaluated after the last).
+            ROME cannot batch: ``batch`` and ``all_languages`` need MEMIT.
+        num_edits: cases per group in ``sequential`` mode.
     """
 
     name: str = "rome"
@@ -117,6 +125,50 @@ class RomeConfig:
     use_covariance: bool = True
     consistent_key: bool = True
     subject_match_threshold: float = 0.6
+    mode: str = "single"
+    num_edits: int = 1
+
+
+@dataclass
+class MemitConfig:
+    """MEMIT (Meng et al., 2023) hyperparameters; per-model values come from ``model.hparams.memit``.
+
+    Args:
+        name: method name in the editor registry.
+        layers: blocks whose MLP output projections share the update (ascending).
+        v_steps, v_lr, v_loss_stop, kl_factor, weight_decay: value optimisation at the top layer
+            (as in ROME).
+        clamp_norm_factor: the top-layer delta stays within factor * |v0| (at the projection
+            output, see editing/memit.py).
+        mom2_update_weight: λ in ΔW = R Kᵀ (λC + KKᵀ)⁻¹; larger keeps other keys unchanged.
+        n_context, context_lengths: context prefixes for the keys (as in ROME).
+        use_covariance: use C (statistics) rather than the identity.
+        subject_match_threshold: minimum similarity for fuzzy subject localisation.
+        mode: ``single`` (one case per edit), ``batch`` (``num_edits`` cases in one update),
+            ``sequential`` (``num_edits`` cases edited one after another, evaluated after the
+            last), ``all_languages`` (one update holding the case's request in every
+            evaluation language).
+        num_edits: cases per group in ``batch`` and ``sequential`` modes.
+    """
+
+    name: str = "memit"
+    layers: List[int] = field(default_factory=lambda: [3, 4, 5, 6])
+    v_steps: int = 25
+    v_lr: float = 0.5
+    v_loss_stop: float = 0.05
+    clamp_norm_factor: float = 1.5
+    kl_factor: float = 0.0625
+    weight_decay: float = 1.0e-3
+    mom2_update_weight: float = 15000.0
+    n_context: int = 4
+    context_lengths: List[int] = field(default_factory=lambda: [5, 10])
+    use_covariance: bool = True
+    subject_match_threshold: float = 0.6
+    mode: str = "single"
+    num_edits: int = 1
+
+
+MODES = ("single", "batch", "sequential", "all_languages")
 
 
 @dataclass
@@ -265,7 +317,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="xling_edit_config", node=Config)
     cs.store(group="xling_edit_schema/method", name="rome", node=RomeConfig)
+    cs.store(group="xling_edit_schema/method", name="memit", node=MemitConfig)
     cs.store(group="xling_edit_schema", name="language", node=LanguageConfig)
 
 
-METHOD_SCHEMAS = {"rome": RomeConfig}
+METHOD_SCHEMAS = {"rome": RomeConfig, "memit": MemitConfig}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 import os
 import random
 import time
@@ -19,9 +20,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from xling_edit.config import METHOD_SCHEMAS
+from xling_edit.config import METHOD_SCHEMAS, MODES
 from xling_edit.data import load_dataset
-from xling_edit.editing import rome  # noqa: F401  (registers the editor)
+from xling_edit.editing import memit, rome  # noqa: F401  (register the editors)
+from xling_edit.editing.localize import find_subject
 from xling_edit.editing.base import EditRequest, SkipCase, applied, build_editor
 from xling_edit.editing.stats import CovarianceProvider
 from xling_edit.evaluation.evaluate import build_rows, lang_metrics, score_rows
@@ -115,25 +117,34 @@ def run(cfg: DictConfig, out_dir: Path | None = None, model_and_tok: Any = None)
                           covariance_label=cov.label if cov else "identity")
 
     word_seps = {c: registry[c].word_sep for c in eval_langs}
-    ap = cfg.data.answer_prefix or ""
+    mode, group_size = str(mcfg.get("mode", "single")), int(mcfg.get("num_edits", 1))
+    _check_mode(mode, group_size, editor)
+    ctx = _Ctx(model, tok, spec, editor, registry, edit_code, eval_langs, word_seps,
+               cfg.data.answer_prefix or "", cfg.eval.batch_size, mode)
     writer = ResultsWriter(out / "results.jsonl")
     counts: Counter = Counter()
     localisation: Counter = Counter()
     all_lines: list[dict] = []
     common = {"model": cfg.model.name, "method": mcfg.name, "dataset": ds.name,
-              "merge": cfg.merge.name, "edit_lang": edit_code}
+              "merge": cfg.merge.name, "mode": mode,
+              "edit_lang": "all" if mode == "all_languages" else edit_code}
+    size = group_size if mode in ("batch", "sequential") else 1
+    groups = [ds.cases[i: i + size] for i in range(0, len(ds.cases), size)]
+    bar = tqdm(total=len(ds.cases), desc=f"{mcfg.name} {common['edit_lang']}", unit="case",
+               dynamic_ncols=True)
     try:
-        for case in tqdm(ds.cases, desc=f"{mcfg.name} {edit_code}", unit="case", dynamic_ncols=True):
-            lines = _run_case(case, model, tok, spec, editor, registry, edit_code, eval_langs,
-                              word_seps, ap, cfg.eval.batch_size, common)
-            counts[lines[0]["status"]] += 1
-            if lines[0]["status"] == "ok" or lines[0].get("subject"):
-                localisation[(lines[0].get("subject") or {}).get("method", "?")] += 1
-            elif lines[0]["status"] == "skipped":
-                localisation["skipped"] += 1
+        for g, group in enumerate(groups):
+            lines = _run_group(group, ctx, {**common, "group": g} if size > 1 else common)
+            for line in lines:
+                if line["eval_lang"] == (edit_code if mode != "all_languages" else eval_langs[0]):
+                    counts[line["status"]] += 1
+                    method_used = (line.get("subject") or {}).get("method")
+                    localisation[method_used or ("skipped" if line["status"] == "skipped" else "n/a")] += 1
             writer.write_many(lines)
             all_lines.extend(lines)
+            bar.update(len(group))
     finally:
+        bar.close()
         writer.close()
 
     summary_rows = summarize(all_lines)
@@ -156,57 +167,163 @@ def run(cfg: DictConfig, out_dir: Path | None = None, model_and_tok: Any = None)
     return info
 
 
-def _run_case(case, model, tok, spec, editor, registry, edit_code, eval_langs, word_seps, ap,
-              batch_size, common) -> list[dict]:
-    rows, tok_errors = build_rows(case, eval_langs, tok, word_seps, ap)
-    t0 = time.perf_counter()
-    pre_scores = score_rows(model, tok, spec, rows, batch_size)
-    pre = lang_metrics(rows, pre_scores, None)
-    timings = {"pre_eval_s": round(time.perf_counter() - t0, 3)}
-    post: dict = {}
-    status, reason, edit_info = "ok", None, {}
-    rec_edit = case.langs.get(edit_code)
-    if rec_edit is None:
-        status, reason = "skipped", f"case has no {edit_code!r} version"
-    else:
-        try:
-            t1 = time.perf_counter()
-            outcome = editor.edit(model, tok, EditRequest(case.case_id, registry[edit_code], rec_edit, ap))
-            timings["edit_s"] = round(time.perf_counter() - t1, 3)
-            edit_info = outcome.info
-            t2 = time.perf_counter()
-            with applied(model, outcome.deltas):
-                post_scores = score_rows(model, tok, spec, rows, batch_size)
-            timings["post_eval_s"] = round(time.perf_counter() - t2, 3)
-            post = lang_metrics(rows, post_scores, pre_scores)
-        except SkipCase as exc:
-            status, reason = "skipped", str(exc)
-        except (FloatingPointError, ValueError, RuntimeError) as exc:
-            log.warning("case %s failed: %s", case.case_id, exc)
-            status, reason = "failed", f"{type(exc).__name__}: {exc}"
-    subject = edit_info.get("subject")
-    edit_info = {k: v for k, v in edit_info.items() if k != "subject"}
-    n_tokens = Counter(r.lang for r in rows if r.kind == "rel" and r.role == "new")
+@dataclass
+class _Ctx:
+    model: Any
+    tok: Any
+    spec: ModelSpec
+    editor: Any
+    registry: dict
+    edit_code: str
+    eval_langs: list
+    word_seps: dict
+    answer_prefix: str
+    batch_size: int
+    mode: str
+
+
+@dataclass
+class _CaseEval:
+    case: Any
+    rows: list
+    tok_errors: dict
+    pre_scores: list
+    pre: dict
+    timings: dict = field(default_factory=dict)
+    post: dict = field(default_factory=dict)
+    status: str = "ok"
+    reason: str | None = None
+    edit_info: dict = field(default_factory=dict)
+
+
+def _check_mode(mode: str, group_size: int, editor) -> None:
+    if mode not in MODES:
+        raise ValueError(f"method.mode={mode!r} unknown; one of {list(MODES)}")
+    if mode in ("batch", "all_languages") and not getattr(editor, "batched", False):
+        raise ValueError(f"method.mode={mode} needs a method that edits many facts at once (memit)")
+    if group_size < 1:
+        raise ValueError(f"method.num_edits must be >= 1, got {group_size}")
+
+
+def _requests(ev: _CaseEval, ctx: _Ctx) -> list[EditRequest]:
+    """The case's edit requests: one in the edit language, or one per language (all_languages).
+    Sets the case to skipped when it has none."""
+    langs = ctx.eval_langs if ctx.mode == "all_languages" else [ctx.edit_code]
+    reqs = [EditRequest(ev.case.case_id, ctx.registry[l], ev.case.langs[l], ctx.answer_prefix)
+            for l in langs if l in ev.case.langs]
+    if not reqs:
+        ev.status, ev.reason = "skipped", f"case has no {'/'.join(langs)} version"
+    return reqs
+
+
+def _fail(evs, exc) -> None:
+    status = "skipped" if isinstance(exc, SkipCase) else "failed"
+    if status == "failed":
+        log.warning("case(s) %s failed: %s", [e.case.case_id for e in evs], exc)
+    for ev in evs:
+        ev.status, ev.reason = status, (str(exc) if status == "skipped" else f"{type(exc).__name__}: {exc}")
+
+
+_EDIT_ERRORS = (SkipCase, FloatingPointError, ValueError, RuntimeError)
+
+
+def _run_group(cases, ctx: _Ctx, common: dict) -> list[dict]:
+    """Pre-evaluate, edit (per mode), post-evaluate and restore one group of cases."""
+    evs = []
+    for case in cases:
+        rows, tok_errors = build_rows(case, ctx.eval_langs, ctx.tok, ctx.word_seps, ctx.answer_prefix)
+        t0 = time.perf_counter()
+        pre_scores = score_rows(ctx.model, ctx.tok, ctx.spec, rows, ctx.batch_size)
+        evs.append(_CaseEval(case, rows, tok_errors, pre_scores, lang_metrics(rows, pre_scores, None),
+                             {"pre_eval_s": round(time.perf_counter() - t0, 3)}))
+    reqs = {id(ev): _requests(ev, ctx) for ev in evs}
+    live = [ev for ev in evs if ev.status == "ok"]
+    ed = ctx.editor
+
+    def post_eval(targets, deltas):
+        t = time.perf_counter()
+        with applied(ctx.model, deltas):
+            for ev in targets:
+                scores = score_rows(ctx.model, ctx.tok, ctx.spec, ev.rows, ctx.batch_size)
+                ev.post = lang_metrics(ev.rows, scores, ev.pre_scores)
+        for ev in targets:
+            ev.timings["post_eval_s"] = round((time.perf_counter() - t) / len(targets), 3)
+
+    if ctx.mode in ("single", "all_languages"):
+        for ev in live:
+            try:
+                t1 = time.perf_counter()
+                r = reqs[id(ev)]
+                out = ed.edit(ctx.model, ctx.tok, r[0]) if len(r) == 1 else ed.edit_batch(ctx.model, ctx.tok, r)
+                ev.timings["edit_s"] = round(time.perf_counter() - t1, 3)
+                ev.edit_info = out.info
+                post_eval([ev], out.deltas)
+            except _EDIT_ERRORS as exc:
+                _fail([ev], exc)
+    elif ctx.mode == "batch":
+        ok = []
+        for ev in live:  # a case whose subject cannot be found is skipped, not the whole batch
+            rec = reqs[id(ev)][0].record
+            if find_subject(rec.prompt, rec.subject, ed.hp.subject_match_threshold) is None:
+                _fail([ev], SkipCase(f"subject {rec.subject!r} not found in prompt {rec.prompt!r}"))
+            else:
+                ok.append(ev)
+        if ok:
+            try:
+                t1 = time.perf_counter()
+                out = ed.edit_batch(ctx.model, ctx.tok, [reqs[id(ev)][0] for ev in ok])
+                for i, ev in enumerate(ok):
+                    ev.timings["edit_s"] = round((time.perf_counter() - t1) / len(ok), 3)
+                    ev.edit_info = {**out.info, "subject": out.info["subjects"][i]}
+                post_eval(ok, out.deltas)
+            except _EDIT_ERRORS as exc:
+                _fail(ok, exc)
+    elif ctx.mode == "sequential":
+        deltas: list = []
+        done = []
+        for ev in live:
+            try:
+                t1 = time.perf_counter()
+                with applied(ctx.model, deltas):  # each edit sees the ones before it
+                    out = ed.edit(ctx.model, ctx.tok, reqs[id(ev)][0])
+                deltas.extend(out.deltas)
+                ev.timings["edit_s"] = round(time.perf_counter() - t1, 3)
+                ev.edit_info = {**out.info, "position": len(done)}
+                done.append(ev)
+            except _EDIT_ERRORS as exc:
+                _fail([ev], exc)
+        if done:
+            post_eval(done, deltas)  # all edits in place; compared with cached pre-edit scores
+    return [line for ev in evs for line in _lines(ev, ctx, common)]
+
+
+def _lines(ev: _CaseEval, ctx: _Ctx, common: dict) -> list[dict]:
+    case = ev.case
+    info = dict(ev.edit_info)
+    subject = info.pop("subject", None)
+    info.pop("subjects", None)
+    rec_edit = case.langs.get(ctx.edit_code)
     lines = []
-    for lang in eval_langs:
+    for lang in ctx.eval_langs:
         rec = case.langs.get(lang)
         line = {**common, "case_id": case.case_id, "eval_lang": lang,
-                "elfi": lang == edit_code, "status": status, "reason": reason}
+                "elfi": ctx.mode == "all_languages" or lang == ctx.edit_code,
+                "status": ev.status, "reason": ev.reason}
         if rec is None:
             line.update(status="missing_eval_lang", reason=f"case has no {lang!r} version")
-        elif lang in tok_errors:
-            line.update(status="failed", reason=tok_errors[lang])
+        elif lang in ev.tok_errors:
+            line.update(status="failed", reason=ev.tok_errors[lang])
         else:
-            rel = next(r for r in rows if r.lang == lang and r.kind == "rel" and r.role == "new")
+            rel = next(r for r in ev.rows if r.lang == lang and r.kind == "rel" and r.role == "new")
             line.update(
-                pre=pre.get(lang), post=post.get(lang) if status == "ok" else None,
+                pre=ev.pre.get(lang), post=ev.post.get(lang) if ev.status == "ok" else None,
                 target_new=rec.target_new,
                 shared_surface=rec_edit is not None and rec.target_new == rec_edit.target_new,
                 target_new_tokens=len(rel.enc.target_ids),
-                subject_tokens=len(tok(rec.subject, add_special_tokens=False)["input_ids"]),
+                subject_tokens=len(ctx.tok(rec.subject, add_special_tokens=False)["input_ids"]),
                 subject_words=len(rec.subject.split()),
             )
-        line.update(subject=subject, edit=edit_info, timings=timings)
+        line.update(subject=subject, edit=info, timings=ev.timings)
         lines.append(line)
     return lines
 

@@ -50,14 +50,15 @@ SUMMARY_KEYS = [f"{m}.{p}" for m in METRICS for p in PROTOCOLS]
 def summarize(records: Sequence[Mapping]) -> list[dict]:
     """Mean of every metric per (edit_lang, eval_lang, phase), plus ELFI/ELFO rows per edit_lang.
 
-    ELFI averages the cells where eval_lang == edit_lang, ELFO the others (each case-language
-    line weighs one)."""
+    ELFI averages the lines whose eval language was edited (eval_lang == edit_lang; every
+    language in ``all_languages`` mode), ELFO the others (each case-language line weighs one)."""
     groups: dict[tuple, list[Mapping]] = defaultdict(list)
     for r in records:
         if r.get("status") != "ok":
             continue
         groups[(r["edit_lang"], r["eval_lang"])].append(r)
-        groups[(r["edit_lang"], "ELFI" if r["edit_lang"] == r["eval_lang"] else "ELFO")].append(r)
+        elfi = r.get("elfi", r["edit_lang"] == r["eval_lang"])
+        groups[(r["edit_lang"], "ELFI" if elfi else "ELFO")].append(r)
     rows = []
     for (edit, ev), recs in sorted(groups.items()):
         for phase in ("pre", "post"):

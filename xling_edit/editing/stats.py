@@ -33,14 +33,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from xling_edit.editing.value import _StopForward
 from xling_edit.evaluation.forward import model_device, pad_right
 from xling_edit.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
-
-
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass once the needed activations are captured."""
 
 
 def accumulate_second_moment(keys: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
@@ -71,10 +68,11 @@ def layer_second_moments(model, tok, spec: ModelSpec, layers: Sequence[int], tex
     n_tokens = 0
     t0 = time.perf_counter()
     try:
-        bar = tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", dynamic_ncols=True)
+        encoded = [tok(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+        encoded = sorted((e for e in encoded if len(e) > 1), key=len)  # less padding
+        bar = tqdm(range(0, len(encoded), batch_size), desc=desc, unit="batch", dynamic_ncols=True)
         for b in bar:
-            enc = [tok(t, truncation=True, max_length=max_length)["input_ids"] for t in texts[b: b + batch_size]]
-            enc = [e for e in enc if len(e) > 1]
+            enc = encoded[b: b + batch_size]
             if not enc:
                 continue
             ids, mask = pad_right(enc, tok.pad_token_id, device)

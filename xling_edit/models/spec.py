@@ -24,13 +24,17 @@ class ModelSpec:
     final_norm: str
     lm_head: str
     embed: str
+    mlp_out_norm: str | None = None
 
     @classmethod
     def from_config(cls, templates: Mapping[str, Any]) -> "ModelSpec":
-        return cls(**{k: str(templates[k]) for k in cls.__dataclass_fields__})
+        return cls(**{k: (None if templates.get(k) is None else str(templates[k]))
+                      for k in cls.__dataclass_fields__ if k in templates})
 
     def module(self, model: nn.Module, kind: str, layer: int | None = None) -> nn.Module:
         template = getattr(self, kind)
+        if template is None:
+            raise KeyError(f"model.templates.{kind} is not set for this model")
         path = template.format(layer) if "{}" in template else template
         try:
             return model.get_submodule(path)

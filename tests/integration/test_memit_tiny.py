@@ -1,0 +1,77 @@
+"""MEMIT and the statistics on tiny random models."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tests.conftest import language
+from xling_edit.config import MemitConfig
+from xling_edit.data.schema import LangRecord
+from xling_edit.editing.base import EditRequest, applied
+from xling_edit.editing.memit import MemitEditor
+from xling_edit.editing.stats import CovarianceProvider, layer_second_moments
+
+FACTS = [LangRecord(subject="Eiffel Tower", prompt="The Eiffel Tower is located in", target_new="Rome"),
+         LangRecord(subject="Danielle Darrieux", prompt="Danielle Darrieux speaks", target_new="Tamil"),
+         LangRecord(subject="Apple", prompt="Apple was founded by", target_new="Nokia")]
+
+
+def editor(cfg, **kw):
+    hp = OmegaConf.merge(OmegaConf.structured(MemitConfig), cfg.hparams.memit,
+                         {"v_steps": 20, "v_loss_stop": 0.0, "v_lr": 0.05, "clamp_norm_factor": 50.0,
+                          "kl_factor": 0.0, "weight_decay": 0.0, **kw})
+    return MemitEditor(hp, cfg_spec(cfg))
+
+
+def cfg_spec(cfg):
+    from xling_edit.models import ModelSpec
+
+    return ModelSpec.from_config(cfg.templates)
+
+
+def test_batch_moves_every_request_towards_its_target(tiny):
+    name, model, tok, spec, cfg = tiny
+    ed = editor(cfg)
+    reqs = [EditRequest(str(i), language("en"), f) for i, f in enumerate(FACTS)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    h0 = ed._residual_at(model, [__import__("xling_edit.editing.value", fromlist=["x"]).prepare(
+        tok, r, ed.prefixes(model, tok, r.lang), 0.6, torch.device("cpu")) for r in reqs], max(cfg.hparams.memit.layers))
+    out = ed.edit_batch(model, tok, reqs)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing left applied
+    z, h_final = out.tensors["z"], out.tensors["h_final"]
+    assert ((z - h_final).norm(dim=1) < (z - h0).norm(dim=1)).all()
+    assert len(out.deltas) == len(cfg.hparams.memit.layers)
+    with applied(model, out.deltas):
+        assert not all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # bit-exact restore
+
+
+def test_statistics_equal_direct_computation(tiny):
+    name, model, tok, spec, cfg = tiny
+    texts = ["The cat sat on the mat.", "राजधानी दिल्ली है", "Une phrase courte"]
+    moments, n = layer_second_moments(model, tok, spec, [0, 1], texts, batch_size=2)
+    keys = {0: [], 1: []}
+    hooks = [spec.module(model, "down_proj", l).register_forward_hook(
+        lambda m, i, o, l=l: keys[l].append(i[0][0, 1:])) for l in (0, 1)]  # skip <bos>
+    with torch.no_grad():
+        for t in texts:
+            model(input_ids=torch.tensor([tok(t)["input_ids"]]))
+    for h in hooks:
+        h.remove()
+    for l in (0, 1):
+        k = torch.cat(keys[l]).double()
+        assert n == k.shape[0]
+        assert torch.allclose(moments[l], k.T @ k / k.shape[0], rtol=1e-5, atol=1e-8)
+
+
+def test_statistics_cache_is_reused(tiny, tmp_path):
+    name, model, tok, spec, cfg = tiny
+    mk = lambda: CovarianceProvider(model, tok, spec, name, "builtin", {"en": [], "hi": []},  # noqa: E731
+                                    per_lang=3, cache_dir=str(tmp_path))
+    a = mk()
+    c1 = a(0)
+    assert a.last_source == "computed" and len(list((tmp_path / "stats").iterdir())) == 1
+    b = mk()
+    c2 = b(0)
+    assert b.last_source == "disk" and torch.equal(c1, c2)
+    assert b.key(0) != b.key(1)

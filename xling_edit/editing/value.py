@@ -1,0 +1,181 @@
+"""What ROME and MEMIT share: tokenised edit requests, keys, and the value optimisation.
+
+The value optimisation adds a vector delta to an MLP output projection's output at the
+subject's last token (in every context prompt and in the KL prompt) and minimises
+
+    mean token NLL of target_new  +  kl_factor · KL(p_before || p_now) on "{subject} is a"
+                                  +  weight_decay · |delta| / |v0|²,
+
+projecting delta into the ball of radius clamp_norm_factor · |v0| after every Adam step and
+stopping early once the NLL is below ``loss_stop``. Working at the projection's output (the
+space the edited weight writes to) keeps the optimisation valid for blocks that normalise the
+MLP output before the residual add (Gemma-2/3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from xling_edit.editing.base import EditRequest, SkipCase
+from xling_edit.editing.localize import SubjectMatch, find_subject
+from xling_edit.evaluation.forward import logits_at, model_device, pad_right
+from xling_edit.evaluation.text import Encoded, encode, last_token_in_span
+from xling_edit.models.spec import ModelSpec
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the needed activations are captured."""
+
+
+@dataclass
+class Prepared:
+    """One request tokenised for editing: context prompts + target, and the KL prompt."""
+
+    match: SubjectMatch
+    encs: list[Encoded]  # prefix + prompt + target_new, one per context prefix ("" first)
+    ids: torch.Tensor  # [n_prompts + 1, T] right-padded; the last row is the KL prompt
+    mask: torch.Tensor
+    subj_pos: torch.Tensor  # [n_prompts + 1] subject's last token per row
+    rows: torch.Tensor  # logit rows: target positions of every prompt, then the KL position
+    pos: torch.Tensor
+    tgt: torch.Tensor  # target token ids at those positions (KL excluded)
+    seg: torch.Tensor  # which prompt each target token belongs to
+    n_tok: torch.Tensor  # target tokens per prompt
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.encs)
+
+
+def prepare(tok, request: EditRequest, prefixes: list[str], threshold: float, device) -> Prepared:
+    rec, lang = request.record, request.lang
+    match = find_subject(rec.prompt, rec.subject, threshold)
+    if match is None:
+        raise SkipCase(f"subject {rec.subject!r} not found in prompt {rec.prompt!r}")
+    prompt = rec.prompt + request.answer_prefix
+    encs, subj = [], []
+    for pre in prefixes:
+        e = encode(tok, pre + prompt, rec.target_new, lang["word_sep"])
+        p = last_token_in_span(e, len(pre) + match.start, len(pre) + match.end)
+        if p >= e.n_prompt:
+            raise SkipCase("subject overlaps the target tokens")
+        encs.append(e)
+        subj.append(p)
+    kl_text = lang["kl_prompt"].format(subject=rec.subject)
+    kl_enc = encode(tok, kl_text)
+    ks = kl_text.find(rec.subject)
+    subj.append(last_token_in_span(kl_enc, ks, ks + len(rec.subject)))
+    ids, mask = pad_right([e.input_ids for e in encs] + [kl_enc.input_ids], tok.pad_token_id, device)
+    rows, pos, tgt, seg = [], [], [], []
+    for r, e in enumerate(encs):
+        for p in e.target_positions:
+            rows.append(r)
+            pos.append(p - 1)
+            tgt.append(e.input_ids[p])
+            seg.append(r)
+    rows.append(len(encs))
+    pos.append(len(kl_enc.input_ids) - 1)
+    t = lambda x: torch.tensor(x, device=device)  # noqa: E731
+    seg_t = t(seg)
+    return Prepared(match, encs, ids, mask, t(subj), t(rows), t(pos), t(tgt), seg_t,
+                    torch.bincount(seg_t, minlength=len(encs)).float())
+
+
+def target_nll(logits: torch.Tensor, prep: Prepared) -> torch.Tensor:
+    """Mean over prompts of the mean token NLL of the target (``logits`` without the KL row)."""
+    lp = torch.log_softmax(logits, dim=-1).gather(1, prep.tgt[:, None])[:, 0]
+    per_prompt = torch.zeros_like(prep.n_tok).index_add(0, prep.seg, -lp)
+    return (per_prompt / prep.n_tok).mean()
+
+
+@torch.no_grad()
+def capture_at_subject(model, spec: ModelSpec, prep: Prepared, layers: list[int],
+                       what: str = "input") -> dict[int, torch.Tensor]:
+    """{layer: [n_prompts + 1, d]} the down-projection's input (keys) or output at the subject's
+    last token of every row; the forward stops after the highest layer."""
+    out: dict[int, torch.Tensor] = {}
+    last = max(layers)
+    rows = torch.arange(prep.ids.shape[0], device=prep.ids.device)
+
+    def hook(layer):
+        def fn(_m, inp, o):
+            x = inp[0] if what == "input" else o
+            out[layer] = x[rows, prep.subj_pos].float()
+            if layer == last:
+                raise _StopForward
+        return fn
+
+    handles = [spec.module(model, "down_proj", l).register_forward_hook(hook(l)) for l in layers]
+    try:
+        model(input_ids=prep.ids, attention_mask=prep.mask, use_cache=False, logits_to_keep=1)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+@dataclass
+class ValueResult:
+    delta: torch.Tensor  # optimised addition to the projection output at the subject
+    v0: torch.Tensor  # the bare prompt's projection output at the subject
+    keys: torch.Tensor  # [n_prompts, d_in] the projection's inputs at the subject, per prompt
+    nll_before: float
+    trajectory: list[float]
+    steps: int
+
+
+def optimise_value(model, spec: ModelSpec, layer: int, prep: Prepared, *, steps: int, lr: float,
+                   loss_stop: float, clamp_norm_factor: float, kl_factor: float,
+                   weight_decay: float) -> ValueResult:
+    down = spec.module(model, "down_proj", layer)
+    cap: dict = {}
+    h = down.register_forward_hook(lambda m, i, o: cap.update(k=i[0], v=o))
+    try:
+        with torch.no_grad():
+            logits0 = logits_at(model, spec, prep.ids, prep.mask, prep.rows, prep.pos)
+    finally:
+        h.remove()
+    n = prep.n_prompts
+    keys = cap["k"][torch.arange(n, device=prep.ids.device), prep.subj_pos[:n]].detach().float()
+    v0 = cap["v"][0, prep.subj_pos[0]].detach().float()
+    kl_ref = torch.log_softmax(logits0[-1:], dim=-1)
+    nll0 = float(target_nll(logits0[:-1], prep))
+
+    sel = torch.zeros(*prep.ids.shape, 1, device=prep.ids.device, dtype=cap["v"].dtype)
+    sel[torch.arange(n + 1, device=prep.ids.device), prep.subj_pos] = 1.0
+    delta = torch.zeros_like(v0, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=lr)
+    radius = clamp_norm_factor * float(v0.norm())
+    h = down.register_forward_hook(lambda m, i, o: o + sel * delta.to(o.dtype))
+    trajectory: list[float] = []
+    step = 0
+    try:
+        for step in range(1, steps + 1):
+            logits = logits_at(model, spec, prep.ids, prep.mask, prep.rows, prep.pos)
+            nll = target_nll(logits[:-1], prep)
+            kl = F.kl_div(torch.log_softmax(logits[-1:], dim=-1), kl_ref, log_target=True,
+                          reduction="batchmean")
+            loss = nll + kl_factor * kl + weight_decay * delta.norm() / v0.norm() ** 2
+            trajectory.append(round(float(nll.detach()), 4))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite value loss at step {step}")
+            if trajectory[-1] < loss_stop:
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                delta.copy_(project_to_ball(delta, radius))
+    finally:
+        h.remove()
+    return ValueResult(delta.detach(), v0, keys, nll0, trajectory, step)
+
+
+def project_to_ball(x: torch.Tensor, radius: float) -> torch.Tensor:
+    n = x.norm()
+    return x * (radius / n) if n > radius else x
