@@ -279,7 +279,7 @@ class StatsConfig:
 
     corpus: str = "builtin"
     langs: Optional[List[str]] = None
-    per_lang: int = 60
+    per_lang: int = 40
     length: int = 64
     files: List[str] = field(default_factory=list)
     max_length: int = 128

@@ -81,3 +81,31 @@ def test_bmike_tamil_reports_localisation(tmp_path, shared_data):
     assert sum(info["subject_localisation"].values()) == 6
     assert info["missing_languages"].get("kn") == 6
     assert "subject localisation (ta)" in r.stdout
+
+
+@pytest.mark.parametrize("mode,extra", [("single", []), ("batch", ["method.num_edits=2"]),
+                                        ("sequential", ["method.num_edits=2"]),
+                                        ("all_languages", [])])
+def test_memit_modes(tmp_path, mode, extra):
+    out = tmp_path / "job"
+    run("model=tiny_llama", "method=memit", f"method.mode={mode}", *extra, *FAST,
+        "eval_langs=[en,de,hi]", f"hydra.run.dir={out}", f"model.cache_dir={tmp_path / 'cache'}")
+    lines = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 * 3 and all(l["mode"] == mode for l in lines)
+    assert all(l["status"] == "ok" for l in lines), [l["reason"] for l in lines]
+    edit = lines[0]["edit"]
+    assert edit["method"] == "memit" and edit["layers"] == [0, 1]
+    if mode == "batch":
+        assert edit["n_requests"] == 2 and {l["group"] for l in lines} == {0}
+    if mode == "sequential":
+        assert sorted({l["edit"]["position"] for l in lines}) == [0, 1]
+    if mode == "all_languages":
+        assert edit["n_requests"] == 3 and all(l["edit_lang"] == "all" and l["elfi"] for l in lines)
+    summary = (out / "summary.csv").read_text()
+    assert ("all,ELFI,post" if mode == "all_languages" else "en,ELFO,post") in summary
+
+
+def test_rome_rejects_batch_mode(tmp_path):
+    r = subprocess.run([sys.executable, "run.py", "model=tiny_llama", "method.mode=batch",
+                        f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "memit" in r.stderr

@@ -48,19 +48,41 @@ def memit_update(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor | No
 
 
 def invert_output_map(fn: Callable[[torch.Tensor], torch.Tensor] | None, m: torch.Tensor,
-                      r: torch.Tensor, iters: int = 8) -> torch.Tensor:
-    """d such that fn(m + d) - fn(m) ≈ r (Gauss-Newton, minimum-norm steps); r when fn is None."""
+                      r: torch.Tensor, iters: int = 10) -> torch.Tensor:
+    """d such that fn(m + d) - fn(m) ≈ r; r itself when fn is None (identity).
+
+    Gauss-Newton with minimum-norm least-squares steps and backtracking: a step is taken only
+    if it lowers the error, so an unreachable r (a norm's output has a fixed scale) gives the
+    closest reachable change instead of a diverging d."""
     if fn is None:
         return r
     m, r = m.double(), r.double()
     base = fn(m)
     d = torch.zeros_like(m)
+    err = r - (fn(m + d) - base)
     for _ in range(iters):
-        err = r - (fn(m + d) - base)
         if err.norm() <= 1e-6 * (r.norm() + 1e-12):
             break
         j = torch.autograd.functional.jacobian(fn, m + d)
-        d = d + torch.linalg.lstsq(j, err[:, None], driver="gelsd").solution[:, 0]
+        step = torch.linalg.lstsq(j, err[:, None], driver="gelsd").solution[:, 0]
+        for _ in range(12):
+            new_err = r - (fn(m + d + step) - base)
+            if torch.isfinite(new_err).all() and new_err.norm() < err.norm():
+                d, err = d + step, new_err
+                break
+            step = step / 2
+        else:
+            break
+    # Norms ignore the input's scale: Gauss-Newton may wander along it. Bring |m + d| back to
+    # |m| when that leaves the output unchanged, so the weight update stays small.
+    # (eps terms make tiny inputs slightly scale-dependent: try |m|, 2|m|, 4|m|, ...)
+    x = m + d
+    scale = m.norm().clamp_min(1e-12)
+    while scale < x.norm():
+        cand = x * (scale / x.norm()) - m
+        if (r - (fn(m + cand) - base)).norm() <= err.norm() * 1.01 + 1e-9:
+            return cand
+        scale = scale * 2
     return d
 
 
@@ -158,6 +180,8 @@ class MemitEditor:
         h_top0 = self._residual_at(model, preps, top)
         z = h_top0 + resid_target
 
+        if hp.use_covariance and hasattr(self.covariance, "prefetch"):
+            self.covariance.prefetch(layers)
         # 2. spread over the layers, ascending, each seeing the updates below it
         deltas: list[WeightDelta] = []
         per_layer = []

@@ -178,23 +178,28 @@ class CovarianceProvider:
             c = c + self.ridge * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype)
         return c
 
-    def _raw(self, layer: int) -> torch.Tensor:
-        if layer in self._mem:
-            self.last_source = "memory"
-            return self._mem[layer]
-        path = self.cache_dir / "stats" / f"{self.key(layer)}.safetensors" if self.cache_dir else None
-        if path is not None and path.exists():
-            self._mem[layer] = load_file(str(path))["second_moment"]
-            self.last_source = "disk"
-            log.info("covariance for layer %d loaded from cache %s", layer, path)
-            return self._mem[layer]
+    def prefetch(self, layers: Sequence[int]) -> None:
+        """Compute every missing layer in one pass over the corpus (MEMIT needs several)."""
+        missing = []
+        for layer in layers:
+            path = self._path(layer)
+            if layer not in self._mem and not (path is not None and path.exists()):
+                missing.append(layer)
+        if len(missing) < 2:
+            return
         t0 = time.perf_counter()
-        texts = self._texts()
-        moments, n = layer_second_moments(self.model, self.tok, self.spec, [layer], texts,
+        moments, n = layer_second_moments(self.model, self.tok, self.spec, missing, self._texts(),
                                           batch_size=self.batch_size, max_length=self.max_length,
-                                          desc=f"covariance L{layer}")
-        c = moments[layer]
-        log.info("covariance for layer %d from %d tokens in %.1fs", layer, n, time.perf_counter() - t0)
+                                          desc=f"covariance L{','.join(map(str, missing))}")
+        log.info("covariance for layers %s from %d tokens in %.1fs", missing, n, time.perf_counter() - t0)
+        for layer, c in moments.items():
+            self._store(layer, c, n)
+
+    def _path(self, layer: int) -> Path | None:
+        return self.cache_dir / "stats" / f"{self.key(layer)}.safetensors" if self.cache_dir else None
+
+    def _store(self, layer: int, c: torch.Tensor, n: int) -> None:
+        path = self._path(layer)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -203,8 +208,25 @@ class CovarianceProvider:
                       metadata={"spec": json.dumps(self.spec_dict), "layer": str(layer), "tokens": str(n)})
             os.replace(tmp, path)
         self._mem[layer] = c
+
+    def _raw(self, layer: int) -> torch.Tensor:
+        if layer in self._mem:
+            self.last_source = "memory"
+            return self._mem[layer]
+        path = self._path(layer)
+        if path is not None and path.exists():
+            self._mem[layer] = load_file(str(path))["second_moment"]
+            self.last_source = "disk"
+            log.info("covariance for layer %d loaded from cache %s", layer, path)
+            return self._mem[layer]
+        t0 = time.perf_counter()
+        moments, n = layer_second_moments(self.model, self.tok, self.spec, [layer], self._texts(),
+                                          batch_size=self.batch_size, max_length=self.max_length,
+                                          desc=f"covariance L{layer}")
+        log.info("covariance for layer %d from %d tokens in %.1fs", layer, n, time.perf_counter() - t0)
+        self._store(layer, moments[layer], n)
         self.last_source = "computed"
-        return c
+        return self._mem[layer]
 
     def _texts(self) -> list[str]:
         if self.corpus == "builtin":
