@@ -52,10 +52,10 @@ class ModelConfig:
             holding a ``save_pretrained`` checkpoint) or ``random`` (a randomly initialised
             model built from ``random_init``; tests).
         path: hub id or local directory (``hub`` / ``local``).
-        gguf_package: importable module holding the GGUF (``gguf_package``). If it has an
-            ``assemble()`` function that is called to obtain the file, else ``gguf_file`` is
-            looked up inside the package.
-        gguf_file: file name of the GGUF inside the package (when there is no ``assemble``).
+        gguf_package: importable package holding the GGUF (``gguf_package``). With
+            ``gguf_file`` set the file is found in the package folder without importing it;
+            otherwise the package's ``assemble()`` produces the file.
+        gguf_file: file name of the GGUF inside the package folder.
         revision: hub revision (``hub``).
         dtype: torch dtype name (float32, bfloat16, float16).
         device: torch device (cpu, cuda, cuda:1, ...).
@@ -266,7 +266,8 @@ class StatsConfig:
     Args:
         corpus: ``builtin`` (offline default: paragraphs shipped with the package, equal shares
             per language), ``generated`` (seeded samples from the model itself; slow on CPU),
-            ``files`` (local text files, a document per line) or ``none`` (identity).
+            ``files`` (local text files, a document per line), ``hf`` (a Hugging Face dataset,
+            streamed; needs ``datasets``) or ``none`` (identity).
         langs: languages of the builtin/generated corpus; null = the evaluation languages.
         per_lang: paragraphs (builtin) or generated samples per language.
         length: tokens per generated sample.
@@ -274,6 +275,9 @@ class StatsConfig:
         max_length: documents are truncated to this many tokens.
         batch_size: documents per forward pass.
         ridge: diagonal loading, as a share of mean(diag C), added before solving C u = k.
+        hf_path, hf_name, hf_split, hf_text_field: the dataset for ``corpus=hf``; ``{lang}`` in
+            the name or split is replaced by each language code (e.g. wikimedia/wikipedia,
+            20231101.{lang}).
         cache: keep statistics on disk (under model.cache_dir/stats) and reuse them.
     """
 
@@ -286,6 +290,10 @@ class StatsConfig:
     batch_size: int = 8
     ridge: float = 1.0e-3
     cache: bool = True
+    hf_path: Optional[str] = None
+    hf_name: Optional[str] = None
+    hf_split: str = "train"
+    hf_text_field: str = "text"
 
 
 @dataclass

@@ -77,7 +77,8 @@ def covariance_provider(cfg, model, tok, spec, registry, eval_langs):
         langs={c: list(registry[c].context_seeds) for c in langs}, per_lang=st.per_lang,
         length=st.length, files=list(st.files), max_length=st.max_length,
         cache_dir=m.cache_dir if st.cache else None, seed=cfg.seed, batch_size=st.batch_size,
-        ridge=st.ridge)
+        ridge=st.ridge, hf={"path": st.hf_path, "name": st.hf_name, "split": st.hf_split,
+                            "text_field": st.hf_text_field})
 
 
 def output_dir(cfg: DictConfig) -> Path:

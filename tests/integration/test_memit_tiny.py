@@ -75,3 +75,24 @@ def test_statistics_cache_is_reused(tiny, tmp_path):
     c2 = b(0)
     assert b.last_source == "disk" and torch.equal(c1, c2)
     assert b.key(0) != b.key(1)
+
+
+def test_hf_corpus_streams_per_language(tiny, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+
+    def load_dataset(path, name, split, streaming):
+        calls.append((path, name, split, streaming))
+        lang = name.split(".")[-1]
+        return iter([{"text": f"{lang} document {i}"} for i in range(10)])
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    name, model, tok, spec, cfg = tiny
+    p = CovarianceProvider(model, tok, spec, name, "hf", {"en": [], "hi": []}, per_lang=3,
+                           cache_dir=None, hf={"path": "wiki", "name": "2023.{lang}", "split": "train",
+                                               "text_field": "text"})
+    assert p._texts() == [f"{l} document {i}" for l in ("en", "hi") for i in range(3)]
+    assert calls == [("wiki", "2023.en", "train", True), ("wiki", "2023.hi", "train", True)]
+    assert p.label.startswith("hf:wiki") and p(0).shape[0] == p(0).shape[1]

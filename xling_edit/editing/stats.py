@@ -11,7 +11,10 @@ English keys only. Here the corpus is a config choice:
   languages unless ``langs`` is given);
 - ``generated``: text sampled from the model itself, seeded, in equal shares per language,
   starting from each language's ``context_seeds`` (slow on a CPU: generation dominates);
-- ``files``: local UTF-8 text files, one document per non-empty line.
+- ``files``: local UTF-8 text files, one document per non-empty line;
+- ``hf``: a Hugging Face dataset when the user has one (e.g. per-language Wikipedia:
+  ``hf_path=wikimedia/wikipedia hf_name=20231101.{lang}``), streamed, ``per_lang`` documents
+  per language; needs the ``datasets`` package and, unless cached, network access.
 
 Accumulation is in float64 over non-special tokens; results are cached on disk keyed by model,
 layer, corpus spec and sample count (safetensors, written to a temporary file then renamed).
@@ -135,9 +138,13 @@ class CovarianceProvider:
     def __init__(self, model, tok, spec: ModelSpec, model_key: str, corpus: str,
                  langs: Mapping[str, Sequence[str]], per_lang: int = 16, length: int = 64,
                  files: Sequence[str] = (), max_length: int = 128, cache_dir: str | None = None,
-                 seed: int = 0, batch_size: int = 8, ridge: float = 0.0):
-        if corpus not in ("builtin", "generated", "files"):
-            raise ValueError(f"unknown stats.corpus {corpus!r}; one of builtin, generated, files, none")
+                 seed: int = 0, batch_size: int = 8, ridge: float = 0.0,
+                 hf: Mapping[str, Any] | None = None):
+        hf = dict(hf or {})
+        if corpus not in ("builtin", "generated", "files", "hf"):
+            raise ValueError(f"unknown stats.corpus {corpus!r}; one of builtin, generated, files, hf, none")
+        if corpus == "hf" and not hf.get("path"):
+            raise ValueError("stats.corpus=hf needs stats.hf_path")
         if corpus == "files" and not files:
             raise ValueError("stats.corpus=files needs stats.files")
         self.model, self.tok, self.spec = model, tok, spec
@@ -148,9 +155,11 @@ class CovarianceProvider:
         elif corpus == "builtin":
             self.spec_dict.update(langs=sorted(langs), per_lang=per_lang,
                                   digest=_builtin_digest(sorted(langs)))
+        elif corpus == "hf":
+            self.spec_dict.update(langs=sorted(langs), per_lang=per_lang, hf=hf)
         else:
             self.spec_dict.update(files=[_file_fingerprint(f) for f in files])
-        self.corpus, self.langs, self.files = corpus, dict(langs), list(files)
+        self.corpus, self.langs, self.files, self.hf = corpus, dict(langs), list(files), hf
         self.per_lang, self.length, self.max_length = per_lang, length, max_length
         self.cache_dir = Path(os.path.expanduser(cache_dir)) if cache_dir else None
         self.seed, self.batch_size, self.ridge = seed, batch_size, ridge
@@ -164,6 +173,8 @@ class CovarianceProvider:
                     f"{self.per_lang}x{self.length}:seed{self.seed}")
         if self.corpus == "builtin":
             return f"builtin:{'+'.join(sorted(self.langs))}:{self.per_lang}/lang"
+        if self.corpus == "hf":
+            return f"hf:{self.hf['path']}:{'+'.join(sorted(self.langs))}:{self.per_lang}/lang"
         return f"files:{len(self.files)}"
 
     def key(self, layer: int) -> str:
@@ -231,6 +242,8 @@ class CovarianceProvider:
     def _texts(self) -> list[str]:
         if self.corpus == "builtin":
             return builtin_corpus(sorted(self.langs), self.per_lang)
+        if self.corpus == "hf":
+            return hf_corpus(sorted(self.langs), self.per_lang, self.hf)
         if self.corpus == "generated":
             return generate_corpus(self.model, self.tok, self.langs, self.per_lang, self.length,
                                    seed=self.seed)
@@ -267,6 +280,30 @@ def builtin_corpus(langs: Sequence[str], per_lang: int) -> list[str]:
         raise FileNotFoundError(f"no built-in statistics text for any of {list(langs)}")
     n = min(per_lang, *(len(v) for v in per.values()))
     return [t for lines in per.values() for t in lines[:n]]
+
+
+def hf_corpus(langs: Sequence[str], per_lang: int, hf: Mapping[str, Any]) -> list[str]:
+    """``per_lang`` documents per language streamed from a Hugging Face dataset; ``{lang}`` in
+    ``name`` / ``split`` is replaced by the language code."""
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ImportError("stats.corpus=hf needs the `datasets` package (pip install datasets)") from exc
+    texts = []
+    for lang in langs:
+        name = hf.get("name")
+        ds = datasets.load_dataset(hf["path"], name.format(lang=lang) if name else None,
+                                   split=str(hf.get("split") or "train").format(lang=lang),
+                                   streaming=True)
+        n = 0
+        for row in ds:
+            text = str(row[hf.get("text_field") or "text"]).strip()
+            if text:
+                texts.append(text)
+                n += 1
+            if n >= per_lang:
+                break
+    return texts
 
 
 def _file_fingerprint(path: str) -> dict[str, Any]:

