@@ -330,3 +330,13 @@ def register_configs() -> None:
 
 
 METHOD_SCHEMAS = {"rome": RomeConfig, "memit": MemitConfig}
+
+
+def schema_from_mapping(schema, values):
+    """An instance of a schema dataclass from a (resolved) mapping; unknown keys are ignored,
+    missing ones take the schema's defaults."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(values, DictConfig):
+        values = OmegaConf.to_container(values, resolve=True)
+    return schema(**{k: values[k] for k in schema.__dataclass_fields__ if k in values})

@@ -31,3 +31,21 @@ def generate_prefixes(model, tok, seeds: list[str], lengths: list[int], n: int,
             text = " ".join(text.replace("{", " ").replace("}", " ").split())
             out.append(text)
     return out
+
+
+class PrefixedEditor:
+    """Shared by the editors: hyperparameters ``n_context`` / ``context_lengths`` in ``self.hp``,
+    ``self.seed``, and per-language context prefixes generated once and reused."""
+
+    hp: object
+    seed: int
+
+    def prefixes(self, model, tok, lang) -> list[str]:
+        """["", "<generated>. ", ...]: the bare prompt first, then the context prefixes."""
+        cache = self.__dict__.setdefault("_prefixes", {})
+        code = lang["code"]
+        if code not in cache:
+            gen = generate_prefixes(model, tok, list(lang["context_seeds"]),
+                                    list(self.hp.context_lengths), self.hp.n_context, self.seed)
+            cache[code] = [""] + [g + lang["context_join"] for g in gen]
+        return cache[code]

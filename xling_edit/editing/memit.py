@@ -20,7 +20,6 @@ projections, diverges on Gemma (post-MLP norms with gains of 40-600×).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -29,7 +28,8 @@ from torch import nn
 from xling_edit.editing.base import (
     EditOutcome, EditRequest, SkipCase, WeightDelta, applied, register_editor,
 )
-from xling_edit.editing.context import generate_prefixes
+from xling_edit.config import MemitConfig, schema_from_mapping
+from xling_edit.editing.context import PrefixedEditor
 from xling_edit.editing.value import Prepared, _StopForward, capture_at_subject, optimise_value, prepare
 from xling_edit.evaluation.forward import model_device
 from xling_edit.models.spec import ModelSpec, is_transposed, weight_as_out_in
@@ -87,26 +87,6 @@ def invert_output_map(fn: Callable[[torch.Tensor], torch.Tensor] | None, m: torc
 
 
 # ------------------------------------------------------------------ the editor
-@dataclass
-class MemitHparams:
-    layers: list
-    v_steps: int
-    v_lr: float
-    v_loss_stop: float
-    clamp_norm_factor: float
-    kl_factor: float
-    weight_decay: float
-    mom2_update_weight: float
-    n_context: int
-    context_lengths: list
-    use_covariance: bool
-    subject_match_threshold: float
-
-    @classmethod
-    def from_mapping(cls, m: Mapping[str, Any]) -> "MemitHparams":
-        return cls(**{k: m[k] for k in cls.__dataclass_fields__})
-
-
 def _output_map(model, spec: ModelSpec, layer: int):
     """The block's map from MLP output to residual contribution, as a float64 function."""
     if not spec.mlp_out_norm:
@@ -122,7 +102,7 @@ def _output_map(model, spec: ModelSpec, layer: int):
 
 
 @register_editor("memit")
-class MemitEditor:
+class MemitEditor(PrefixedEditor):
     """MEMIT for any architecture described by a :class:`ModelSpec`; takes one or many requests.
 
     Args:
@@ -138,20 +118,11 @@ class MemitEditor:
     def __init__(self, hparams: Mapping[str, Any], spec: ModelSpec, seed: int = 0,
                  covariance: Callable[[int], torch.Tensor | None] | None = None,
                  covariance_label: str | None = None):
-        self.hp = MemitHparams.from_mapping(hparams)
+        self.hp = schema_from_mapping(MemitConfig, hparams)
         if not self.hp.layers:
             raise ValueError("method.layers must name at least one layer")
         self.spec, self.seed = spec, seed
         self.covariance, self.covariance_label = covariance, covariance_label
-        self._prefixes: dict[str, list[str]] = {}
-
-    def prefixes(self, model, tok, lang) -> list[str]:
-        code = lang["code"]
-        if code not in self._prefixes:
-            gen = generate_prefixes(model, tok, list(lang["context_seeds"]),
-                                    list(self.hp.context_lengths), self.hp.n_context, self.seed)
-            self._prefixes[code] = [""] + [g + lang["context_join"] for g in gen]
-        return self._prefixes[code]
 
     def edit(self, model, tok, request: EditRequest) -> EditOutcome:
         return self.edit_batch(model, tok, [request])

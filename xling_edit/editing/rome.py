@@ -15,13 +15,13 @@ form uses the bare prompt's key as k*.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
 
 from xling_edit.editing.base import EditOutcome, EditRequest, WeightDelta, register_editor
-from xling_edit.editing.context import generate_prefixes
+from xling_edit.config import RomeConfig, schema_from_mapping
+from xling_edit.editing.context import PrefixedEditor
 from xling_edit.editing.value import optimise_value, prepare, project_to_ball  # noqa: F401
 from xling_edit.evaluation.forward import model_device
 from xling_edit.models.spec import ModelSpec, is_transposed, weight_as_out_in
@@ -45,28 +45,8 @@ def left_vector(k_mean: torch.Tensor, cov: torch.Tensor | None) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ the editor
-@dataclass
-class RomeHparams:
-    layer: int
-    v_steps: int
-    v_lr: float
-    v_loss_stop: float
-    clamp_norm_factor: float
-    kl_factor: float
-    weight_decay: float
-    n_context: int
-    context_lengths: list
-    use_covariance: bool
-    consistent_key: bool
-    subject_match_threshold: float
-
-    @classmethod
-    def from_mapping(cls, m: Mapping[str, Any]) -> "RomeHparams":
-        return cls(**{k: m[k] for k in cls.__dataclass_fields__})
-
-
 @register_editor("rome")
-class RomeEditor:
+class RomeEditor(PrefixedEditor):
     """ROME for any architecture described by a :class:`ModelSpec`.
 
     Args:
@@ -83,21 +63,11 @@ class RomeEditor:
     def __init__(self, hparams: Mapping[str, Any], spec: ModelSpec, seed: int = 0,
                  covariance: Callable[[int], torch.Tensor | None] | None = None,
                  covariance_label: str | None = None):
-        self.hp = RomeHparams.from_mapping(hparams)
+        self.hp = schema_from_mapping(RomeConfig, hparams)
         self.spec = spec
         self.seed = seed
         self.covariance = covariance
         self.covariance_label = covariance_label
-        self._prefixes: dict[str, list[str]] = {}
-
-    def prefixes(self, model, tok, lang) -> list[str]:
-        """["", "<generated>. ", ...]: the bare prompt first, then the context prefixes."""
-        code = lang["code"]
-        if code not in self._prefixes:
-            gen = generate_prefixes(model, tok, list(lang["context_seeds"]),
-                                    list(self.hp.context_lengths), self.hp.n_context, self.seed)
-            self._prefixes[code] = [""] + [g + lang["context_join"] for g in gen]
-        return self._prefixes[code]
 
     def edit(self, model, tok, request: EditRequest) -> EditOutcome:
         hp = self.hp
