@@ -302,11 +302,14 @@ def _lines(ev: _CaseEval, ctx: _Ctx, common: dict) -> list[dict]:
     case = ev.case
     info = dict(ev.edit_info)
     subject = info.pop("subject", None)
-    info.pop("subjects", None)
+    subjects = info.pop("subjects", None)
+    edited = [l for l in ctx.eval_langs if l in case.langs] if ctx.mode == "all_languages" else []
     rec_edit = case.langs.get(ctx.edit_code)
     lines = []
     for lang in ctx.eval_langs:
         rec = case.langs.get(lang)
+        # all_languages: each language's own localisation
+        line_subject = subjects[edited.index(lang)] if (subjects and lang in edited) else subject
         line = {**common, "case_id": case.case_id, "eval_lang": lang,
                 "elfi": ctx.mode == "all_languages" or lang == ctx.edit_code,
                 "status": ev.status, "reason": ev.reason}
@@ -324,7 +327,7 @@ def _lines(ev: _CaseEval, ctx: _Ctx, common: dict) -> list[dict]:
                 subject_tokens=len(ctx.tok(rec.subject, add_special_tokens=False)["input_ids"]),
                 subject_words=len(rec.subject.split()),
             )
-        line.update(subject=subject, edit=info, timings=ev.timings)
+        line.update(subject=line_subject, edit=info, timings=ev.timings)
         lines.append(line)
     return lines
 

@@ -101,6 +101,7 @@ def test_memit_modes(tmp_path, mode, extra):
         assert sorted({l["edit"]["position"] for l in lines}) == [0, 1]
     if mode == "all_languages":
         assert edit["n_requests"] == 3 and all(l["edit_lang"] == "all" and l["elfi"] for l in lines)
+        assert all(l["subject"]["method"] == "exact" for l in lines)  # per-language localisation
     summary = (out / "summary.csv").read_text()
     assert ("all,ELFI,post" if mode == "all_languages" else "en,ELFO,post") in summary
 
