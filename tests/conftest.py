@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from xling_edit.config import ModelConfig
 from xling_edit.models import ModelSpec, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# The reference data beside the project (../shared/data), or wherever XLING_EDIT_DATA points.
+SHARED_DATA = Path(os.environ.get("XLING_EDIT_DATA") or ROOT.parent / "shared" / "data")
 TINY = ("tiny_llama", "tiny_gpt2", "tiny_gemma3")
 
 torch.set_num_threads(2)
@@ -33,7 +35,8 @@ def tiny(request):
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"reference data not found at {SHARED_DATA} (../shared/data beside the project)")
+        pytest.skip(f"reference data not found at {SHARED_DATA} (../shared/data beside the project, "
+                    f"or set XLING_EDIT_DATA)")
     return SHARED_DATA
 
 
