@@ -217,6 +217,7 @@ class CovarianceProvider:
             os.close(fd)
             save_file({"second_moment": c.contiguous()}, tmp,
                       metadata={"spec": json.dumps(self.spec_dict), "layer": str(layer), "tokens": str(n)})
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; caches are shared between jobs/users
             os.replace(tmp, path)
         self._mem[layer] = c
 
