@@ -87,33 +87,34 @@ class ModelConfig:
 
 
 @dataclass
-class RomeConfig:
-    """ROME (Meng et al., 2022) hyperparameters; per-model values come from ``model.hparams.rome``.
+class EditMethodConfig:
+    """What ROME and MEMIT share: the value optimisation, the context prefixes, statistics,
+    localisation and the editing mode.
 
     Args:
         name: method name in the editor registry.
-        layer: block whose MLP output projection is rewritten.
         v_steps: maximum Adam steps of the value optimisation.
         v_lr: Adam learning rate of the value optimisation.
         v_loss_stop: stop early once the mean target NLL falls below this.
-        clamp_norm_factor: delta is kept inside a ball of radius factor * ||v0||.
+        clamp_norm_factor: delta (at the edited projection's output) is kept inside a ball of
+            radius factor * ||v0||.
         kl_factor: weight of the KL term that keeps "{subject} is a" unchanged.
         weight_decay: weight of ||delta|| / ||v0||^2.
         n_context: number of model-generated context prefixes (plus the bare prompt).
         context_lengths: token lengths of the prefixes, cycled over ``n_context``.
-        use_covariance: use u = C^-1 k (the published method) when statistics are available;
-            with no statistics the identity is used and results say so.
-        consistent_key: r-ROME's consistent form (the averaged key both in u and in the
-            denominator; guarantees W'k = v*). False gives the original mixed-key update.
+        use_covariance: use the second-moment statistics C (the published methods) when they
+            are available; otherwise the identity is used and results say so.
         subject_match_threshold: minimum similarity for fuzzy subject localisation.
-        mode: ``single`` (one case per edit, restored after each), ``sequential`` (``num_edits``
-            cases edited one after another without restoring, all evaluated after the last).
-            ROME cannot batch: ``batch`` and ``all_languages`` need MEMIT.
-        num_edits: cases per group in ``sequential`` mode.
+        mode: ``single`` (one case per edit, restored after each), ``sequential``
+            (``num_edits`` cases edited one after another without restoring, all evaluated
+            after the last), ``batch`` (``num_edits`` cases in one update) or
+            ``all_languages`` (one update holding the case's request in every evaluation
+            language). ``batch`` and ``all_languages`` need a method that edits many facts at
+            once (MEMIT).
+        num_edits: cases per group in ``batch`` and ``sequential`` modes.
     """
 
-    name: str = "rome"
-    layer: int = 5
+    name: str = MISSING
     v_steps: int = 25
     v_lr: float = 0.5
     v_loss_stop: float = 0.05
@@ -123,49 +124,41 @@ class RomeConfig:
     n_context: int = 4
     context_lengths: List[int] = field(default_factory=lambda: [5, 10])
     use_covariance: bool = True
-    consistent_key: bool = True
     subject_match_threshold: float = 0.6
     mode: str = "single"
     num_edits: int = 1
 
 
 @dataclass
-class MemitConfig:
-    """MEMIT (Meng et al., 2023) hyperparameters; per-model values come from ``model.hparams.memit``.
+class RomeConfig(EditMethodConfig):
+    """ROME (Meng et al., 2022); per-model values come from ``model.hparams.rome``. Shared
+    fields: :class:`EditMethodConfig`.
 
     Args:
-        name: method name in the editor registry.
+        layer: block whose MLP output projection is rewritten.
+        consistent_key: r-ROME's consistent form (the averaged key both in u and in the
+            denominator; guarantees W'k = v*). False gives the original mixed-key update.
+    """
+
+    name: str = "rome"
+    layer: int = 5
+    consistent_key: bool = True
+
+
+@dataclass
+class MemitConfig(EditMethodConfig):
+    """MEMIT (Meng et al., 2023); per-model values come from ``model.hparams.memit``. Shared
+    fields: :class:`EditMethodConfig` (the value optimisation runs at the top layer).
+
+    Args:
         layers: blocks whose MLP output projections share the update (ascending).
-        v_steps, v_lr, v_loss_stop, kl_factor, weight_decay: value optimisation at the top layer
-            (as in ROME).
-        clamp_norm_factor: the top-layer delta stays within factor * |v0| (at the projection
-            output, see editing/memit.py).
         mom2_update_weight: λ in ΔW = R Kᵀ (λC + KKᵀ)⁻¹; larger keeps other keys unchanged.
-        n_context, context_lengths: context prefixes for the keys (as in ROME).
-        use_covariance: use C (statistics) rather than the identity.
-        subject_match_threshold: minimum similarity for fuzzy subject localisation.
-        mode: ``single`` (one case per edit), ``batch`` (``num_edits`` cases in one update),
-            ``sequential`` (``num_edits`` cases edited one after another, evaluated after the
-            last), ``all_languages`` (one update holding the case's request in every
-            evaluation language).
-        num_edits: cases per group in ``batch`` and ``sequential`` modes.
     """
 
     name: str = "memit"
-    layers: List[int] = field(default_factory=lambda: [3, 4, 5, 6])
-    v_steps: int = 25
-    v_lr: float = 0.5
-    v_loss_stop: float = 0.05
     clamp_norm_factor: float = 1.5
-    kl_factor: float = 0.0625
-    weight_decay: float = 1.0e-3
+    layers: List[int] = field(default_factory=lambda: [3, 4, 5, 6])
     mom2_update_weight: float = 15000.0
-    n_context: int = 4
-    context_lengths: List[int] = field(default_factory=lambda: [5, 10])
-    use_covariance: bool = True
-    subject_match_threshold: float = 0.6
-    mode: str = "single"
-    num_edits: int = 1
 
 
 MODES = ("single", "batch", "sequential", "all_languages")

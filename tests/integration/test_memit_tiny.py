@@ -1,6 +1,5 @@
 """MEMIT and the statistics on tiny random models."""
 
-import pytest
 import torch
 from omegaconf import OmegaConf
 

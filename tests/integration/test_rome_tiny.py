@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import ROOT, language
+from tests.conftest import language
 from xling_edit.config import RomeConfig
 from xling_edit.data.schema import LangRecord
 from xling_edit.editing.base import EditRequest, SkipCase, applied

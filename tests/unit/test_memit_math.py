@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from xling_edit.editing.memit import invert_output_map, memit_update

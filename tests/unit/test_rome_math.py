@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from xling_edit.editing.rome import left_vector, project_to_ball, rank_one_update
+from xling_edit.editing.rome import left_vector, rank_one_update
+from xling_edit.editing.value import project_to_ball
 
 
 def test_rank_one_update_maps_key_to_value():

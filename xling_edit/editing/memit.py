@@ -23,14 +23,13 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from torch import nn
 
 from xling_edit.editing.base import (
-    EditOutcome, EditRequest, SkipCase, WeightDelta, applied, register_editor,
+    EditOutcome, EditRequest, WeightDelta, applied, register_editor,
 )
 from xling_edit.config import MemitConfig, schema_from_mapping
 from xling_edit.editing.context import PrefixedEditor
-from xling_edit.editing.value import Prepared, _StopForward, capture_at_subject, optimise_value, prepare
+from xling_edit.editing.value import Prepared, optimise_value, prepare, probe_at_subject
 from xling_edit.evaluation.forward import model_device
 from xling_edit.models.spec import ModelSpec, is_transposed, weight_as_out_in
 
@@ -158,11 +157,11 @@ class MemitEditor(PrefixedEditor):
         per_layer = []
         with torch.no_grad():
             for i, layer in enumerate(layers):
-                with applied(model, deltas):
-                    h_top = self._residual_at(model, preps, top)
-                    acts = [capture_at_subject(model, spec, p, [layer], "input")[layer] for p in preps]
-                    outs = [capture_at_subject(model, spec, p, [layer], "output")[layer][0] for p in preps]
-                keys = torch.stack([a[:p.n_prompts].mean(0) for a, p in zip(acts, preps)], dim=1)
+                with applied(model, deltas):  # one pass per request: keys, outputs, h_top
+                    probes = [probe_at_subject(model, spec, p, layer, top) for p in preps]
+                h_top = torch.stack([h for _, _, h in probes])
+                keys = torch.stack([k[:p.n_prompts].mean(0) for (k, _, _), p in zip(probes, preps)], dim=1)
+                outs = [v[0] for _, v, _ in probes]
                 r = (z - h_top) / (len(layers) - i)
                 post = _output_map(model, spec, layer)
                 resid = torch.stack([invert_output_map(post, o, ri) for o, ri in zip(outs, r)], dim=1)
@@ -196,21 +195,5 @@ class MemitEditor(PrefixedEditor):
 
     def _residual_at(self, model, preps: Sequence[Prepared], layer: int) -> torch.Tensor:
         """[n, d_model] residual stream after block ``layer`` at each bare prompt's subject."""
-        out = []
-        block = self.spec.module(model, "layer", layer)
-        for p in preps:
-            cap = {}
-
-            def hook(_m, _i, o):
-                cap["h"] = (o[0] if isinstance(o, tuple) else o)[0, p.subj_pos[0]].double()
-                raise _StopForward
-
-            h = block.register_forward_hook(hook)
-            try:
-                model(input_ids=p.ids[:1], attention_mask=p.mask[:1], use_cache=False, logits_to_keep=1)
-            except _StopForward:
-                pass
-            finally:
-                h.remove()
-            out.append(cap["h"])
-        return torch.stack(out)
+        return torch.stack([probe_at_subject(model, self.spec, p, layer, layer, bare_only=True)[2]
+                            for p in preps])

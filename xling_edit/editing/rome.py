@@ -22,7 +22,7 @@ import torch
 from xling_edit.editing.base import EditOutcome, EditRequest, WeightDelta, register_editor
 from xling_edit.config import RomeConfig, schema_from_mapping
 from xling_edit.editing.context import PrefixedEditor
-from xling_edit.editing.value import optimise_value, prepare, project_to_ball  # noqa: F401
+from xling_edit.editing.value import optimise_value, prepare
 from xling_edit.evaluation.forward import model_device
 from xling_edit.models.spec import ModelSpec, is_transposed, weight_as_out_in
 

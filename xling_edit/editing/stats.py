@@ -191,53 +191,49 @@ class CovarianceProvider:
 
     def prefetch(self, layers: Sequence[int]) -> None:
         """Compute every missing layer in one pass over the corpus (MEMIT needs several)."""
-        missing = []
-        for layer in layers:
-            path = self._path(layer)
-            if layer not in self._mem and not (path is not None and path.exists()):
-                missing.append(layer)
-        if len(missing) < 2:
-            return
-        t0 = time.perf_counter()
-        moments, n = layer_second_moments(self.model, self.tok, self.spec, missing, self._texts(),
-                                          batch_size=self.batch_size, max_length=self.max_length,
-                                          desc=f"covariance L{','.join(map(str, missing))}")
-        log.info("covariance for layers %s from %d tokens in %.1fs", missing, n, time.perf_counter() - t0)
-        for layer, c in moments.items():
-            self._store(layer, c, n)
+        missing = [l for l in layers if l not in self._mem and not self._cached(l)]
+        if missing:
+            self._compute(missing)
 
     def _path(self, layer: int) -> Path | None:
         return self.cache_dir / "stats" / f"{self.key(layer)}.safetensors" if self.cache_dir else None
 
-    def _store(self, layer: int, c: torch.Tensor, n: int) -> None:
+    def _cached(self, layer: int) -> bool:
         path = self._path(layer)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(fd)
-            save_file({"second_moment": c.contiguous()}, tmp,
-                      metadata={"spec": json.dumps(self.spec_dict), "layer": str(layer), "tokens": str(n)})
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; caches are shared between jobs/users
-            os.replace(tmp, path)
-        self._mem[layer] = c
+        return path is not None and path.exists()
+
+    def _compute(self, layers: Sequence[int]) -> None:
+        """One forward sweep over the corpus for ``layers``; results kept in memory and on disk."""
+        t0 = time.perf_counter()
+        moments, n = layer_second_moments(self.model, self.tok, self.spec, layers, self._texts(),
+                                          batch_size=self.batch_size, max_length=self.max_length,
+                                          desc=f"covariance L{','.join(map(str, layers))}")
+        log.info("covariance for layers %s from %d tokens in %.1fs", list(layers), n,
+                 time.perf_counter() - t0)
+        for layer, c in moments.items():
+            path = self._path(layer)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+                os.close(fd)
+                save_file({"second_moment": c.contiguous()}, tmp,
+                          metadata={"spec": json.dumps(self.spec_dict), "layer": str(layer),
+                                    "tokens": str(n)})
+                os.chmod(tmp, 0o644)  # mkstemp creates 0600; caches are shared between jobs
+                os.replace(tmp, path)
+            self._mem[layer] = c
 
     def _raw(self, layer: int) -> torch.Tensor:
         if layer in self._mem:
             self.last_source = "memory"
-            return self._mem[layer]
-        path = self._path(layer)
-        if path is not None and path.exists():
+        elif self._cached(layer):
+            path = self._path(layer)
             self._mem[layer] = load_file(str(path))["second_moment"]
             self.last_source = "disk"
             log.info("covariance for layer %d loaded from cache %s", layer, path)
-            return self._mem[layer]
-        t0 = time.perf_counter()
-        moments, n = layer_second_moments(self.model, self.tok, self.spec, [layer], self._texts(),
-                                          batch_size=self.batch_size, max_length=self.max_length,
-                                          desc=f"covariance L{layer}")
-        log.info("covariance for layer %d from %d tokens in %.1fs", layer, n, time.perf_counter() - t0)
-        self._store(layer, moments[layer], n)
-        self.last_source = "computed"
+        else:
+            self._compute([layer])
+            self.last_source = "computed"
         return self._mem[layer]
 
     def _texts(self) -> list[str]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from xling_edit.editing.base import EditRequest, SkipCase
 from xling_edit.editing.localize import SubjectMatch, find_subject
-from xling_edit.evaluation.forward import logits_at, model_device, pad_right
+from xling_edit.evaluation.forward import logits_at, pad_right
 from xling_edit.evaluation.text import Encoded, encode, last_token_in_span
 from xling_edit.models.spec import ModelSpec
 
@@ -92,31 +92,37 @@ def target_nll(logits: torch.Tensor, prep: Prepared) -> torch.Tensor:
 
 
 @torch.no_grad()
-def capture_at_subject(model, spec: ModelSpec, prep: Prepared, layers: list[int],
-                       what: str = "input") -> dict[int, torch.Tensor]:
-    """{layer: [n_prompts + 1, d]} the down-projection's input (keys) or output at the subject's
-    last token of every row; the forward stops after the highest layer."""
-    out: dict[int, torch.Tensor] = {}
-    last = max(layers)
-    rows = torch.arange(prep.ids.shape[0], device=prep.ids.device)
+def probe_at_subject(model, spec: ModelSpec, prep: Prepared, layer: int, top: int,
+                     bare_only: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward pass, stopped after block ``top`` (>= ``layer``), returning
 
-    def hook(layer):
-        def fn(_m, inp, o):
-            x = inp[0] if what == "input" else o
-            out[layer] = x[rows, prep.subj_pos].float()
-            if layer == last:
-                raise _StopForward
-        return fn
+    - the down-projection's inputs (keys) at ``layer``, [rows, d_in], and
+    - its outputs, [rows, d_out], at the subject's last token of every row (only the bare
+      prompt's row with ``bare_only``), and
+    - the residual stream after block ``top`` at the bare prompt's subject, [d_model] (float64).
+    """
+    n = 1 if bare_only else prep.ids.shape[0]
+    rows = torch.arange(n, device=prep.ids.device)
+    pos = prep.subj_pos[:n]
+    got: dict = {}
 
-    handles = [spec.module(model, "down_proj", l).register_forward_hook(hook(l)) for l in layers]
+    def at_down(_m, inp, out):
+        got["k"], got["v"] = inp[0][rows, pos].float(), out[rows, pos].float()
+
+    def at_top(_m, _i, out):
+        got["h"] = (out[0] if isinstance(out, tuple) else out)[0, pos[0]].double()
+        raise _StopForward
+
+    handles = [spec.module(model, "down_proj", layer).register_forward_hook(at_down),
+               spec.module(model, "layer", top).register_forward_hook(at_top)]
     try:
-        model(input_ids=prep.ids, attention_mask=prep.mask, use_cache=False, logits_to_keep=1)
+        model(input_ids=prep.ids[:n], attention_mask=prep.mask[:n], use_cache=False, logits_to_keep=1)
     except _StopForward:
         pass
     finally:
         for h in handles:
             h.remove()
-    return out
+    return got["k"], got["v"], got["h"]
 
 
 @dataclass

@@ -47,15 +47,6 @@ class ModelSpec:
     def down_proj_weight_name(self, layer: int) -> str:
         return self.down_proj.format(layer) + ".weight"
 
-    def num_layers(self, model: nn.Module) -> int:
-        n = 0
-        while True:
-            try:
-                model.get_submodule(self.layer.format(n))
-            except AttributeError:
-                return n
-            n += 1
-
 
 def is_transposed(module: nn.Module) -> bool:
     """True when ``module.weight`` is stored (in, out) as in GPT-2's Conv1D."""
