@@ -15,6 +15,16 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
 
 
+# ``edit_lang`` of results edited in every language at once (``method.mode=all_languages``)
+ALL_LANGUAGES = "all"
+
+
+def is_elfi(edit_lang: str, eval_lang: str) -> bool:
+    """ELFI ("each language for itself"): the evaluation language was edited. Otherwise ELFO.
+    The one definition used by results lines, summaries and reports."""
+    return edit_lang == ALL_LANGUAGES or edit_lang == eval_lang
+
+
 def find_conf_dir() -> Path:
     """The primary config directory of the running Hydra app, else the project's ``conf``."""
     try:

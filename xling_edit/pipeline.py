@@ -27,7 +27,9 @@ from xling_edit.editing.localize import find_subject
 from xling_edit.editing.base import EditRequest, SkipCase, applied, build_editor
 from xling_edit.editing.stats import CovarianceProvider
 from xling_edit.evaluation.evaluate import build_rows, lang_metrics, score_rows
-from xling_edit.languages import PROJECT_ROOT, find_conf_dir, load_languages, resolve_eval_langs
+from xling_edit.languages import (
+    ALL_LANGUAGES, PROJECT_ROOT, find_conf_dir, is_elfi, load_languages, resolve_eval_langs,
+)
 from xling_edit.models import ModelSpec, load_model
 from xling_edit.results import ResultsWriter, format_table, summarize, write_summary_csv
 
@@ -90,7 +92,7 @@ def output_dir(cfg: DictConfig) -> Path:
         return Path(cfg.get("output_dir") or ".")
 
 
-def run(cfg: DictConfig, out_dir: Path | None = None, model_and_tok: Any = None) -> dict:
+def run(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     """Run one job; returns the run summary (also written to ``run_info.json``)."""
     t_start = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else output_dir(cfg)
@@ -108,7 +110,7 @@ def run(cfg: DictConfig, out_dir: Path | None = None, model_and_tok: Any = None)
     spec = ModelSpec.from_config(cfg.model.templates)
     mcfg = method_config(cfg)
 
-    model, tok = model_and_tok or load_model(cfg.model, seed=cfg.seed)
+    model, tok = load_model(cfg.model, seed=cfg.seed)
     t_loaded = time.perf_counter()
     ds = load_dataset(cfg.data, eval_langs, project_root=PROJECT_ROOT)
     log.info("dataset %s: %d cases; eval languages %s", ds.name, len(ds.cases), eval_langs)
@@ -128,7 +130,7 @@ def run(cfg: DictConfig, out_dir: Path | None = None, model_and_tok: Any = None)
     all_lines: list[dict] = []
     common = {"model": cfg.model.name, "method": mcfg.name, "dataset": ds.name,
               "merge": cfg.merge.name, "mode": mode,
-              "edit_lang": "all" if mode == "all_languages" else edit_code}
+              "edit_lang": ALL_LANGUAGES if mode == "all_languages" else edit_code}
     size = group_size if mode in ("batch", "sequential") else 1
     groups = [ds.cases[i: i + size] for i in range(0, len(ds.cases), size)]
     bar = tqdm(total=len(ds.cases), desc=f"{mcfg.name} {common['edit_lang']}", unit="case",
@@ -311,7 +313,7 @@ def _lines(ev: _CaseEval, ctx: _Ctx, common: dict) -> list[dict]:
         # all_languages: each language's own localisation
         line_subject = subjects[edited.index(lang)] if (subjects and lang in edited) else subject
         line = {**common, "case_id": case.case_id, "eval_lang": lang,
-                "elfi": ctx.mode == "all_languages" or lang == ctx.edit_code,
+                "elfi": is_elfi(common["edit_lang"], lang),
                 "status": ev.status, "reason": ev.reason}
         if rec is None:
             line.update(status="missing_eval_lang", reason=f"case has no {lang!r} version")

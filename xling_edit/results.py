@@ -13,6 +13,7 @@ from statistics import mean
 from typing import Iterable, Mapping, Sequence
 
 from xling_edit.evaluation.evaluate import METRICS, PROTOCOLS
+from xling_edit.languages import is_elfi
 
 
 class ResultsWriter:
@@ -39,11 +40,6 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def read_results(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 SUMMARY_KEYS = [f"{m}.{p}" for m in METRICS for p in PROTOCOLS]
 
 
@@ -57,8 +53,7 @@ def summarize(records: Sequence[Mapping]) -> list[dict]:
         if r.get("status") != "ok":
             continue
         groups[(r["edit_lang"], r["eval_lang"])].append(r)
-        elfi = r.get("elfi", r["edit_lang"] == r["eval_lang"])
-        groups[(r["edit_lang"], "ELFI" if elfi else "ELFO")].append(r)
+        groups[(r["edit_lang"], "ELFI" if is_elfi(r["edit_lang"], r["eval_lang"]) else "ELFO")].append(r)
     rows = []
     for (edit, ev), recs in sorted(groups.items()):
         for phase in ("pre", "post"):

@@ -228,3 +228,16 @@ def test_wandb_hook_is_lazy_and_logs_tables_and_images(tmp_path, monkeypatch):
     assert run.logged == [payload]
     assert payload["report/tables/post_x"] == ("table", ["edit_lang", "en", "en_ci_lo"], [["en", 0.5, None]])
     assert payload["report/figures/h"] == ("image", str(tmp_path / "figures" / "h.png"))
+
+
+def test_all_languages_edit_counts_as_elfi_everywhere():
+    """`edit_lang=all` (method.mode=all_languages): every evaluated language was edited, the
+    same rule as summary.csv (xling_edit.languages.is_elfi)."""
+    import numpy as np
+
+    from xling_edit.report.maths import elfi_elfo
+
+    V = np.array([[1.0, 0.0], [1.0, 1.0]])
+    assert elfi_elfo(V, ["en", "de"], "all")[0] == 0.75
+    assert np.isnan(elfi_elfo(V, ["en", "de"], "all")[1])
+    assert elfi_elfo(V, ["en", "de"], "en") == (1.0, 0.5)

@@ -214,7 +214,7 @@ def _report_md(rep: Report, names, sections, heatmaps, fert_png, loc_cats, loc_r
     edit_langs = agg.lang_order(str(l.get("edit_lang")) for l in lines_all)
     eval_langs = agg.lang_order(str(l.get("eval_lang")) for l in lines_all)
     n_cases = len({(agg.row_of(l), l.get("case_id")) for l in lines_all})
-    L = [f"# xling_edit report", "",
+    L = ["# xling_edit report", "",
          f"Generated {_dt.datetime.now().isoformat(timespec='seconds')} from "
          + ", ".join(f"`{p}`" for p in res.paths) + f": {len(res.runs)} run(s).", "",
          "## What was run", "",
@@ -255,7 +255,7 @@ def _report_md(rep: Report, names, sections, heatmaps, fert_png, loc_cats, loc_r
     L += ["## Results", "",
           f"Cells are means over cases; brackets hold the {ci:.0%} percentile bootstrap interval "
           f"over cases ({n_boot} resamples of case ids, seed {seed}; every cell of a row, ELFI "
-          "and ELFO from the same resamples). **ELFI**: evaluation language = edit language; "
+          "and ELFO from the same resamples). **ELFI**: evaluation language = edit language (every language for edit `all`); "
           "**ELFO**: all other evaluation languages, pooled over case-language lines. "
           "`token_acc`: share of target tokens predicted (EasyEdit); `exact`: all of them; "
           "`prob`: P(new) > P(true) (ROME/MEMIT). All cells in one long table: "

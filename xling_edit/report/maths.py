@@ -7,8 +7,9 @@ Conventions (the same as ``xling_edit.results.summarize``):
 
 - only lines with ``status == "ok"`` enter metric aggregates;
 - a cell (row, eval_lang) is the mean over the cases' values in that eval language;
-- ELFI pools the lines with eval_lang == edit_lang, ELFO pools the lines of every other eval
-  language, each case-language line weighing one (so a language with fewer valid lines weighs
+- ELFI pools the lines whose eval language was edited (``xling_edit.languages.is_elfi``:
+  eval_lang == edit_lang, or every language for ``edit_lang=all``), ELFO the other eval
+  languages, each case-language line weighing one (so a language with fewer valid lines weighs
   less in ELFO, exactly as in ``summary.csv``);
 - the unit of uncertainty is the case: a bootstrap resamples case ids (with replacement) within
   a row and recomputes every cell of that row, ELFI and ELFO from the same resample.
@@ -23,6 +24,8 @@ from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from xling_edit.languages import is_elfi
 
 # Mirrors xling_edit.evaluation.evaluate.METRICS / PROTOCOLS (not imported from there: that
 # module pulls in torch; tests/unit/test_report.py checks the two agree).
@@ -132,7 +135,7 @@ def selectors(eval_langs: Sequence[str], edit_lang: str) -> tuple[list[str], np.
     sel = np.zeros((n + 2, n))
     sel[:n, :n] = np.eye(n)
     for j, c in enumerate(eval_langs):
-        sel[n if c == edit_lang else n + 1, j] = 1.0
+        sel[n if is_elfi(edit_lang, c) else n + 1, j] = 1.0
     return list(eval_langs) + list(SUMMARY_COLS), sel
 
 
