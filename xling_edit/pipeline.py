@@ -61,7 +61,7 @@ def method_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(METHOD_SCHEMAS[name]), resolved)
 
 
-def covariance_provider(cfg, model, tok, spec, registry, eval_langs):
+def covariance_provider(cfg, model_cfg, model, tok, spec, registry, eval_langs):
     """Statistics for the methods that use them, or None when ``stats.corpus=none``."""
     st = cfg.stats
     if st.corpus == "none":
@@ -70,7 +70,7 @@ def covariance_provider(cfg, model, tok, spec, registry, eval_langs):
     unknown = [c for c in langs if c not in registry]
     if unknown:
         raise ValueError(f"stats.langs {unknown} unknown; available: {sorted(registry)}")
-    m = cfg.model
+    m = model_cfg
     model_key = f"{m.name}:{m.source}:{m.path or m.gguf_package}:{m.revision}:{m.dtype}"
     if m.source == "random":
         model_key += ":" + json.dumps(OmegaConf.to_container(m.random_init), sort_keys=True) + f":{cfg.seed}"
@@ -100,8 +100,11 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    model_cfg = cfg.model
     if cfg.merge.name != "none":
-        raise ValueError(f"merge={cfg.merge.name!r} is not available yet; use merge=none")
+        from xling_edit.merge import merged_model_config  # the TIES pre-step (merge/ group)
+
+        model_cfg = merged_model_config(cfg)  # cached on disk; a model config pointing at it
 
     registry = load_languages(find_conf_dir())
     edit_code = str(cfg.edit_lang.code)
@@ -110,11 +113,11 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     spec = ModelSpec.from_config(cfg.model.templates)
     mcfg = method_config(cfg)
 
-    model, tok = load_model(cfg.model, seed=cfg.seed)
+    model, tok = load_model(model_cfg, seed=cfg.seed)
     t_loaded = time.perf_counter()
     ds = load_dataset(cfg.data, eval_langs, project_root=PROJECT_ROOT)
     log.info("dataset %s: %d cases; eval languages %s", ds.name, len(ds.cases), eval_langs)
-    cov = covariance_provider(cfg, model, tok, spec, registry, eval_langs) \
+    cov = covariance_provider(cfg, model_cfg, model, tok, spec, registry, eval_langs) \
         if mcfg.get("use_covariance") else None
     editor = build_editor(mcfg.name, hparams=mcfg, spec=spec, seed=cfg.seed, covariance=cov,
                           covariance_label=cov.label if cov else "identity")
