@@ -112,6 +112,14 @@ class EditMethodConfig:
             language). ``batch`` and ``all_languages`` need a method that edits many facts at
             once (MEMIT).
         num_edits: cases per group in ``batch`` and ``sequential`` modes.
+        v_from_layer: fast path: the value optimisation computes the blocks below the edited
+            one once and runs only the edited block and up at each step (same trajectory);
+            false runs the full depth every step (the plain path, for benchmarks).
+        v_head_at_targets: fast path: the value optimisation applies the LM head only at the
+            target and KL positions; false computes full logits at every position (plain).
+        cache_factorization: fast path: the covariance statistics are factorised (Cholesky)
+            once per layer and reused by every edit (ROME's C⁻¹k, MEMIT's (λC + KKᵀ)⁻¹K by
+            the push-through identity); false solves with C afresh at every edit (plain).
     """
 
     name: str = MISSING
@@ -127,6 +135,9 @@ class EditMethodConfig:
     subject_match_threshold: float = 0.6
     mode: str = "single"
     num_edits: int = 1
+    v_from_layer: bool = True
+    v_head_at_targets: bool = True
+    cache_factorization: bool = True
 
 
 @dataclass
@@ -220,25 +231,152 @@ class DatasetConfig:
 
 
 @dataclass
-class MergeConfig:
-    """Model merging before editing. Only ``none`` exists so far.
+class FinetuneConfig:
+    """A merge input produced offline by briefly fine-tuning a model on one language's text
+    (``xling_edit/data/stats_corpus/<lang>.txt``); the result is an ordinary checkpoint cached
+    under ``model.cache_dir/merge_inputs`` (the offline merge demo, ``conf/merge/ties_demo.yaml``).
 
     Args:
-        name: merge method.
+        lang: language code of the training text.
+        steps: Adam steps (full-parameter, deterministic given ``seed``).
+        lr: Adam learning rate.
+        batch_size: paragraphs per step.
+        max_length: paragraphs are truncated to this many tokens.
+        add_tokens: add this language's most frequent words as new tokens (a vocabulary that
+            differs from the base, as the Indic Llama-2 extensions do); 0 keeps the vocabulary.
+        seed: seeds the batches and the rows of added tokens.
+    """
+
+    lang: str = MISSING
+    steps: int = 30
+    lr: float = 1.0e-3
+    batch_size: int = 4
+    max_length: int = 64
+    add_tokens: int = 0
+    seed: int = 0
+
+
+@dataclass
+class MergeInput:
+    """One model merged into the base (an entry of ``merge.models``).
+
+    Args:
+        model: where the model comes from: a model config (:class:`ModelConfig`), normally a
+            ``conf/model`` file put here by the merge file's defaults list
+            (``- /model@merge.models.<key>.model: openhathi_7b``). Only the fields that decide
+            the weights are read (source, path, revision, gguf_package/gguf_file, random_init,
+            allow_download, trust_remote_code, allow_pickle).
+        weight: scales this model's task vector (mergekit's ``weight``).
+        density: share of the task vector's entries kept per tensor (largest magnitudes);
+            null takes ``merge.density``.
+        finetune: when set, the input is ``model`` fine-tuned as described (offline demo).
+    """
+
+    model: ModelConfig = MISSING
+    weight: float = 1.0
+    density: Optional[float] = None
+    finetune: Optional[FinetuneConfig] = None
+
+
+@dataclass
+class MergeConfig:
+    """Model merging before editing (``conf/merge/*.yaml``): ``none`` edits the model as
+    loaded; ``ties`` merges ``models`` into ``base`` with TIES (Yadav et al., 2023) and edits
+    the merge. The merged checkpoint is cached under ``model.cache_dir/merged/<hash>``, keyed
+    by this config and the inputs' identities, so every job of a sweep reuses one merge.
+
+    Args:
+        name: ``none`` or ``ties``.
+        base: the model the task vectors are taken against (a model config, like
+            ``MergeInput.model``).
+        models: the merged models, keyed by a short name (YAML order is the merge order).
+        density: default share of each task vector kept per tensor (TIES' top-k; the paper's
+            top 20%). At least one entry of a non-empty tensor is kept.
+        scale: λ, multiplies the merged task vector before it is added to the base.
+        normalize: divide the agreeing entries' weighted sum by the sum of their weights (the
+            TIES disjoint mean; mergekit's ``normalize``); false adds the sum.
+        sign_method: sign election: ``sum`` (sign of the summed weighted task vectors, the TIES
+            paper's total mass) or ``count`` (majority of signs; ties go to +).
+        backend: ``auto`` (mergekit when installed, else ``peft``), ``mergekit`` (lazy,
+            out-of-core; for 7B checkpoints), ``peft`` (in process, peft's trim and sign
+            election) or ``direct`` (in process, this project's ``ties.py``). All give the same
+            weights.
+        compute_dtype: dtype the merge arithmetic runs in.
+        dtype: dtype of the saved merge; null takes ``model.dtype``.
+        tokenizer: vocabulary of the merge when the inputs' vocabularies differ: ``union``
+            (the base tokenizer plus every token another model adds, in model order), ``base``
+            (the base tokenizer; rows of other tokens are dropped) or a key of ``models`` (that
+            model's tokenizer). See xling_edit/merge/vocab.py for how rows are filled.
+        int8_mask: mergekit only: keep the sign masks in int8 (memory; same result).
+        device: device of the merge arithmetic (cpu, cuda).
+        cache: reuse a merge found in the cache; false merges again (overwriting it).
     """
 
     name: str = "none"
+    base: Optional[ModelConfig] = None
+    models: Dict[str, MergeInput] = field(default_factory=dict)
+    density: float = 0.2
+    scale: float = 1.0
+    normalize: bool = True
+    sign_method: str = "sum"
+    backend: str = "auto"
+    compute_dtype: str = "float32"
+    dtype: Optional[str] = None
+    tokenizer: str = "union"
+    int8_mask: bool = False
+    device: str = "cpu"
+    cache: bool = True
 
 
 @dataclass
 class LoggerConfig:
-    """Where results stream besides the local files. Only ``none`` exists so far.
+    """Where results stream besides the local files (``conf/logger/``): ``none`` (local files
+    only) or ``wandb`` (Weights & Biases, ``xling_edit/loggers/wandb_logger.py``; needs
+    ``pip install 'xling_edit[wandb]'``). The fields below ``name`` are used by ``wandb`` only.
 
     Args:
-        name: logger name.
+        name: logger name (``none`` | ``wandb``).
+        project: W&B project.
+        entity: W&B user or team; null = the account's default entity.
+        group: W&B run group; null = the Hydra sweep directory for multirun jobs (one group per
+            sweep, e.g. ``multirun/2026-01-31/12-00-00``) and no group for single runs; ``""``
+            = never a group.
+        run_name: W&B run name; null = ``<model>_<method>_<edit_lang>`` (plus ``_<mode>`` when
+            ``method.mode`` is not ``single``).
+        tags: extra W&B tags.
+        auto_tags: also tag the run with model, method, ``edit:<lang>``, dataset, ``mode:<mode>``
+            (and ``merge:<name>`` when merging).
+        notes: W&B run notes.
+        job_type: W&B job type.
+        mode: ``auto`` (``WANDB_MODE`` if set, else ``online`` when an API key is available via
+            ``WANDB_API_KEY`` or ``~/.netrc``, else ``offline``), ``online``, ``offline``
+            (``wandb sync`` later) or ``disabled``.
+        dir: where W&B writes ``wandb/<run>/``; null = the job's output directory (beside
+            ``results.jsonl``).
+        log_every: stream metrics every N finished cases (and after the last).
+        stream_protocols: protocols of the per-case ``case/<metric>_<protocol>/<eval_lang>``
+            keys (``token_acc``, ``exact``, ``prob``); the running ELFI/ELFO means and the final
+            tables always have all.
+        report: at the end, build the report (tables, heatmaps) into ``<job dir>/report`` and log
+            it (``xling_edit.report``).
+        n_boot: bootstrap resamples of the report's confidence intervals.
     """
 
     name: str = "none"
+    project: str = "xling_edit"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    run_name: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    auto_tags: bool = True
+    notes: Optional[str] = None
+    job_type: str = "edit"
+    mode: str = "auto"
+    dir: Optional[str] = None
+    log_every: int = 1
+    stream_protocols: List[str] = field(default_factory=lambda: ["token_acc"])
+    report: bool = True
+    n_boot: int = 1000
 
 
 @dataclass
@@ -247,9 +385,26 @@ class EvalConfig:
 
     Args:
         batch_size: rows (prompt + target) per padded forward pass.
+        batched: fast path: all rows of a case (every language, metric, protocol) in
+            length-sorted padded batches, one forward pass per batch; false: one pass per row.
+        head_at_targets: fast path: the forward stops after the final norm and the LM head is
+            applied only at scored positions; false: full logits at every position.
+        reuse_lower_layers: fast path: the post-edit pass feeds the pre-edit hidden states
+            entering the lowest edited block and runs only the blocks from there up; false:
+            full depth.
+        inference_mode: fast path: score under ``torch.inference_mode``; false: plain grad mode.
+        head_chunk: scored positions per LM-head product (bounds the [positions, vocab]
+            logits' memory).
+    The plain settings exist for ``python -m xling_edit.bench``, which times both in one
+    process; results are the same (argmax metrics identical, NLLs equal to float rounding).
     """
 
     batch_size: int = 32
+    batched: bool = True
+    head_at_targets: bool = True
+    reuse_lower_layers: bool = True
+    inference_mode: bool = True
+    head_chunk: int = 32
 
 
 @dataclass
@@ -290,14 +445,56 @@ class StatsConfig:
 
 
 @dataclass
+class RunnerConfig:
+    """How a job's cases are spread over processes (:mod:`xling_edit.runner`).
+
+    Args:
+        accelerator: ``auto`` (cuda when torch sees a GPU, else cpu), ``cpu`` or ``cuda``. The
+            model is placed on the rank's device (this overrides ``model.device``).
+        devices: processes per node (GPUs, or CPU processes sharing the cores). With more than
+            one, Fabric spawns them (``ddp_spawn``) unless a cluster launcher started them.
+        num_nodes: nodes; more than one needs processes started by SLURM
+            (``hydra/launcher=slurm``) or torchrun.
+        strategy: ``auto`` (spawn inside ``python run.py``, join when SLURM/torchrun started
+            the processes), ``ddp_spawn`` or ``ddp`` (always join an existing process group).
+        precision: Fabric precision name setting the model dtype (``32-true``, ``bf16-true``,
+            ``16-true``); null keeps ``model.dtype``.
+        deterministic: ask torch for deterministic kernels (GPU; slower). CPU runs are
+            deterministic anyway for a fixed thread count.
+        timeout_min: how long ranks wait for each other (process-group barriers, and rank zero
+            waiting for results from a silent rank) before giving up.
+    """
+
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: Optional[str] = None
+    deterministic: bool = False
+    timeout_min: float = 120.0
+
+
+@dataclass
 class Config:
     """The whole run.
 
     Args:
         eval_langs: languages to evaluate in; null means every language in ``conf/edit_lang``.
-        seed: seeds Python, NumPy, torch and the context-prompt sampling.
-        threads: torch CPU threads (null leaves torch's default).
+        seed: seeds Python, NumPy, torch and the context-prompt sampling; every case group is
+            reseeded from (seed, its first case id), so results do not depend on the number of
+            processes, their order, or resuming.
+        threads: torch CPU threads per process (null: torch's default in a single process, the
+            cores shared out between ranks in a multi-process CPU run).
         print_tables: print an edit_lang x eval_lang table per metric at the end.
+        resume: ``false``: write to this invocation's directory (which is resumed anyway if it
+            already holds a run of the same config, e.g. ``hydra.run.dir=<old dir>``);
+            ``true``: continue the most recent job directory under ``resume_roots`` with the
+            same config fingerprint; a path: continue that directory. Finished case groups
+            are skipped; half-written ones are redone.
+        resume_roots: where ``resume=true`` looks for earlier job directories (relative to the
+            project root or the working directory).
+        strict: exit with status 3 when any case failed or was skipped (the run still records
+            every case and finishes); false: exit 0 unless the job itself crashed.
     """
 
     model: ModelConfig = MISSING
@@ -308,10 +505,14 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
     eval_langs: Optional[List[str]] = None
     seed: int = 0
     threads: Optional[int] = None
     print_tables: bool = True
+    resume: Any = False
+    resume_roots: List[str] = field(default_factory=lambda: ["outputs", "multirun"])
+    strict: bool = True
 
 
 def register_configs() -> None:
