@@ -1,0 +1,387 @@
+"""Weights & Biases logger (``logger=wandb``): per-case metrics while the job runs, the
+edit_lang × eval_lang tables and heatmaps at the end, one W&B run per job.
+
+``wandb`` is an optional dependency (``pip install 'xling_edit[wandb]'``), imported only when
+this logger is used. Without an API key (``WANDB_API_KEY`` or a ``~/.netrc`` entry) the run is
+written offline beside ``results.jsonl``; ``wandb sync <job dir>/wandb/offline-run-*`` uploads
+it later.
+
+What is logged (``/`` separates W&B sections; metric keys use ``_`` instead of the ``.`` of
+``summary.csv``, because W&B reads dots in metric names as nesting):
+
+- ``progress/cases_done`` (the x axis of everything streamed), ``progress/total``,
+  ``progress/failed``, ``progress/fraction``;
+- ``case/<metric>_<protocol>/<eval_lang>``: post-edit value of the cases finished since the
+  previous point (one case with ``log_every=1`` in single mode), for ``stream_protocols``;
+- ``ELFI/<metric>_<protocol>``, ``ELFO/<metric>_<protocol>``: running post-edit means over every
+  finished case (ok lines only, each case-language line weighing one, as in ``summary.csv``);
+- ``time/<timing>``: per-case seconds (pre_eval_s, edit_s, post_eval_s);
+- at the end: ``tables/summary`` (long-format ``wandb.Table`` of ``summary.csv``), the report
+  built into ``<job dir>/report`` (``report/tables/*``, ``report/cells``,
+  ``report/diagnostics/*`` tables and ``report/figures/heatmap_*`` images, see
+  ``xling_edit.report.wandb_hook``), and in ``run.summary`` the final ``ELFI/*``, ``ELFO/*``,
+  ``pre_ELFI/*``, ``pre_ELFO/*`` means, ``cases/<status>`` counts and ``seconds/*``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import netrc
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig, OmegaConf
+
+from xling_edit.languages import is_elfi
+from xling_edit.loggers.base import RunLogger
+
+log = logging.getLogger(__name__)
+
+MISSING_WANDB = ("logger=wandb needs the `wandb` package, which is optional: "
+                 "pip install 'xling_edit[wandb]'  (or: pip install wandb)")
+MODES = ("auto", "online", "offline", "disabled")
+STEP = "progress/cases_done"
+# mirrors xling_edit.results.SUMMARY_KEYS without importing torch through evaluation
+METRICS = ("reliability", "generalization", "locality", "portability")
+PROTOCOLS = ("token_acc", "exact", "prob")
+SUMMARY_KEYS = tuple(f"{m}.{p}" for m in METRICS for p in PROTOCOLS)
+TIMINGS = ("pre_eval_s", "edit_s", "post_eval_s")
+TABLE_COLUMNS = ["model", "method", "dataset", "mode", "edit_lang", "eval_lang", "elfi", "phase",
+                 "metric", "protocol", "key", "value", "n"]
+
+
+def import_wandb():
+    try:
+        import wandb
+    except ImportError as exc:
+        raise ImportError(MISSING_WANDB) from exc
+    return wandb
+
+
+def wandb_key(key: str) -> str:
+    """``reliability.token_acc`` → ``reliability_token_acc`` (dots nest in W&B)."""
+    return key.replace(".", "_")
+
+
+def api_key_available(env: Mapping[str, str] | None = None) -> bool:
+    """True when W&B could authenticate: ``WANDB_API_KEY`` is set, or the netrc file (``NETRC``
+    or ``~/.netrc``) has a password for the W&B host (``WANDB_BASE_URL``, default api.wandb.ai)."""
+    env = os.environ if env is None else env
+    if env.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(env.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+    path = env.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        auth = netrc.netrc(path).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(auth and auth[2])
+
+
+def resolve_mode(mode: str, env: Mapping[str, str] | None = None) -> str:
+    """The W&B mode for ``logger.mode``. ``auto``: ``WANDB_MODE`` if set, else ``online`` when an
+    API key is available and ``offline`` otherwise."""
+    env = os.environ if env is None else env
+    mode = str(mode).lower()
+    if mode not in MODES:
+        raise ValueError(f"logger.mode={mode!r} unknown; one of {list(MODES)}")
+    if mode != "auto":
+        return mode
+    from_env = {"dryrun": "offline", "run": "online"}.get(env.get("WANDB_MODE", "").lower(),
+                                                           env.get("WANDB_MODE", "").lower())
+    if from_env in ("online", "offline", "disabled"):
+        return from_env
+    return "online" if api_key_available(env) else "offline"
+
+
+def hydra_sweep_group() -> str | None:
+    """The Hydra sweep directory of a multirun job (e.g. ``multirun/2026-01-31/12-00-00``),
+    relative to the working directory when inside it; None for single runs or outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized():
+            return None
+        hc = HydraConfig.get()
+        if hc.mode != RunMode.MULTIRUN:
+            return None
+        sweep = Path(str(hc.sweep.dir))
+    except Exception:  # noqa: BLE001  (no Hydra context: no default group)
+        return None
+    if sweep.is_absolute():
+        try:
+            sweep = sweep.relative_to(Path.cwd())
+        except ValueError:
+            sweep = Path(*sweep.parts[-3:])
+    return sweep.as_posix()[-128:]  # W&B's limit on group names
+
+
+def _job_overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def _edit_label(cfg: DictConfig) -> tuple[str, str]:
+    mode = str(OmegaConf.select(cfg, "method.mode", default="single") or "single")
+    edit = "all" if mode == "all_languages" else str(OmegaConf.select(cfg, "edit_lang.code", default="?"))
+    return edit, mode
+
+
+def default_run_name(cfg: DictConfig) -> str:
+    """``<model>_<method>_<edit_lang>``, plus ``_<mode>`` when the method's mode is not single."""
+    edit, mode = _edit_label(cfg)
+    parts = [OmegaConf.select(cfg, "model.name", default="model"),
+             OmegaConf.select(cfg, "method.name", default="method"), edit]
+    if mode != "single":
+        parts.append(mode)
+    return "_".join(str(p) for p in parts)
+
+
+def default_tags(cfg: DictConfig) -> list[str]:
+    edit, mode = _edit_label(cfg)
+    tags = [OmegaConf.select(cfg, "model.name"), OmegaConf.select(cfg, "method.name"),
+            f"edit:{edit}", OmegaConf.select(cfg, "data.name"), f"mode:{mode}"]
+    merge = OmegaConf.select(cfg, "merge.name")
+    if merge and merge != "none":
+        tags.append(f"merge:{merge}")
+    return [str(t) for t in tags if t]
+
+
+def _config_dict(cfg: DictConfig) -> dict:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001  (an interpolation that only resolves inside Hydra)
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def _number(v) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return None if math.isnan(v) or math.isinf(v) else float(v)
+
+
+class WandbLogger(RunLogger):
+    """One W&B run per job; see the module docstring for the keys. ``settings`` is the
+    ``logger`` config node (:class:`xling_edit.config.LoggerConfig`)."""
+
+    name = "wandb"
+
+    def __init__(self, settings: DictConfig | Mapping):
+        s = OmegaConf.to_container(settings, resolve=True) if isinstance(settings, DictConfig) else dict(settings)
+        self.s = s
+        self.mode = resolve_mode(s.get("mode", "auto"))  # fail at build time on a bad mode
+        self.log_every = max(1, int(s.get("log_every") or 1))
+        protos = s.get("stream_protocols")
+        self.stream_keys = [k for k in SUMMARY_KEYS if protos is None or k.split(".", 1)[1] in protos]
+        self.wandb = import_wandb()
+        self.run = None
+        self.dir: Path | None = None
+        self._closed = False
+        self._reset_stream()
+
+    def _reset_stream(self) -> None:
+        self._running: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+        self._pending: dict[str, list[float]] = defaultdict(list)
+        self._pending_time: dict[str, list[float]] = defaultdict(list)
+        self._last_progress: dict = {}
+        self._logged_done = -1
+
+    # ------------------------------------------------------------------------------ start
+
+    def start(self, cfg: DictConfig, out_dir: Path) -> None:
+        s = self.s
+        out_dir = Path(out_dir)
+        self.dir = Path(s["dir"]).expanduser() if s.get("dir") else out_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        group = s.get("group")
+        group = hydra_sweep_group() if group is None else (str(group) or None)
+        tags = (default_tags(cfg) if s.get("auto_tags", True) else []) + [str(t) for t in s.get("tags") or []]
+        config = _config_dict(cfg)
+        config["job_info"] = {"out_dir": str(out_dir.resolve()), "overrides": _job_overrides()}
+        self._reset_stream()
+        self._closed = False
+        self.run = self.wandb.init(
+            project=s.get("project") or "xling_edit", entity=s.get("entity") or None,
+            group=group, name=s.get("run_name") or default_run_name(cfg), job_type=s.get("job_type") or None,
+            tags=list(dict.fromkeys(t[:64] for t in tags)), notes=s.get("notes") or None,
+            config=config, dir=str(self.dir), mode=self.mode, reinit="finish_previous")
+        for prefix in ("progress", "case", "ELFI", "ELFO", "time"):
+            self.run.define_metric(f"{prefix}/*", step_metric=STEP)
+        where = getattr(self.run, "dir", None)
+        log.info("W&B run %s (%s, group %s, mode %s)%s", self.run.name, self.run.id, group, self.mode,
+                 f"; sync later: wandb sync {Path(where).parent}" if self.mode == "offline" and where else "")
+
+    # ------------------------------------------------------------------------- streaming
+
+    def log_lines(self, lines: Sequence[Mapping], progress: Mapping[str, int]) -> None:
+        if self.run is None or self._closed:
+            return
+        try:
+            self._accumulate(lines)
+            self._last_progress = dict(progress)
+            done, total = int(progress.get("done", 0)), int(progress.get("total", 0) or 0)
+            if done % self.log_every == 0 or (total and done >= total):
+                self._flush()
+        except Exception as exc:  # noqa: BLE001  (never lose the experiment over a chart)
+            log.warning("W&B: logging case metrics failed: %s: %s", type(exc).__name__, exc)
+
+    def _accumulate(self, lines: Sequence[Mapping]) -> None:
+        seen_cases = set()
+        for line in lines:
+            case = line.get("case_id")
+            if case not in seen_cases:
+                seen_cases.add(case)
+                for t, v in (line.get("timings") or {}).items():
+                    if t in TIMINGS and _number(v) is not None:
+                        self._pending_time[t].append(float(v))
+            post = line.get("post")
+            if line.get("status") != "ok" or not post:
+                continue
+            scope = "ELFI" if is_elfi(str(line.get("edit_lang")), str(line.get("eval_lang"))) else "ELFO"
+            for key in SUMMARY_KEYS:
+                v = _number(post.get(key))
+                if v is None:
+                    continue
+                acc = self._running[(scope, key)]
+                acc[0] += v
+                acc[1] += 1
+                if key in self.stream_keys:
+                    self._pending[f"case/{wandb_key(key)}/{line.get('eval_lang')}"].append(v)
+
+    def _flush(self) -> None:
+        p = self._last_progress
+        done = int(p.get("done", 0))
+        if done == self._logged_done and not self._pending:
+            return
+        total = int(p.get("total", 0) or 0)
+        data: dict[str, Any] = {STEP: done, "progress/total": total,
+                                "progress/failed": int(p.get("failed", 0)),
+                                "progress/fraction": done / total if total else 0.0}
+        data.update({k: sum(v) / len(v) for k, v in self._pending.items() if v})
+        data.update({f"time/{k}": sum(v) / len(v) for k, v in self._pending_time.items() if v})
+        data.update({f"{scope}/{wandb_key(key)}": s / n for (scope, key), (s, n) in self._running.items() if n})
+        self.run.log(data)
+        self._pending.clear()
+        self._pending_time.clear()
+        self._logged_done = done
+
+    # ---------------------------------------------------------------------------- the end
+
+    def finish(self, out_dir: Path, info: Mapping, summary_rows: Sequence[Mapping]) -> None:
+        if self.run is None or self._closed:
+            return
+        run = self.run
+        try:
+            if self._last_progress:
+                self._flush()
+            self._log_final(Path(out_dir), info, summary_rows)
+            run.summary["status"] = "finished"
+        except Exception as exc:  # noqa: BLE001
+            log.warning("W&B: final logging failed: %s: %s", type(exc).__name__, exc)
+            run.summary["status"] = "finished"
+            run.summary["logger_error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._end(exit_code=0)
+
+    def _log_final(self, out_dir: Path, info: Mapping, summary_rows: Sequence[Mapping]) -> None:
+        wandb, run = self.wandb, self.run
+        rows = summary_table_rows(info, summary_rows)
+        payload: dict[str, Any] = {"tables/summary": wandb.Table(columns=TABLE_COLUMNS, data=rows)}
+        run.log(payload)
+        for k, v in headline_summary(info, summary_rows).items():
+            run.summary[k] = v
+        if self.s.get("report", True):
+            try:
+                self._log_report(out_dir)
+            except Exception as exc:  # noqa: BLE001  (tables above are already logged)
+                log.warning("W&B: report for %s not logged: %s: %s", out_dir, type(exc).__name__, exc)
+                run.summary["report_error"] = f"{type(exc).__name__}: {exc}"
+
+    def _log_report(self, out_dir: Path) -> None:
+        from xling_edit.report import build_report
+        from xling_edit.report.wandb_hook import log_report_to_wandb
+
+        if not (out_dir / "results.jsonl").is_file():
+            raise FileNotFoundError(f"no results.jsonl in {out_dir}")
+        rep = build_report(out_dir, out=out_dir / "report", n_boot=int(self.s.get("n_boot", 1000)))
+        log_report_to_wandb(self.run, rep.out, prefix="report")
+
+    def close(self, exc: BaseException | None = None) -> None:
+        if self.run is None or self._closed:
+            return
+        try:
+            if exc is not None:
+                self.run.summary["status"] = "failed"
+                self.run.summary["error"] = f"{type(exc).__name__}: {exc}"[:1000]
+            if self._last_progress:
+                self._flush()
+        except Exception as e:  # noqa: BLE001
+            log.warning("W&B: could not record the job's end: %s", e)
+        finally:
+            self._end(exit_code=0 if exc is None else 1)
+
+    def _end(self, exit_code: int) -> None:
+        self._closed = True
+        try:
+            self.run.finish(exit_code=exit_code)
+        except Exception as exc:  # noqa: BLE001  (a broken run must not stop the next job)
+            log.warning("W&B: finish failed: %s: %s", type(exc).__name__, exc)
+            try:
+                self.wandb.finish(exit_code=exit_code)
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def summary_table_rows(info: Mapping, summary_rows: Sequence[Mapping]) -> list[list]:
+    """``summary.csv`` in long format: one row per (edit_lang, eval_lang, phase, metric key) with a
+    value; columns :data:`TABLE_COLUMNS`."""
+    ident = [str(info.get(k, "")) for k in ("model", "method", "dataset", "mode")]
+    out = []
+    for r in summary_rows:
+        edit, ev = str(r["edit_lang"]), str(r["eval_lang"])
+        elfi = ev == "ELFI" or (ev != "ELFO" and is_elfi(edit, ev))
+        for key in SUMMARY_KEYS:
+            v = _number(r.get(key))
+            if v is None:
+                continue
+            metric, proto = key.split(".", 1)
+            out.append(ident + [edit, ev, elfi, r["phase"], metric, proto, key, v, int(r.get("n") or 0)])
+    return out
+
+
+def headline_summary(info: Mapping, summary_rows: Sequence[Mapping]) -> dict:
+    """Final numbers for ``run.summary``: ``ELFI/<key>``, ``ELFO/<key>`` (post-edit),
+    ``pre_ELFI/<key>``, ``pre_ELFO/<key>``, ``n_ELFI``/``n_ELFO`` lines, ``cases/<status>``,
+    ``seconds/<part>``, ``n_cases``. With several edit languages in one job (not produced by the
+    pipeline) the ELFI/ELFO keys get an ``/<edit_lang>`` suffix."""
+    out: dict[str, Any] = {}
+    edits = sorted({str(r["edit_lang"]) for r in summary_rows})
+    for r in summary_rows:
+        ev = str(r["eval_lang"])
+        if ev not in ("ELFI", "ELFO"):
+            continue
+        scope = ev if r["phase"] == "post" else f"pre_{ev}"
+        suffix = f"/{r['edit_lang']}" if len(edits) > 1 else ""
+        for key in SUMMARY_KEYS:
+            v = _number(r.get(key))
+            if v is not None:
+                out[f"{scope}/{wandb_key(key)}{suffix}"] = v
+        if r["phase"] == "post":
+            out[f"n_{ev}{suffix}"] = int(r.get("n") or 0)
+    for status, n in (info.get("case_status") or {}).items():
+        out[f"cases/{status}"] = n
+    for part, sec in (info.get("seconds") or {}).items():
+        if _number(sec) is not None:
+            out[f"seconds/{part}"] = sec
+    if "n_cases" in info:
+        out["n_cases"] = info["n_cases"]
+    return out
