@@ -159,9 +159,9 @@ def finetune_variant(src: Path, ft: Mapping[str, Any], out: Path) -> None:
             loss.backward()
             opt.step()
             if step == 0:
-                first = float(loss)
+                first = float(loss.detach())
     model.eval()
-    log.info("fine-tuned on %s: loss %.3f -> %.3f over %d steps", ft["lang"], first, float(loss),
+    log.info("fine-tuned on %s: loss %.3f -> %.3f over %d steps", ft["lang"], first, float(loss.detach()),
              int(ft.get("steps", 30)))
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
