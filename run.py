@@ -1,4 +1,10 @@
-"""Entry point: ``python run.py [overrides]`` / ``python run.py -m edit_lang=en,hi,ta``."""
+"""Entry point: ``python run.py [overrides]`` / ``python run.py -m edit_lang=en,hi,ta``.
+
+Exit status: 0; 3 when ``strict`` (the default) and some case failed or was skipped (every case
+is still recorded, see ``run_info.json``); 1 when a job crashed.
+"""
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -6,14 +12,16 @@ from omegaconf import DictConfig
 from xling_edit.config import register_configs
 
 register_configs()
+_exit_codes: list[int] = []
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from xling_edit.pipeline import run
+    from xling_edit.pipeline import exit_code, run
 
-    run(cfg)
+    _exit_codes.append(exit_code(run(cfg), bool(cfg.strict)))
 
 
 if __name__ == "__main__":
     main()
+    sys.exit(max(_exit_codes, default=0))

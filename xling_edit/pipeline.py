@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 import os
 import random
 import time
+import zlib
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from xling_edit import resume, runner
 from xling_edit.config import METHOD_SCHEMAS, MODES
 from xling_edit.data import load_dataset
 from xling_edit.editing import memit, rome  # noqa: F401  (register the editors)
 from xling_edit.editing.localize import find_subject
 from xling_edit.editing.base import EditRequest, SkipCase, applied, build_editor
 from xling_edit.editing.stats import CovarianceProvider
-from xling_edit.evaluation.evaluate import build_rows, lang_metrics, score_rows
+from xling_edit.evaluation.evaluate import EvalOptions, build_rows, lang_metrics, score_rows
 from xling_edit.languages import (
     ALL_LANGUAGES, PROJECT_ROOT, find_conf_dir, is_elfi, load_languages, resolve_eval_langs,
 )
@@ -39,10 +42,15 @@ TABLE_KEYS = ("reliability.token_acc", "generalization.token_acc", "locality.tok
               "portability.token_acc", "reliability.prob", "reliability.exact")
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch (all devices); ``deterministic`` also asks torch for
+    deterministic kernels (GPU runs; slower)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def method_config(cfg: DictConfig) -> DictConfig:
@@ -92,19 +100,54 @@ def output_dir(cfg: DictConfig) -> Path:
         return Path(cfg.get("output_dir") or ".")
 
 
-def run(cfg: DictConfig, out_dir: Path | None = None) -> dict:
-    """Run one job; returns the run summary (also written to ``run_info.json``)."""
-    t_start = time.perf_counter()
+def run(cfg: DictConfig, out_dir: Path | None = None) -> dict | None:
+    """Run one job on every rank of ``cfg.runner``; returns rank zero's run summary (also
+    written to ``run_info.json``), None on the other ranks of a joined job."""
     out = Path(out_dir) if out_dir is not None else output_dir(cfg)
+    out = resume_dir(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    model_cfg = cfg.model
-    if cfg.merge.name != "none":
-        from xling_edit.merge import merged_model_config  # the TIES pre-step (merge/ group)
+    return runner.launch(cfg.runner, _job, cfg, out, runner.launch_mode(cfg.runner) == "spawn")
 
-        model_cfg = merged_model_config(cfg)  # cached on disk; a model config pointing at it
+
+def resume_dir(cfg: DictConfig, out: Path) -> Path:
+    """Where the job writes. ``resume=<path>``: that directory. ``resume=true``: the latest job
+    directory under ``resume_roots`` with the same config fingerprint (or ``out`` when there is
+    none). Otherwise ``out`` — which is resumed too if it already holds a run of the same config."""
+    fp = resume.fingerprint(cfg)
+    r = cfg.get("resume")
+    target = out
+    if isinstance(r, str) and r.lower() not in ("true", "false", ""):
+        target = Path(r)
+        if not (target / resume.JOB_FILE).exists() and not (target / resume.RESULTS).exists():
+            raise FileNotFoundError(f"resume={r!r}: no job directory there (no job.json / results.jsonl)")
+    elif r is True or (isinstance(r, str) and r.lower() == "true"):
+        roots = [Path(p) if Path(p).is_absolute() else PROJECT_ROOT / p for p in cfg.resume_roots]
+        prev = resume.find_previous(roots + [Path.cwd() / p for p in cfg.resume_roots], fp, exclude=out)
+        if prev is None:
+            log.info("resume=true: no earlier job with fingerprint %s under %s; starting fresh",
+                     fp, list(cfg.resume_roots))
+        else:
+            target = prev
+    job = target / resume.JOB_FILE
+    if job.exists():
+        old = json.loads(job.read_text()).get("fingerprint")
+        if old != fp:
+            raise ValueError(f"{target} holds a job with another config (fingerprint {old}, this "
+                             f"one {fp}); choose another output directory")
+    if target != out:
+        log.info("resuming into %s (this invocation's own directory %s keeps only its log)", target, out)
+    return target
+
+
+def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, spawned: bool) -> dict | None:
+    """One rank's share of a job: set up, run ``groups[rank::world]`` of the unfinished groups,
+    and on rank zero gather every rank's lines and write the summaries."""
+    t_start = time.perf_counter()
+    runner.setup_rank_logging(ri.rank, ri.world, out / "logs", spawned)
+    threads = runner.rank_threads(cfg.threads, ri.world, ri.device.split(":")[0])
+    if threads:
+        torch.set_num_threads(threads)
+    seed_everything(cfg.seed, cfg.runner.deterministic)
 
     registry = load_languages(find_conf_dir())
     edit_code = str(cfg.edit_lang.code)
@@ -112,8 +155,25 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     eval_langs = resolve_eval_langs(cfg.eval_langs, registry, edit_code)
     spec = ModelSpec.from_config(cfg.model.templates)
     mcfg = method_config(cfg)
+    mode, group_size = str(mcfg.get("mode", "single")), int(mcfg.get("num_edits", 1))
 
-    model, tok = load_model(model_cfg, seed=cfg.seed)
+    fp = resume.fingerprint(cfg)
+    if ri.is_zero:  # repair what an interrupted run left before anyone reads it
+        done_lines = resume.repair(out, per_case=len(eval_langs))
+        resume.write_job_file(out, fp, cfg, "running")
+    ri.barrier()
+    if not ri.is_zero:
+        done_lines = resume.read_lines(out / resume.RESULTS)[0]
+
+    with _rank_zero_first(ri):  # merging, GGUF conversion: once, then read from the cache
+        model_cfg = cfg.model
+        if cfg.merge.name != "none":
+            from xling_edit.merge import merged_model_config  # the TIES pre-step (merge/ group)
+
+            model_cfg = merged_model_config(cfg)  # cached on disk; a model config pointing at it
+        model_cfg = OmegaConf.merge(model_cfg, {"device": ri.device,
+                                                "dtype": runner.model_dtype(cfg.runner, model_cfg.dtype)})
+        model, tok = load_model(model_cfg, seed=cfg.seed)
     t_loaded = time.perf_counter()
     ds = load_dataset(cfg.data, eval_langs, project_root=PROJECT_ROOT)
     log.info("dataset %s: %d cases; eval languages %s", ds.name, len(ds.cases), eval_langs)
@@ -121,46 +181,94 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict:
         if mcfg.get("use_covariance") else None
     editor = build_editor(mcfg.name, hparams=mcfg, spec=spec, seed=cfg.seed, covariance=cov,
                           covariance_label=cov.label if cov else "identity")
+    _check_mode(mode, group_size, editor)
+    if cov is not None and ri.world > 1:
+        with _rank_zero_first(ri):  # rank zero computes and caches; the others load
+            cov.prefetch(list(mcfg.layers) if "layers" in mcfg else [int(mcfg.layer)])
 
     word_seps = {c: registry[c].word_sep for c in eval_langs}
-    mode, group_size = str(mcfg.get("mode", "single")), int(mcfg.get("num_edits", 1))
-    _check_mode(mode, group_size, editor)
     ctx = _Ctx(model, tok, spec, editor, registry, edit_code, eval_langs, word_seps,
-               cfg.data.answer_prefix or "", cfg.eval.batch_size, mode)
-    writer = ResultsWriter(out / "results.jsonl")
-    counts: Counter = Counter()
-    localisation: Counter = Counter()
-    all_lines: list[dict] = []
+               cfg.data.answer_prefix or "", EvalOptions.from_config(cfg.eval), mode)
     common = {"model": cfg.model.name, "method": mcfg.name, "dataset": ds.name,
               "merge": cfg.merge.name, "mode": mode,
               "edit_lang": ALL_LANGUAGES if mode == "all_languages" else edit_code}
     size = group_size if mode in ("batch", "sequential") else 1
     groups = [ds.cases[i: i + size] for i in range(0, len(ds.cases), size)]
-    bar = tqdm(total=len(ds.cases), desc=f"{mcfg.name} {common['edit_lang']}", unit="case",
-               dynamic_ncols=True)
-    try:
-        for g, group in enumerate(groups):
-            lines = _run_group(group, ctx, {**common, "group": g} if size > 1 else common)
-            for line in lines:
-                if line["eval_lang"] == (edit_code if mode != "all_languages" else eval_langs[0]):
-                    counts[line["status"]] += 1
-                    method_used = (line.get("subject") or {}).get("method")
-                    localisation[method_used or ("skipped" if line["status"] == "skipped" else "n/a")] += 1
+    done = {(l["case_id"], l["edit_lang"]) for l in done_lines}
+    todo = [(g, grp) for g, grp in enumerate(groups)
+            if not all((c.case_id, common["edit_lang"]) in done for c in grp)]
+    mine = todo[ri.rank::ri.world]
+    n_todo = sum(len(grp) for _, grp in todo)
+    if ri.is_zero and done_lines:
+        log.info("resuming %s: %d of %d cases already done, %d to run", out,
+                 len(ds.cases) - n_todo, len(ds.cases), n_todo)
+
+    shard_dir = out / resume.SHARDS
+    if ri.is_zero:
+        writer = ResultsWriter(out / resume.RESULTS)
+        tails = [resume.ShardTail(shard_dir / f"rank{r}.jsonl") for r in range(1, ri.world)]
+        logger = _build_logger(cfg)
+        logger.start(cfg, out)
+    else:
+        shard_dir.mkdir(exist_ok=True)
+        writer = ResultsWriter(shard_dir / f"rank{ri.rank}.jsonl")
+    bar = tqdm(total=n_todo, desc=f"{mcfg.name} {common['edit_lang']}", unit="case",
+               dynamic_ncols=True, disable=not ri.is_zero)
+    progress = Counter()
+
+    def record(lines: list[dict], own: bool) -> None:
+        if own or ri.is_zero:
             writer.write_many(lines)
-            all_lines.extend(lines)
-            bar.update(len(group))
+        if ri.is_zero:
+            n = len({l["case_id"] for l in lines})
+            progress["done"] += n
+            progress["failed"] += len({l["case_id"] for l in lines if l["status"] == "failed"})
+            bar.update(n)
+            logger.log_lines(lines, {**progress, "total": n_todo})
+
+    def forward_shards() -> None:
+        for t in tails if ri.is_zero else []:
+            lines = t.new_lines()
+            if lines:
+                for unit in _units(lines):
+                    record(unit, own=False)
+
+    exc_info = None
+    try:
+        for g, group in mine:
+            seed_everything(_group_seed(cfg.seed, group[0].case_id), cfg.runner.deterministic)
+            record(_run_group(group, ctx, {**common, "group": g} if size > 1 else common), own=True)
+            forward_shards()
+        if not ri.is_zero:
+            (shard_dir / f"rank{ri.rank}.done").write_text("done")
+            return None
+        _wait_for_ranks(ri, shard_dir, forward_shards, float(cfg.runner.timeout_min) * 60)
+    except BaseException as e:
+        exc_info = e
+        raise
     finally:
         bar.close()
         writer.close()
+        if ri.is_zero and exc_info is not None:
+            logger.close(exc_info)
 
-    summary_rows = summarize(all_lines)
+    # rank zero: every line is in results.jsonl; put them in dataset order, then summarise
+    lines = resume.read_lines(out / resume.RESULTS)[0]
+    order = {c.case_id: i for i, c in enumerate(ds.cases)}
+    lines.sort(key=lambda l: order.get(l["case_id"], len(order)))
+    resume.write_lines(out / resume.RESULTS, lines)
+    resume.clear_shards(out)
+    summary_rows = summarize(lines)
     write_summary_csv(summary_rows, out / "summary.csv")
+    counts, localisation, failures = _case_counts(lines, edit_code, eval_langs, mode)
     missing = {k: v for k, v in ds.missing.items() if v}
     info = {
         **common, "eval_langs": eval_langs, "n_cases": len(ds.cases),
-        "case_status": dict(counts), "subject_localisation": dict(localisation),
+        "case_status": dict(counts), "failures": failures,
+        "subject_localisation": dict(localisation),
         "missing_languages": missing, "dataset_notes": ds.notes,
         "covariance": getattr(editor, "covariance_label", None) if mcfg.get("use_covariance") else "off",
+        "world_size": ri.world, "resumed_cases": len(ds.cases) - n_todo,
         "seconds": {"load": round(t_loaded - t_start, 2),
                     "total": round(time.perf_counter() - t_start, 2)},
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -168,9 +276,94 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     tmp = out / "run_info.json.tmp"
     tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False))
     os.replace(tmp, out / "run_info.json")
+    resume.write_job_file(out, fp, cfg, "finished", case_status=dict(counts))
+    logger.finish(out, info, summary_rows)
     if cfg.print_tables:
         _print_report(summary_rows, info, eval_langs, out)
     return info
+
+
+def exit_code(info: dict | None, strict: bool) -> int:
+    """0, or 3 when ``strict`` and some case failed or was skipped (see ``run_info.json``)."""
+    if not info or not strict:
+        return 0
+    status = info.get("case_status", {})
+    return 3 if status.get("failed", 0) or status.get("skipped", 0) else 0
+
+
+def _group_seed(seed: int, case_id: str) -> int:
+    """Each group's RNG state depends on the run seed and its first case only, so results do
+    not depend on which rank runs it, in what order, or whether the run was resumed."""
+    return zlib.crc32(f"{seed}:{case_id}".encode()) & 0x7FFFFFFF
+
+
+@contextmanager
+def _rank_zero_first(ri: runner.RankInfo):
+    if not ri.is_zero:
+        ri.barrier()
+    yield
+    if ri.is_zero:
+        ri.barrier()
+
+
+def _units(lines: list[dict]) -> list[list[dict]]:
+    units: dict[tuple, list[dict]] = {}
+    for l in lines:
+        units.setdefault(resume.unit_key(l), []).append(l)
+    return list(units.values())
+
+
+def _wait_for_ranks(ri: runner.RankInfo, shard_dir: Path, forward, timeout_s: float) -> None:
+    """Rank zero: keep forwarding the other ranks' lines until every rank has finished."""
+    if ri.world == 1:
+        return
+    last_change, seen = time.monotonic(), -1
+    while True:
+        forward()
+        finished = [r for r in range(1, ri.world) if (shard_dir / f"rank{r}.done").exists()]
+        if len(finished) == ri.world - 1:
+            forward()
+            return
+        size = sum(p.stat().st_size for p in shard_dir.glob("rank*.jsonl")) if shard_dir.is_dir() else 0
+        if size != seen:
+            last_change, seen = time.monotonic(), size
+        elif time.monotonic() - last_change > timeout_s:
+            raise TimeoutError(f"no results from ranks {sorted(set(range(1, ri.world)) - set(finished))} "
+                               f"for {timeout_s:.0f} s (runner.timeout_min); their shards are kept "
+                               f"for a resume")
+        time.sleep(1.0)
+
+
+def _case_counts(lines, edit_code, eval_langs, mode):
+    counts: Counter = Counter()
+    localisation: Counter = Counter()
+    failures = []
+    first = edit_code if mode != "all_languages" else eval_langs[0]
+    for line in lines:
+        if line["eval_lang"] != first:
+            continue
+        counts[line["status"]] += 1
+        method_used = (line.get("subject") or {}).get("method")
+        localisation[method_used or ("skipped" if line["status"] == "skipped" else "n/a")] += 1
+        if line["status"] in ("failed", "skipped"):
+            failures.append({"case_id": line["case_id"], "status": line["status"],
+                             "reason": line.get("reason")})
+    return counts, localisation, failures
+
+
+class _NoLogger:
+    def start(self, cfg, out): ...
+    def log_lines(self, lines, progress): ...
+    def finish(self, out, info, summary_rows): ...
+    def close(self, exc=None): ...
+
+
+def _build_logger(cfg):
+    if cfg.logger.name == "none":
+        return _NoLogger()
+    from xling_edit.loggers import build_logger
+
+    return build_logger(cfg)
 
 
 @dataclass
@@ -184,7 +377,7 @@ class _Ctx:
     eval_langs: list
     word_seps: dict
     answer_prefix: str
-    batch_size: int
+    batch_size: Any  # EvalOptions (eval.*)
     mode: str
 
 
@@ -225,12 +418,15 @@ def _requests(ev: _CaseEval, ctx: _Ctx) -> list[EditRequest]:
 def _fail(evs, exc) -> None:
     status = "skipped" if isinstance(exc, SkipCase) else "failed"
     if status == "failed":
-        log.warning("case(s) %s failed: %s", [e.case.case_id for e in evs], exc)
+        log.warning("case(s) %s failed: %s: %s", [e.case.case_id for e in evs], type(exc).__name__, exc)
+        if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+            torch.cuda.empty_cache()
     for ev in evs:
         ev.status, ev.reason = status, (str(exc) if status == "skipped" else f"{type(exc).__name__}: {exc}")
 
 
-_EDIT_ERRORS = (SkipCase, FloatingPointError, ValueError, RuntimeError)
+# What a case may raise without stopping the run (torch's OutOfMemoryError is a RuntimeError).
+_EDIT_ERRORS = (SkipCase, FloatingPointError, ValueError, RuntimeError, MemoryError)
 
 
 def _run_group(cases, ctx: _Ctx, common: dict) -> list[dict]:
@@ -239,7 +435,14 @@ def _run_group(cases, ctx: _Ctx, common: dict) -> list[dict]:
     for case in cases:
         rows, tok_errors = build_rows(case, ctx.eval_langs, ctx.tok, ctx.word_seps, ctx.answer_prefix)
         t0 = time.perf_counter()
-        pre_scores = score_rows(ctx.model, ctx.tok, ctx.spec, rows, ctx.batch_size)
+        try:
+            pre_scores = score_rows(ctx.model, ctx.tok, ctx.spec, rows, ctx.batch_size,
+                                    keep_from=min(getattr(ctx.editor, "edit_layers", None) or [0]))
+        except _EDIT_ERRORS as exc:  # e.g. out of memory on a long prompt: record, go on
+            ev = _CaseEval(case, rows, tok_errors, [], {})
+            _fail([ev], exc)
+            evs.append(ev)
+            continue
         evs.append(_CaseEval(case, rows, tok_errors, pre_scores, lang_metrics(rows, pre_scores, None),
                              {"pre_eval_s": round(time.perf_counter() - t0, 3)}))
     reqs = {id(ev): _requests(ev, ctx) for ev in evs}
@@ -250,10 +453,14 @@ def _run_group(cases, ctx: _Ctx, common: dict) -> list[dict]:
         t = time.perf_counter()
         with applied(ctx.model, deltas):
             for ev in targets:
-                scores = score_rows(ctx.model, ctx.tok, ctx.spec, ev.rows, ctx.batch_size)
+                scores = score_rows(ctx.model, ctx.tok, ctx.spec, ev.rows, ctx.batch_size,
+                                    reuse=ev.pre_scores, deltas=deltas)
                 ev.post = lang_metrics(ev.rows, scores, ev.pre_scores)
+            t_restore = time.perf_counter()
+        t_end = time.perf_counter()
         for ev in targets:
-            ev.timings["post_eval_s"] = round((time.perf_counter() - t) / len(targets), 3)
+            ev.timings["post_eval_s"] = round((t_restore - t) / len(targets), 3)
+            ev.timings["restore_s"] = round((t_end - t_restore) / len(targets), 4)
 
     if ctx.mode in ("single", "all_languages"):
         for ev in live:
