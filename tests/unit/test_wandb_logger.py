@@ -119,6 +119,17 @@ def test_names_and_tags():
     assert wl.hydra_sweep_group() is None  # outside a Hydra multirun
 
 
+def test_group_from_sweep_dir_without_hydra_context(tmp_path, monkeypatch):
+    """Ranks spawned by torch.multiprocessing have no HydraConfig: the sweep is recognised by the
+    multirun.yaml Hydra writes into the sweep directory."""
+    monkeypatch.chdir(tmp_path)
+    job = tmp_path / "multirun" / "2026-01-31" / "12-00-00" / "0_tiny_llama_rome_en"
+    job.mkdir(parents=True)
+    assert wl.hydra_sweep_group(job) is None  # a single run's directory
+    (job.parent / "multirun.yaml").write_text("hydra: {}\n")
+    assert wl.hydra_sweep_group(job) == "multirun/2026-01-31/12-00-00"
+
+
 def test_summary_table_and_headline_numbers(tmp_path):
     _, _, info, rows = en_job(tmp_path)
     table = wl.summary_table_rows(info, rows)

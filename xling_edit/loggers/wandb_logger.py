@@ -98,21 +98,29 @@ def resolve_mode(mode: str, env: Mapping[str, str] | None = None) -> str:
     return "online" if api_key_available(env) else "offline"
 
 
-def hydra_sweep_group() -> str | None:
-    """The Hydra sweep directory of a multirun job (e.g. ``multirun/2026-01-31/12-00-00``),
-    relative to the working directory when inside it; None for single runs or outside Hydra."""
+def hydra_sweep_group(out_dir: Path | None = None) -> str | None:
+    """The sweep directory of a multirun job (e.g. ``multirun/2026-01-31/12-00-00``), relative
+    to the working directory when inside it; None for single runs.
+
+    From Hydra's runtime config when this process has one; otherwise (ranks started by
+    ``torch.multiprocessing``, which do not inherit it) the parent of ``out_dir`` when it holds
+    the ``multirun.yaml`` Hydra writes into every sweep directory."""
+    sweep = None
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        if not HydraConfig.initialized():
+        if HydraConfig.initialized():
+            hc = HydraConfig.get()
+            if hc.mode != RunMode.MULTIRUN:
+                return None
+            sweep = Path(str(hc.sweep.dir))
+    except Exception:  # noqa: BLE001  (no usable Hydra context: look at the directory)
+        sweep = None
+    if sweep is None:
+        if out_dir is None or not (Path(out_dir).resolve().parent / "multirun.yaml").is_file():
             return None
-        hc = HydraConfig.get()
-        if hc.mode != RunMode.MULTIRUN:
-            return None
-        sweep = Path(str(hc.sweep.dir))
-    except Exception:  # noqa: BLE001  (no Hydra context: no default group)
-        return None
+        sweep = Path(out_dir).resolve().parent
     if sweep.is_absolute():
         try:
             sweep = sweep.relative_to(Path.cwd())
@@ -203,7 +211,7 @@ class WandbLogger(RunLogger):
         self.dir = Path(s["dir"]).expanduser() if s.get("dir") else out_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         group = s.get("group")
-        group = hydra_sweep_group() if group is None else (str(group) or None)
+        group = hydra_sweep_group(out_dir) if group is None else (str(group) or None)
         tags = (default_tags(cfg) if s.get("auto_tags", True) else []) + [str(t) for t in s.get("tags") or []]
         config = _config_dict(cfg)
         config["job_info"] = {"out_dir": str(out_dir.resolve()), "overrides": _job_overrides()}
