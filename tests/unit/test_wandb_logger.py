@@ -106,6 +106,8 @@ def test_build_logger_none_unknown_and_missing_wandb(monkeypatch):
     c.logger.name = "mlflow"
     with pytest.raises(ValueError, match="mlflow"):
         build_logger(c)
+    with pytest.raises(ValueError, match="stream_protocols"):
+        build_logger(job_cfg("logger.stream_protocols=[token_accuracy]"))
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
     with pytest.raises(ImportError, match=r"xling_edit\[wandb\]"):
         build_logger(job_cfg())

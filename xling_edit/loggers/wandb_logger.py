@@ -189,6 +189,9 @@ class WandbLogger(RunLogger):
         self.mode = resolve_mode(s.get("mode", "auto"))  # fail at build time on a bad mode
         self.log_every = max(1, int(s.get("log_every") or 1))
         protos = s.get("stream_protocols")
+        unknown = sorted(set(protos or ()) - set(PROTOCOLS))
+        if unknown:
+            raise ValueError(f"logger.stream_protocols {unknown} unknown; one of {list(PROTOCOLS)}")
         self.stream_keys = [k for k in SUMMARY_KEYS if protos is None or k.split(".", 1)[1] in protos]
         self.wandb = import_wandb()
         self.run = None
