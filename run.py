@@ -23,5 +23,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # argparse (under Hydra) rejects overrides on both sides of -m; move the flag to the front so
+    # `python run.py merge=ties_demo -m edit_lang=en,hi` works as well as `run.py -m ...`.
+    multirun = [a for a in sys.argv[1:] if a in ("-m", "--multirun")]
+    sys.argv[1:] = multirun + [a for a in sys.argv[1:] if a not in ("-m", "--multirun")]
     main()
     sys.exit(max(_exit_codes, default=0))
