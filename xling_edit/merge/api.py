@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xling_edit.merge.backends import MergeJob, resolve_backend, run_backend
 from xling_edit.merge.cache import build_once
-from xling_edit.merge.inputs import digest, identity, materialize, plain
+from xling_edit.merge.inputs import digest, identity, materialize
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,3 @@ def merged_model_config(cfg: DictConfig) -> DictConfig:
         out.random_init = {}
     return out
 
-
-def describe(cfg: DictConfig) -> dict:
-    """The merge's cache key and hashed spec (for logs and tests)."""
-    key, spec = merge_key(cfg)
-    return {"key": key, "spec": plain(spec)}

@@ -18,7 +18,7 @@ import importlib.util
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,7 +48,6 @@ class MergeJob:
     device: str = "cpu"
     int8_mask: bool = False
     trust_remote_code: bool = False
-    info: dict = field(default_factory=dict)
 
 
 def resolve_backend(name: str, sign_method: str = "sum") -> str:
