@@ -33,6 +33,7 @@ from xling_edit.evaluation.evaluate import EvalOptions, build_rows, lang_metrics
 from xling_edit.languages import (
     ALL_LANGUAGES, PROJECT_ROOT, find_conf_dir, is_elfi, load_languages, resolve_eval_langs,
 )
+from xling_edit.loggers import RunLogger, build_logger
 from xling_edit.models import ModelSpec, load_model
 from xling_edit.results import ResultsWriter, format_table, summarize, write_summary_csv
 
@@ -157,6 +158,8 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, spawned: bool) -> dict
     mcfg = method_config(cfg)
     mode, group_size = str(mcfg.get("mode", "single")), int(mcfg.get("num_edits", 1))
 
+    # rank zero streams to the logger; built before the model so a missing package fails fast
+    logger = build_logger(cfg) if ri.is_zero else RunLogger()
     fp = resume.fingerprint(cfg)
     if ri.is_zero:  # repair what an interrupted run left before anyone reads it
         done_lines = resume.repair(out, per_case=len(eval_langs))
@@ -207,8 +210,6 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, spawned: bool) -> dict
     if ri.is_zero:
         writer = ResultsWriter(out / resume.RESULTS)
         tails = [resume.ShardTail(shard_dir / f"rank{r}.jsonl") for r in range(1, ri.world)]
-        logger = _build_logger(cfg)
-        logger.start(cfg, out)
     else:
         shard_dir.mkdir(exist_ok=True)
         writer = ResultsWriter(shard_dir / f"rank{ri.rank}.jsonl")
@@ -233,51 +234,48 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, spawned: bool) -> dict
                 for unit in _units(lines):
                     record(unit, own=False)
 
-    exc_info = None
-    try:
-        for g, group in mine:
-            seed_everything(_group_seed(cfg.seed, group[0].case_id), cfg.runner.deterministic)
-            record(_run_group(group, ctx, {**common, "group": g} if size > 1 else common), own=True)
-            forward_shards()
-        if not ri.is_zero:
-            (shard_dir / f"rank{ri.rank}.done").write_text("done")
-            return None
-        _wait_for_ranks(ri, shard_dir, forward_shards, float(cfg.runner.timeout_min) * 60)
-    except BaseException as e:
-        exc_info = e
-        raise
-    finally:
-        bar.close()
-        writer.close()
-        if ri.is_zero and exc_info is not None:
-            logger.close(exc_info)
+    with logger:  # closes the W&B run (as failed) whatever raises below
+        if ri.is_zero:
+            logger.start(cfg, out)
+        try:
+            for g, group in mine:
+                seed_everything(_group_seed(cfg.seed, group[0].case_id), cfg.runner.deterministic)
+                record(_run_group(group, ctx, {**common, "group": g} if size > 1 else common), own=True)
+                forward_shards()
+            if not ri.is_zero:
+                (shard_dir / f"rank{ri.rank}.done").write_text("done")
+                return None
+            _wait_for_ranks(ri, shard_dir, forward_shards, float(cfg.runner.timeout_min) * 60)
+        finally:
+            bar.close()
+            writer.close()
 
-    # rank zero: every line is in results.jsonl; put them in dataset order, then summarise
-    lines = resume.read_lines(out / resume.RESULTS)[0]
-    order = {c.case_id: i for i, c in enumerate(ds.cases)}
-    lines.sort(key=lambda l: order.get(l["case_id"], len(order)))
-    resume.write_lines(out / resume.RESULTS, lines)
-    resume.clear_shards(out)
-    summary_rows = summarize(lines)
-    write_summary_csv(summary_rows, out / "summary.csv")
-    counts, localisation, failures = _case_counts(lines, edit_code, eval_langs, mode)
-    missing = {k: v for k, v in ds.missing.items() if v}
-    info = {
-        **common, "eval_langs": eval_langs, "n_cases": len(ds.cases),
-        "case_status": dict(counts), "failures": failures,
-        "subject_localisation": dict(localisation),
-        "missing_languages": missing, "dataset_notes": ds.notes,
-        "covariance": getattr(editor, "covariance_label", None) if mcfg.get("use_covariance") else "off",
-        "world_size": ri.world, "resumed_cases": len(ds.cases) - n_todo,
-        "seconds": {"load": round(t_loaded - t_start, 2),
-                    "total": round(time.perf_counter() - t_start, 2)},
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    tmp = out / "run_info.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False))
-    os.replace(tmp, out / "run_info.json")
-    resume.write_job_file(out, fp, cfg, "finished", case_status=dict(counts))
-    logger.finish(out, info, summary_rows)
+        # rank zero: every line is in results.jsonl; put them in dataset order, then summarise
+        lines = resume.read_lines(out / resume.RESULTS)[0]
+        order = {c.case_id: i for i, c in enumerate(ds.cases)}
+        lines.sort(key=lambda l: order.get(l["case_id"], len(order)))
+        resume.write_lines(out / resume.RESULTS, lines)
+        resume.clear_shards(out)
+        summary_rows = summarize(lines)
+        write_summary_csv(summary_rows, out / "summary.csv")
+        counts, localisation, failures = _case_counts(lines, edit_code, eval_langs, mode)
+        missing = {k: v for k, v in ds.missing.items() if v}
+        info = {
+            **common, "eval_langs": eval_langs, "n_cases": len(ds.cases),
+            "case_status": dict(counts), "failures": failures,
+            "subject_localisation": dict(localisation),
+            "missing_languages": missing, "dataset_notes": ds.notes,
+            "covariance": getattr(editor, "covariance_label", None) if mcfg.get("use_covariance") else "off",
+            "world_size": ri.world, "resumed_cases": len(ds.cases) - n_todo,
+            "seconds": {"load": round(t_loaded - t_start, 2),
+                        "total": round(time.perf_counter() - t_start, 2)},
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+        tmp = out / "run_info.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False))
+        os.replace(tmp, out / "run_info.json")
+        resume.write_job_file(out, fp, cfg, "finished", case_status=dict(counts))
+        logger.finish(out, info, summary_rows)
     if cfg.print_tables:
         _print_report(summary_rows, info, eval_langs, out)
     return info
@@ -349,21 +347,6 @@ def _case_counts(lines, edit_code, eval_langs, mode):
             failures.append({"case_id": line["case_id"], "status": line["status"],
                              "reason": line.get("reason")})
     return counts, localisation, failures
-
-
-class _NoLogger:
-    def start(self, cfg, out): ...
-    def log_lines(self, lines, progress): ...
-    def finish(self, out, info, summary_rows): ...
-    def close(self, exc=None): ...
-
-
-def _build_logger(cfg):
-    if cfg.logger.name == "none":
-        return _NoLogger()
-    from xling_edit.loggers import build_logger
-
-    return build_logger(cfg)
 
 
 @dataclass
