@@ -15,7 +15,7 @@ What is logged (``/`` separates W&B sections; metric keys use ``_`` instead of t
   previous point (one case with ``log_every=1`` in single mode), for ``stream_protocols``;
 - ``ELFI/<metric>_<protocol>``, ``ELFO/<metric>_<protocol>``: running post-edit means over every
   finished case (ok lines only, each case-language line weighing one, as in ``summary.csv``);
-- ``time/<timing>``: per-case seconds (pre_eval_s, edit_s, post_eval_s);
+- ``time/<timing>``: per-case seconds (pre_eval_s, edit_s, post_eval_s, restore_s);
 - at the end: ``tables/summary`` (long-format ``wandb.Table`` of ``summary.csv``), the report
   built into ``<job dir>/report`` (``report/tables/*``, ``report/cells``,
   ``report/diagnostics/*`` tables and ``report/figures/heatmap_*`` images, see
@@ -49,7 +49,7 @@ STEP = "progress/cases_done"
 METRICS = ("reliability", "generalization", "locality", "portability")
 PROTOCOLS = ("token_acc", "exact", "prob")
 SUMMARY_KEYS = tuple(f"{m}.{p}" for m in METRICS for p in PROTOCOLS)
-TIMINGS = ("pre_eval_s", "edit_s", "post_eval_s")
+TIMINGS = ("pre_eval_s", "edit_s", "post_eval_s", "restore_s")
 TABLE_COLUMNS = ["model", "method", "dataset", "mode", "edit_lang", "eval_lang", "elfi", "phase",
                  "metric", "protocol", "key", "value", "n"]
 
