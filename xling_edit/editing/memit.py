@@ -46,6 +46,20 @@ def memit_update(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor | No
     return resid.double() @ torch.linalg.solve(a, k).T
 
 
+def memit_update_factored(resid: torch.Tensor, keys: torch.Tensor, solve: Callable | None,
+                          lam: float) -> torch.Tensor:
+    """:func:`memit_update` from a cached factorisation of C: ``solve(X)`` = C⁻¹X (identity
+    when None). Push-through identity: (λC + KKᵀ)⁻¹K = C⁻¹K (λI + KᵀC⁻¹K)⁻¹, so an edit costs
+    O(d² n) instead of factorising a d × d matrix (O(d³)). Needs λ > 0."""
+    if lam <= 0:
+        raise ValueError("the factorised MEMIT update needs mom2_update_weight > 0")
+    k = keys.double()
+    x = k if solve is None else solve(k)  # C⁻¹K, [d_in, n]
+    small = lam * torch.eye(k.shape[1], dtype=torch.float64) + k.T @ x  # n × n, SPD
+    a_inv_k = torch.linalg.solve(small, x.T).T  # (λC + KKᵀ)⁻¹K, [d_in, n]
+    return resid.double() @ a_inv_k.T
+
+
 def invert_output_map(fn: Callable[[torch.Tensor], torch.Tensor] | None, m: torch.Tensor,
                       r: torch.Tensor, iters: int = 10) -> torch.Tensor:
     """d such that fn(m + d) - fn(m) ≈ r; r itself when fn is None (identity).
@@ -123,6 +137,11 @@ class MemitEditor(PrefixedEditor):
         self.spec, self.seed = spec, seed
         self.covariance, self.covariance_label = covariance, covariance_label
 
+    @property
+    def edit_layers(self) -> list[int]:
+        """Blocks whose weights an edit changes."""
+        return sorted(int(l) for l in self.hp.layers)
+
     def edit(self, model, tok, request: EditRequest) -> EditOutcome:
         return self.edit_batch(model, tok, [request])
 
@@ -141,7 +160,8 @@ class MemitEditor(PrefixedEditor):
         post_top = _output_map(model, spec, top)
         values = [optimise_value(model, spec, top, p, steps=hp.v_steps, lr=hp.v_lr,
                                  loss_stop=hp.v_loss_stop, clamp_norm_factor=hp.clamp_norm_factor,
-                                 kl_factor=hp.kl_factor, weight_decay=hp.weight_decay)
+                                 kl_factor=hp.kl_factor, weight_decay=hp.weight_decay,
+                                 from_layer=hp.v_from_layer, head_at_targets=hp.v_head_at_targets)
                   for p in preps]
         with torch.no_grad():
             resid_target = torch.stack([
@@ -165,8 +185,14 @@ class MemitEditor(PrefixedEditor):
                 r = (z - h_top) / (len(layers) - i)
                 post = _output_map(model, spec, layer)
                 resid = torch.stack([invert_output_map(post, o, ri) for o, ri in zip(outs, r)], dim=1)
-                cov = self.covariance(layer) if (hp.use_covariance and self.covariance) else None
-                dw = memit_update(resid, keys, cov, hp.mom2_update_weight)
+                use_cov = bool(hp.use_covariance and self.covariance)
+                if (hp.cache_factorization and hp.mom2_update_weight > 0
+                        and (not use_cov or hasattr(self.covariance, "solve"))):
+                    solve = (lambda x, l=layer: self.covariance.solve(l, x)) if use_cov else None
+                    dw = memit_update_factored(resid, keys, solve, hp.mom2_update_weight)
+                else:  # plain: factorise λC + KKᵀ afresh at every edit
+                    cov = self.covariance(layer) if use_cov else None
+                    dw = memit_update(resid, keys, cov, hp.mom2_update_weight)
                 down = spec.module(model, "down_proj", layer)
                 w = weight_as_out_in(down)
                 if not torch.isfinite(dw).all():

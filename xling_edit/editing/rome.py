@@ -69,6 +69,11 @@ class RomeEditor(PrefixedEditor):
         self.covariance = covariance
         self.covariance_label = covariance_label
 
+    @property
+    def edit_layers(self) -> list[int]:
+        """Blocks whose weights an edit changes."""
+        return [int(self.hp.layer)]
+
     def edit(self, model, tok, request: EditRequest) -> EditOutcome:
         hp = self.hp
         t0 = time.perf_counter()
@@ -76,13 +81,18 @@ class RomeEditor(PrefixedEditor):
                        hp.subject_match_threshold, model_device(model))
         res = optimise_value(model, self.spec, hp.layer, prep, steps=hp.v_steps, lr=hp.v_lr,
                              loss_stop=hp.v_loss_stop, clamp_norm_factor=hp.clamp_norm_factor,
-                             kl_factor=hp.kl_factor, weight_decay=hp.weight_decay)
+                             kl_factor=hp.kl_factor, weight_decay=hp.weight_decay,
+                             from_layer=hp.v_from_layer, head_at_targets=hp.v_head_at_targets)
         down = self.spec.module(model, "down_proj", hp.layer)
         w = weight_as_out_in(down).detach()
         k_bar = res.keys.mean(0)
         k_star = k_bar if hp.consistent_key else res.keys[0]
-        cov = self.covariance(hp.layer) if (hp.use_covariance and self.covariance) else None
-        u = left_vector(k_bar, cov)
+        use_cov = bool(hp.use_covariance and self.covariance)
+        if use_cov and hp.cache_factorization and hasattr(self.covariance, "solve"):
+            u, cov = self.covariance.solve(hp.layer, k_bar[:, None])[:, 0], True  # cached factor
+        else:
+            cov = self.covariance(hp.layer) if use_cov else None
+            u = left_vector(k_bar, cov)  # plain: a fresh solve with C at every edit
         dw = rank_one_update(res.delta, u, k_star)
         bias = getattr(down, "bias", None)
         v_star = (w.double() @ k_star.double() + res.delta.double()

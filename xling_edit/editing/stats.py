@@ -36,8 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from xling_edit.editing.value import _StopForward
-from xling_edit.evaluation.forward import model_device, pad_right
+from xling_edit.evaluation.forward import _StopForward, model_device, pad_right
 from xling_edit.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -164,6 +163,7 @@ class CovarianceProvider:
         self.cache_dir = Path(os.path.expanduser(cache_dir)) if cache_dir else None
         self.seed, self.batch_size, self.ridge = seed, batch_size, ridge
         self._mem: dict[int, torch.Tensor] = {}
+        self._factors: dict[int, tuple[str, Any]] = {}  # layer -> ("chol", L) | ("lu", (LU, piv))
         self.last_source: str | None = None  # "memory" | "disk" | "computed"
 
     @property
@@ -188,6 +188,25 @@ class CovarianceProvider:
         if self.ridge:
             c = c + self.ridge * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype)
         return c
+
+    def solve(self, layer: int, rhs: torch.Tensor) -> torch.Tensor:
+        """(C + ridge)⁻¹ rhs in float64 from a factorisation computed once per layer and kept
+        (Cholesky; LU if C is not numerically positive definite). ``rhs``: [d, n]."""
+        if layer not in self._factors:
+            c = self(layer)
+            chol, info = torch.linalg.cholesky_ex(c)
+            if int(info) == 0:
+                self._factors[layer] = ("chol", chol)
+            else:
+                self._factors[layer] = ("lu", torch.linalg.lu_factor(c))
+            del c
+            if self._cached(layer):  # the factor is all an edit needs; C reloads if asked for
+                self._mem.pop(layer, None)
+        kind, f = self._factors[layer]
+        rhs = rhs.double()
+        if kind == "chol":
+            return torch.cholesky_solve(rhs, f)
+        return torch.linalg.lu_solve(f[0], f[1], rhs)
 
     def prefetch(self, layers: Sequence[int]) -> None:
         """Compute every missing layer in one pass over the corpus (MEMIT needs several)."""

@@ -14,6 +14,7 @@ MLP output before the residual add (Gemma-2/3).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -21,13 +22,11 @@ import torch.nn.functional as F
 
 from xling_edit.editing.base import EditRequest, SkipCase
 from xling_edit.editing.localize import SubjectMatch, find_subject
-from xling_edit.evaluation.forward import logits_at, pad_right
+from xling_edit.evaluation.forward import (  # noqa: F401  (_StopForward: re-exported)
+    _StopForward, capture_output, full_logits_at, logits_at, pad_right, skip_below,
+)
 from xling_edit.evaluation.text import Encoded, encode, last_token_in_span
 from xling_edit.models.spec import ModelSpec
-
-
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass once the needed activations are captured."""
 
 
 @dataclass
@@ -137,49 +136,71 @@ class ValueResult:
 
 def optimise_value(model, spec: ModelSpec, layer: int, prep: Prepared, *, steps: int, lr: float,
                    loss_stop: float, clamp_norm_factor: float, kl_factor: float,
-                   weight_decay: float) -> ValueResult:
+                   weight_decay: float, from_layer: bool = True,
+                   head_at_targets: bool = True) -> ValueResult:
+    """Optimise delta at block ``layer``'s projection output (see the module docstring).
+
+    Fast paths (same loss trajectory; tests compare them with the plain forms):
+
+    - ``from_layer``: delta enters at block ``layer``, so blocks below it compute the same thing
+      at every step; their output is computed once and each step runs blocks ``layer`` and up
+      only (plain: the full depth every step).
+    - ``head_at_targets``: the forward stops after the final norm and the LM head is applied at
+      the target and KL positions only (plain: full logits at every position).
+    """
     down = spec.module(model, "down_proj", layer)
     cap: dict = {}
     h = down.register_forward_hook(lambda m, i, o: cap.update(k=i[0], v=o))
+    below = capture_output(spec.module(model, "layer", layer - 1)) if (from_layer and layer > 0) else None
     try:
-        with torch.no_grad():
-            logits0 = logits_at(model, spec, prep.ids, prep.mask, prep.rows, prep.pos)
+        with torch.no_grad(), (below if below is not None else nullcontext()) as low:
+            logits0 = _logits(model, spec, prep, head_at_targets)
     finally:
         h.remove()
+    lower = low["out"].detach() if below is not None else None
     n = prep.n_prompts
     keys = cap["k"][torch.arange(n, device=prep.ids.device), prep.subj_pos[:n]].detach().float()
     v0 = cap["v"][0, prep.subj_pos[0]].detach().float()
     kl_ref = torch.log_softmax(logits0[-1:], dim=-1)
     nll0 = float(target_nll(logits0[:-1], prep))
+    del logits0, cap
 
-    sel = torch.zeros(*prep.ids.shape, 1, device=prep.ids.device, dtype=cap["v"].dtype)
+    sel = torch.zeros(*prep.ids.shape, 1, device=prep.ids.device, dtype=v0.dtype)
     sel[torch.arange(n + 1, device=prep.ids.device), prep.subj_pos] = 1.0
     delta = torch.zeros_like(v0, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
     radius = clamp_norm_factor * float(v0.norm())
-    h = down.register_forward_hook(lambda m, i, o: o + sel * delta.to(o.dtype))
+    h = down.register_forward_hook(lambda m, i, o: o + sel.to(o.dtype) * delta.to(o.dtype))
     trajectory: list[float] = []
     step = 0
     try:
-        for step in range(1, steps + 1):
-            logits = logits_at(model, spec, prep.ids, prep.mask, prep.rows, prep.pos)
-            nll = target_nll(logits[:-1], prep)
-            kl = F.kl_div(torch.log_softmax(logits[-1:], dim=-1), kl_ref, log_target=True,
-                          reduction="batchmean")
-            loss = nll + kl_factor * kl + weight_decay * delta.norm() / v0.norm() ** 2
-            trajectory.append(round(float(nll.detach()), 4))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite value loss at step {step}")
-            if trajectory[-1] < loss_stop:
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                delta.copy_(project_to_ball(delta, radius))
+        with skip_below(model, spec, layer if lower is not None else 0, lower):
+            for step in range(1, steps + 1):
+                logits = _logits(model, spec, prep, head_at_targets)
+                nll = target_nll(logits[:-1], prep)
+                kl = F.kl_div(torch.log_softmax(logits[-1:], dim=-1), kl_ref, log_target=True,
+                              reduction="batchmean")
+                loss = nll + kl_factor * kl + weight_decay * delta.norm() / v0.norm() ** 2
+                trajectory.append(round(float(nll.detach()), 4))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite value loss at step {step}")
+                if trajectory[-1] < loss_stop:
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    delta.copy_(project_to_ball(delta, radius))
+                del logits, nll, kl, loss
     finally:
         h.remove()
     return ValueResult(delta.detach(), v0, keys, nll0, trajectory, step)
+
+
+def _logits(model, spec: ModelSpec, prep: Prepared, head_at_targets: bool) -> torch.Tensor:
+    if head_at_targets:
+        return logits_at(model, spec, prep.ids, prep.mask, prep.rows, prep.pos)
+    return full_logits_at(model, prep.ids, prep.mask, prep.rows, prep.pos)
 
 
 def project_to_ball(x: torch.Tensor, radius: float) -> torch.Tensor:

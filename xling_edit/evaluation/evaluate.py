@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 
 from xling_edit.data.schema import EditCase, LangRecord
 from xling_edit.evaluation import scorers
-from xling_edit.evaluation.forward import SeqScore, score_continuations
+from xling_edit.evaluation.forward import EvalOptions, Scores, SeqScore, score_continuations
 from xling_edit.evaluation.text import Encoded, encode
 
 METRICS = ("reliability", "generalization", "locality", "portability")
@@ -74,8 +74,15 @@ def _rows_for(rec: LangRecord, lang: str, tok, sep: str, ap: str) -> list[Row]:
     return out
 
 
-def score_rows(model, tok, spec, rows: Sequence[Row], batch_size: int) -> list[SeqScore]:
-    return score_continuations(model, tok, spec, [r.enc for r in rows], batch_size)
+def score_rows(model, tok, spec, rows: Sequence[Row], batch_size: int | EvalOptions | Mapping = 32,
+               *, keep_from: int | None = None, reuse: Scores | None = None,
+               deltas: Sequence | None = None) -> Scores:
+    """Score ``rows`` (see :func:`score_continuations`). ``batch_size`` may be
+    :class:`EvalOptions` or the ``eval`` config node. Pre-edit: ``keep_from`` = the lowest block
+    the edit will touch; post-edit: ``reuse`` = the pre-edit result and ``deltas`` = the
+    applied edit, so the post-edit pass runs only from that block up."""
+    return score_continuations(model, tok, spec, [r.enc for r in rows], batch_size,
+                               keep_from=keep_from, reuse=reuse, deltas=deltas)
 
 
 def _mean(xs):

@@ -1,21 +1,77 @@
-"""Forward passes that compute the LM head only where it is needed.
+"""Forward passes for scoring and editing, with the fast paths of issue 7 and their plain forms.
 
-Gemma-3's head is 640 x 262,144: computing it at every position dominates a forward pass. The
-final norm's output is captured with a hook, the model is asked for the last position's logits
-only (``logits_to_keep=1``), and the head is applied to the gathered positions.
+Fast paths (each can be switched off; :class:`EvalOptions` / ``eval.*`` in the config):
+
+- **batched** rows: all (prompt, continuation) rows of a case — every language, metric and
+  protocol — go through the model in length-sorted, right-padded batches, one forward pass per
+  batch (plain: one forward pass per row).
+- **head at targets**: the forward stops after the final norm (a hook captures its output and
+  ends the pass), and the LM head is applied only at the positions whose next token is scored,
+  in chunks of ``head_chunk`` positions so the [positions, vocab] logits stay small (Gemma-3's
+  head is 640 x 262,144; plain: ``model(...).logits`` at every position).
+- **reuse lower layers**: an edit of block L's weights cannot change what blocks below L
+  compute, so the pre-edit pass keeps the hidden states entering block L and the post-edit pass
+  feeds them in, running only blocks L and up (:class:`LowerStates`; plain: full depth).
+- **inference mode**: scoring runs under ``torch.inference_mode`` (plain: the caller's grad mode).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+import re
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, fields
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from xling_edit.evaluation.text import Encoded
 from xling_edit.models.spec import ModelSpec
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the needed activations are captured."""
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How rows are scored (``eval.*`` in the config; :class:`xling_edit.config.EvalConfig`).
+
+    Args:
+        batch_size: rows per padded forward pass.
+        batched: one forward pass per batch of rows (False: one per row, the plain path).
+        head_at_targets: LM head only at scored positions, forward stopped after the final norm
+            (False: full logits at every position).
+        reuse_lower_layers: post-edit passes start at the lowest edited block with the pre-edit
+            hidden states below it (False: full depth).
+        inference_mode: score under ``torch.inference_mode`` (False: caller's grad mode).
+        head_chunk: scored positions per LM-head product (bounds the logits' memory).
+    """
+
+    batch_size: int = 32
+    batched: bool = True
+    head_at_targets: bool = True
+    reuse_lower_layers: bool = True
+    inference_mode: bool = True
+    head_chunk: int = 32
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | int | "EvalOptions" | None) -> "EvalOptions":
+        """From an ``eval`` config node (unknown keys ignored), a batch size, or options."""
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, EvalOptions):
+            return cfg
+        if isinstance(cfg, int):
+            return cls(batch_size=cfg)
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: cfg[k] for k in names if k in cfg})
+
+    @classmethod
+    def plain(cls, batch_size: int = 32) -> "EvalOptions":
+        """Every fast path off: what a straightforward implementation does."""
+        return cls(batch_size=batch_size, batched=False, head_at_targets=False,
+                   reuse_lower_layers=False, inference_mode=False)
 
 
 def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,15 +110,105 @@ def head_logits(model: nn.Module, spec: ModelSpec, hidden: torch.Tensor) -> torc
     return logits.float()
 
 
+# ------------------------------------------------------------------ lower-layer reuse
+@contextmanager
+def skip_below(model: nn.Module, spec: ModelSpec, layer: int, states: torch.Tensor | None) -> Iterator[None]:
+    """Blocks ``0 .. layer-1`` return ``states`` (what block ``layer-1`` output for the same
+    batch, computed earlier) without computing anything; block ``layer`` and up run as usual.
+    The embedding lookup, masks and position embeddings are still built by the model (cheap).
+    A no-op for ``layer == 0`` or ``states is None``."""
+    if not layer or states is None:
+        yield
+        return
+    blocks = [spec.module(model, "layer", i) for i in range(layer)]
+    stub = lambda *args, **kwargs: states  # noqa: E731
+    for b in blocks:
+        b.forward = stub  # instance attribute shadows the class's forward
+    try:
+        yield
+    finally:
+        for b in blocks:
+            if b.__dict__.get("forward") is stub:
+                del b.forward
+
+
+def edited_layers(spec: ModelSpec, deltas: Sequence[Any]) -> list[int] | None:
+    """Block indices that ``deltas`` (``WeightDelta``s) touch; None when one of them is not
+    inside a block (embedding, head, final norm: nothing can be reused then)."""
+    pattern = re.compile("^" + re.escape(spec.layer).replace(r"\{\}", r"(\d+)") + r"\.")
+    out = []
+    for d in deltas:
+        m = pattern.match(d.param)
+        if m is None:
+            return None
+        out.append(int(m.group(1)))
+    return out
+
+
+class LowerStates:
+    """Hidden states entering block ``layer``, per scoring batch, recorded by the pre-edit pass
+    and fed to the post-edit pass (blocks below ``layer`` are skipped).
+
+    Valid only while nothing below ``layer`` changes: :meth:`usable` checks the deltas."""
+
+    def __init__(self, layer: int):
+        self.layer = int(layer)
+        self.states: dict[tuple, torch.Tensor] = {}
+
+    def usable(self, spec: ModelSpec, deltas: Sequence[Any] | None) -> bool:
+        if not self.states or self.layer <= 0:
+            return False
+        if not deltas:
+            return True  # unedited model: identical by construction
+        layers = edited_layers(spec, deltas)
+        return layers is not None and min(layers) >= self.layer
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.states.values())
+
+
+def final_hidden_at(model: nn.Module, spec: ModelSpec, input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
+                    record: tuple[int, dict] | None = None) -> torch.Tensor:
+    """The final norm's output [m, d] at (rows[i], positions[i]); the forward pass stops there,
+    so the model never applies its LM head. ``record=(L, store)`` also keeps the output of block
+    L-1 in ``store["out"]``."""
+    got: dict = {}
+
+    def at_norm(_m, _i, out):
+        got["h"] = (out[0] if isinstance(out, tuple) else out)[rows, positions]
+        raise _StopForward
+
+    handles = [spec.module(model, "final_norm").register_forward_hook(at_norm)]
+    if record is not None and record[0] > 0:
+        store = record[1]
+        handles.append(spec.module(model, "layer", record[0] - 1).register_forward_hook(
+            lambda _m, _i, out: store.update(out=(out[0] if isinstance(out, tuple) else out).detach())))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return got["h"]
+
+
 def logits_at(model: nn.Module, spec: ModelSpec, input_ids: torch.Tensor,
               attention_mask: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Next-token logits [m, vocab] at (rows[i], positions[i]) of a right-padded batch."""
-    with capture_output(spec.module(model, "final_norm")) as cap:
-        model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, use_cache=False)
-    hidden = cap["out"][rows, positions]
-    return head_logits(model, spec, hidden)
+    """Next-token logits [m, vocab] at (rows[i], positions[i]) of a right-padded batch; the LM
+    head is applied at those positions only."""
+    return head_logits(model, spec, final_hidden_at(model, spec, input_ids, attention_mask, rows, positions))
 
 
+def full_logits_at(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The plain form of :func:`logits_at`: the model's logits at every position, then gathered."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return out.logits[rows, positions].float()
+
+
+# ------------------------------------------------------------------ scoring
 @dataclass
 class SeqScore:
     """Teacher-forced scores of one continuation."""
@@ -72,15 +218,48 @@ class SeqScore:
     argmax: torch.Tensor  # [n] the model's top token at each target position
 
 
-@torch.inference_mode()
+class Scores(list):
+    """``list[SeqScore]`` that may carry the pre-edit pass's :class:`LowerStates`."""
+
+    lower: LowerStates | None = None
+
+
 def score_continuations(model: nn.Module, tok, spec: ModelSpec, encs: Sequence[Encoded],
-                        batch_size: int = 32) -> list[SeqScore]:
-    """Score every encoded prompt + continuation, in length-sorted padded batches."""
+                        batch_size: int | EvalOptions | Mapping = 32, *,
+                        keep_from: int | None = None, reuse: Scores | None = None,
+                        deltas: Sequence[Any] | None = None) -> Scores:
+    """Score every encoded prompt + continuation.
+
+    Args:
+        batch_size: a batch size, or :class:`EvalOptions` / an ``eval`` config node.
+        keep_from: record the hidden states entering this block (pre-edit pass) on the result's
+            ``lower``, for a later post-edit pass.
+        reuse: the pre-edit result of the same ``encs``; its states are fed in when ``deltas``
+            (the applied edit) leave every block below the recorded one unchanged.
+        deltas: the ``WeightDelta``s currently applied (for the check above).
+    """
+    opts = EvalOptions.from_config(batch_size)
+    grad_ctx = torch.inference_mode() if opts.inference_mode else nullcontext()
+    with grad_ctx:
+        return _score(model, tok, spec, encs, opts, keep_from, reuse, deltas)
+
+
+def _score(model, tok, spec, encs, opts: EvalOptions, keep_from, reuse, deltas) -> Scores:
     device = model_device(model)
-    order = sorted(range(len(encs)), key=lambda i: len(encs[i].input_ids))
-    out: list[SeqScore | None] = [None] * len(encs)
-    for b in range(0, len(order), batch_size):
-        idx = order[b: b + batch_size]
+    out = Scores([None] * len(encs))
+    if opts.batched:
+        order = sorted(range(len(encs)), key=lambda i: len(encs[i].input_ids))
+        batches = [order[b: b + opts.batch_size] for b in range(0, len(order), opts.batch_size)]
+    else:
+        batches = [[i] for i in range(len(encs))]
+    lower_in = reuse.lower if (reuse is not None and opts.reuse_lower_layers) else None
+    if lower_in is not None and not lower_in.usable(spec, deltas):
+        lower_in = None
+    lower_out = None
+    if keep_from is not None and opts.reuse_lower_layers and keep_from > 0:
+        lower_out = LowerStates(keep_from)
+    for idx in batches:
+        key = tuple(idx)
         ids, mask = pad_right([encs[i].input_ids for i in idx], tok.pad_token_id, device)
         rows, pos, spans = [], [], []
         for r, i in enumerate(idx):
@@ -88,11 +267,38 @@ def score_continuations(model: nn.Module, tok, spec: ModelSpec, encs: Sequence[E
             spans.append((len(rows), len(tp)))
             rows.extend([r] * len(tp))
             pos.extend(p - 1 for p in tp)  # logits at p-1 predict token p
-        logits = logits_at(model, spec, ids, mask, torch.tensor(rows, device=device),
-                           torch.tensor(pos, device=device))
-        logp = torch.log_softmax(logits, dim=-1)
+        rows_t, pos_t = torch.tensor(rows, device=device), torch.tensor(pos, device=device)
+        states = lower_in.states.get(key) if lower_in is not None else None
+        rec: dict = {}
+        with skip_below(model, spec, lower_in.layer if states is not None else 0, states):
+            if opts.head_at_targets:
+                hidden = final_hidden_at(model, spec, ids, mask, rows_t, pos_t,
+                                         record=(lower_out.layer, rec) if lower_out else None)
+                logp_parts, argmax_parts, gather_parts = [], [], []
+                tgt_all = torch.tensor([t for i in idx for t in encs[i].target_ids], device=device)
+                for c in range(0, hidden.shape[0], max(1, opts.head_chunk)):
+                    lp = torch.log_softmax(head_logits(model, spec, hidden[c: c + opts.head_chunk]), dim=-1)
+                    gather_parts.append(lp.gather(1, tgt_all[c: c + opts.head_chunk, None])[:, 0])
+                    argmax_parts.append(lp.argmax(-1))
+                    del lp
+                lp_t, am_t = torch.cat(gather_parts).cpu(), torch.cat(argmax_parts).cpu()
+            else:
+                handle = None
+                if lower_out is not None:
+                    handle = spec.module(model, "layer", lower_out.layer - 1).register_forward_hook(
+                        lambda _m, _i, o: rec.update(out=(o[0] if isinstance(o, tuple) else o).detach()))
+                try:
+                    logp = torch.log_softmax(full_logits_at(model, ids, mask, rows_t, pos_t), dim=-1)
+                finally:
+                    if handle is not None:
+                        handle.remove()
+                tgt_all = torch.tensor([t for i in idx for t in encs[i].target_ids], device=device)
+                lp_t = logp.gather(1, tgt_all[:, None])[:, 0].cpu()
+                am_t = logp.argmax(-1).cpu()
+        if lower_out is not None and "out" in rec:
+            lower_out.states[key] = rec["out"]
         for (start, n), i in zip(spans, idx):
-            tgt = torch.tensor(encs[i].target_ids, device=device)
-            lp = logp[start: start + n]
-            out[i] = SeqScore(tgt.cpu(), lp.gather(1, tgt[:, None])[:, 0].cpu(), lp.argmax(-1).cpu())
-    return out  # type: ignore[return-value]
+            out[i] = SeqScore(torch.tensor(encs[i].target_ids), lp_t[start: start + n],
+                              am_t[start: start + n])
+    out.lower = lower_out
+    return out
