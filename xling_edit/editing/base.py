@@ -65,14 +65,20 @@ def build_editor(name: str, **kwargs) -> Editor:
 
 
 @contextmanager
-def applied(model: nn.Module, deltas: Sequence[WeightDelta]) -> Iterator[None]:
+def applied(model: nn.Module, deltas: Sequence[WeightDelta], full_copy: bool = False) -> Iterator[None]:
+    """Add ``deltas`` to the model's weights, yield, then restore the originals bit for bit (also
+    on error). Only the edited tensors are saved and copied back; ``full_copy=True`` is the plain
+    path it replaces (a copy of every parameter, all copied back), kept for the benchmark."""
     params = dict(model.named_parameters())
     saved: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
         with torch.no_grad():
+            if full_copy:
+                saved = [(p, p.detach().clone()) for p in params.values()]
             for d in deltas:
                 p = params[d.param]
-                saved.append((p, p.detach().clone()))
+                if not full_copy:
+                    saved.append((p, p.detach().clone()))
                 p.add_(d.delta.to(device=p.device, dtype=p.dtype))
         yield
     finally:

@@ -52,8 +52,13 @@ def accumulate_second_moment(keys: torch.Tensor, acc: torch.Tensor | None = None
 @torch.inference_mode()
 def layer_second_moments(model, tok, spec: ModelSpec, layers: Sequence[int], texts: Sequence[str],
                          batch_size: int = 8, max_length: int = 128,
-                         desc: str = "covariance") -> tuple[dict[int, torch.Tensor], int]:
-    """({layer: C}, number of tokens): C = mean over non-special tokens of k kᵀ, float64."""
+                         desc: str = "covariance", stop_early: bool = True,
+                         texts_are_ids: bool = False) -> tuple[dict[int, torch.Tensor], int]:
+    """({layer: C}, number of tokens): C = mean over non-special tokens of k kᵀ, float64.
+
+    The forward pass ends after the highest requested block's projection (``stop_early``; False
+    runs the whole model, the plain path, for the benchmark). ``texts_are_ids``: ``texts`` are
+    already token-id lists."""
     device = model_device(model)
     sums: dict[int, torch.Tensor | None] = {l: None for l in layers}
     captured: dict[int, torch.Tensor] = {}
@@ -61,7 +66,7 @@ def layer_second_moments(model, tok, spec: ModelSpec, layers: Sequence[int], tex
 
     def grab(_m, inp, _o, layer):
         captured[layer] = inp[0]
-        if layer == last:  # nothing above the last statistics layer is needed
+        if layer == last and stop_early:  # nothing above the last statistics layer is needed
             raise _StopForward
 
     hooks = [spec.module(model, "down_proj", l).register_forward_hook(
@@ -70,7 +75,8 @@ def layer_second_moments(model, tok, spec: ModelSpec, layers: Sequence[int], tex
     n_tokens = 0
     t0 = time.perf_counter()
     try:
-        encoded = [tok(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+        encoded = [list(t)[:max_length] if texts_are_ids else
+                   tok(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
         encoded = sorted((e for e in encoded if len(e) > 1), key=len)  # less padding
         bar = tqdm(range(0, len(encoded), batch_size), desc=desc, unit="batch", dynamic_ncols=True)
         for b in bar:

@@ -1,0 +1,5 @@
+import sys
+
+from xling_edit.bench.edit_bench import main
+
+sys.exit(main())

@@ -1,0 +1,531 @@
+"""The benchmark: seconds per ROME / MEMIT edit, per 8-language evaluation, statistics
+throughput and peak memory on one model, each fast path against the plain path it replaces.
+
+    python -m xling_edit.bench                         # default model (Gemma-3-270M), 3 repeats
+    python -m xling_edit.bench --quick                 # 1 repeat, MEMIT batch 4: a first look
+    python -m xling_edit.bench --model tiny_llama      # seconds; the smoke test uses it
+    python -m xling_edit.bench --override stats.per_lang=10 --out my.json
+
+Fast and plain paths run interleaved in the same process on the same cases (the value
+optimisation takes the same steps on both), so each ratio compares like with like even when
+other jobs share the CPU; every figure is a median over ``--repeats`` runs. "Plain" is what a
+straightforward implementation does, each reached by a config flag (``eval.*`` and
+``method.*``; see ``conf/config.yaml``):
+
+- evaluation: one forward pass per row (``eval.batched``), full-vocabulary logits at every
+  position (``eval.head_at_targets``), the post-edit pass at full depth
+  (``eval.reuse_lower_layers``), no inference mode (``eval.inference_mode``);
+- value optimisation: full depth at every step (``method.v_from_layer``), full logits
+  (``method.v_head_at_targets``);
+- covariance: a fresh solve with C at every edit (``method.cache_factorization``);
+- restoration: a copy of every parameter instead of the edited tensors only;
+- statistics: the whole model per batch instead of stopping after the statistics layer.
+
+Peak memory is read in a fresh subprocess that runs only the fast paths (``ru_maxrss`` is a
+high-water mark, and the plain paths' full logits would set it).
+
+The JSON goes to ``--out`` (default ``bench/results/<model>-<date>-<time>.json`` under the
+current directory); the table goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import OmegaConf
+
+EDIT_FLAGS = ("v_from_layer", "v_head_at_targets", "cache_factorization")
+EVAL_FLAGS = ("batched", "head_at_targets", "reuse_lower_layers", "inference_mode")
+
+
+# ------------------------------------------------------------------ set-up
+def compose(model: str, overrides: list[str], model_conf: str | None = None):
+    from hydra import compose as h_compose, initialize_config_dir
+
+    from xling_edit.config import register_configs
+    from xling_edit.languages import DEFAULT_CONF_DIR
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(DEFAULT_CONF_DIR), version_base="1.3"):
+        cfg = h_compose(config_name="config", overrides=[f"model={model_conf or model}", *overrides])
+    OmegaConf.set_struct(cfg, False)
+    cfg._bench_overrides, cfg._bench_model = list(overrides), model_conf or model  # per-method composes
+    return cfg
+
+
+class Setup:
+    """Model, data, statistics and editors, built the way ``xling_edit.pipeline`` builds them."""
+
+    def __init__(self, cfg, edit_lang: str = "en", quiet: bool = True):
+        from xling_edit import pipeline as P
+        from xling_edit.data import load_dataset
+        from xling_edit.languages import PROJECT_ROOT, load_languages, resolve_eval_langs
+        from xling_edit.models import ModelSpec, load_model
+
+        self.cfg = cfg
+        P.seed_everything(cfg.seed)
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
+        self.rss_before_load = _rss()
+        self.anon_before_load = _status_kb("RssAnon") * 1024
+        t0 = time.perf_counter()
+        self.model, self.tok = load_model(cfg.model, seed=cfg.seed)
+        self.load_s = time.perf_counter() - t0
+        self.spec = ModelSpec.from_config(cfg.model.templates)
+        self.registry = load_languages()
+        self.langs = resolve_eval_langs(cfg.eval_langs, self.registry, edit_lang)
+        self.edit_lang = edit_lang
+        ds = load_dataset(cfg.data, self.langs, project_root=PROJECT_ROOT)
+        self.cases = [c for c in ds.cases if edit_lang in c.langs]
+        self.word_seps = {c: self.registry[c].word_sep for c in self.langs}
+        self.cov = P.covariance_provider(cfg, cfg.model, self.model, self.tok, self.spec,
+                                         self.registry, self.langs)
+        self.method_cfgs = {}
+        for name in ("rome", "memit"):
+            mc = compose_method(cfg, name)
+            self.method_cfgs[name] = mc
+        layers = sorted({int(self.method_cfgs["rome"].layer), *map(int, self.method_cfgs["memit"].layers)})
+        t0 = time.perf_counter()
+        if self.cov is not None:
+            self.cov.prefetch(layers)
+        self.stats_prefetch_s = time.perf_counter() - t0
+        self.param_bytes_fp32 = sum(p.numel() for p in self.model.parameters()) * 4
+
+    def editor(self, method: str, **flags):
+        from xling_edit.editing import memit, rome  # noqa: F401  (register the editors)
+        from xling_edit.editing.base import build_editor
+
+        hp = OmegaConf.merge(self.method_cfgs[method], flags)
+        ed = build_editor(method, hparams=hp, spec=self.spec, seed=self.cfg.seed,
+                          covariance=self.cov, covariance_label=self.cov.label if self.cov else None)
+        shared = self.__dict__.setdefault("_prefix_cache", {})
+        ed.__dict__["_prefixes"] = shared  # one set of context prefixes for every variant
+        ed.prefixes(self.model, self.tok, self.registry[self.edit_lang])
+        return ed
+
+    def request(self, case):
+        from xling_edit.editing.base import EditRequest
+
+        return EditRequest(case.case_id, self.registry[self.edit_lang], case.langs[self.edit_lang],
+                           self.cfg.data.answer_prefix or "")
+
+
+def compose_method(cfg, name: str):
+    """The method config as ``run.py method=<name>`` resolves it for this model (the run's own
+    overrides included)."""
+    from xling_edit import pipeline as P
+
+    return P.method_config(compose(cfg._bench_model, [*cfg._bench_overrides, f"method={name}"]))
+
+
+def _rss() -> int:
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:  # pragma: no cover
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss() -> int:
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        return None
+
+
+@contextmanager
+def _clock(store: dict, key: str):
+    t = time.perf_counter()
+    yield
+    store.setdefault(key, []).append(time.perf_counter() - t)
+
+
+def med(xs: list[float] | None) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+# ------------------------------------------------------------------ measurements
+def bench_rome_and_eval(s: Setup, repeats: int, log: Callable) -> dict:
+    """Per case (same case for every variant): the whole case fast vs plain, then each fast
+    path switched off alone."""
+    from xling_edit.editing.base import applied
+    from xling_edit.evaluation.evaluate import EvalOptions, build_rows, lang_metrics, score_rows
+
+    bs = int(s.cfg.eval.batch_size)
+    fast_opts = EvalOptions.from_config(s.cfg.eval)
+    plain_opts = EvalOptions.plain(bs)
+    fast_ed = s.editor("rome")
+    plain_ed = s.editor("rome", **{f: False for f in EDIT_FLAGS})
+    ablate_ed = {f: s.editor("rome", **{f: False}) for f in EDIT_FLAGS if f != "cache_factorization"}
+    layer = int(s.method_cfgs["rome"].layer)
+    t: dict[str, list[float]] = {}
+    same = []
+    steps = []
+    for r, case in enumerate(s.cases[:repeats]):
+        req = s.request(case)
+        with _clock(t, "tokenise_rows"):
+            rows, _ = build_rows(case, s.langs, s.tok, s.word_seps, s.cfg.data.answer_prefix or "")
+        # the whole case, fast
+        with _clock(t, "case_fast"):
+            with _clock(t, "pre_fast"):
+                pre = score_rows(s.model, s.tok, s.spec, rows, fast_opts, keep_from=layer)
+            with _clock(t, "edit_fast"):
+                out = fast_ed.edit(s.model, s.tok, req)
+            with _clock(t, "post_fast"):
+                with applied(s.model, out.deltas):
+                    post = score_rows(s.model, s.tok, s.spec, rows, fast_opts, reuse=pre, deltas=out.deltas)
+        # the whole case, plain
+        with _clock(t, "case_plain"):
+            with _clock(t, "pre_plain"):
+                pre_p = score_rows(s.model, s.tok, s.spec, rows, plain_opts)
+            with _clock(t, "edit_plain"):
+                out_p = plain_ed.edit(s.model, s.tok, req)
+            with _clock(t, "post_plain"):
+                with applied(s.model, out_p.deltas, full_copy=True):
+                    post_p = score_rows(s.model, s.tok, s.spec, rows, plain_opts)
+        same.append(_same_metrics(lang_metrics(rows, pre, None), lang_metrics(rows, pre_p, None))
+                    and _same_metrics(lang_metrics(rows, post, pre), lang_metrics(rows, post_p, pre_p)))
+        steps.append(out.info["steps"])
+        # one fast path off at a time: edit
+        for f, ed in ablate_ed.items():
+            with _clock(t, f"edit_no_{f}"):
+                ed.edit(s.model, s.tok, req)
+        # ... evaluation (the post-edit pass: the one every case repeats)
+        with applied(s.model, out.deltas):
+            for f in EVAL_FLAGS:
+                opts = EvalOptions(**{**fast_opts.__dict__, f: False})
+                with _clock(t, f"eval_no_{f}"):
+                    score_rows(s.model, s.tok, s.spec, rows, opts, reuse=pre, deltas=out.deltas)
+            with _clock(t, "eval_pass_fast"):
+                score_rows(s.model, s.tok, s.spec, rows, fast_opts, reuse=pre, deltas=out.deltas)
+        # ... restoration alone, and the covariance solve alone
+        for full in (False, True):
+            with _clock(t, "restore_plain" if full else "restore_fast"):
+                with applied(s.model, out.deltas, full_copy=full):
+                    pass
+        if s.cov is not None:
+            k = out.tensors["k_star"].double()
+            with _clock(t, "solve_fast"):
+                s.cov.solve(layer, k[:, None])
+            with _clock(t, "solve_plain"):
+                torch.linalg.solve(s.cov(layer), k)
+        log(f"  rome case {r + 1}/{repeats}: fast {t['case_fast'][-1]:.1f}s, plain "
+            f"{t['case_plain'][-1]:.1f}s, {out.info['steps']} steps, same metrics: {same[-1]}")
+    return {"times": t, "same_metrics": same, "steps": steps, "rows": len(rows)}
+
+
+def bench_memit(s: Setup, repeats: int, batch: int, log: Callable, plain_batch: bool = False) -> dict:
+    from xling_edit.editing.memit import memit_update, memit_update_factored
+
+    fast_ed = s.editor("memit")
+    plain_ed = s.editor("memit", **{f: False for f in EDIT_FLAGS})
+    t: dict[str, list[float]] = {}
+    for r, case in enumerate(s.cases[:repeats]):
+        req = s.request(case)
+        with _clock(t, "b1_fast"):
+            fast_ed.edit_batch(s.model, s.tok, [req])
+        with _clock(t, "b1_plain"):
+            plain_ed.edit_batch(s.model, s.tok, [req])
+        log(f"  memit batch 1, case {r + 1}/{repeats}: fast {t['b1_fast'][-1]:.1f}s, plain {t['b1_plain'][-1]:.1f}s")
+    reqs = [s.request(c) for c in s.cases[:batch]]
+    out = None
+    if batch > 1 and len(reqs) == batch:
+        with _clock(t, f"b{batch}_fast"):
+            out = fast_ed.edit_batch(s.model, s.tok, reqs)
+        log(f"  memit batch {batch}: fast {t[f'b{batch}_fast'][-1]:.1f}s")
+        if plain_batch:
+            with _clock(t, f"b{batch}_plain"):
+                plain_ed.edit_batch(s.model, s.tok, reqs)
+            log(f"  memit batch {batch}: plain {t[f'b{batch}_plain'][-1]:.1f}s")
+    # the update's solve alone at this batch size (keys from the batch edit when available)
+    layer = int(s.method_cfgs["memit"].layers[-1])
+    lam = float(s.method_cfgs["memit"].mom2_update_weight)
+    if s.cov is not None:
+        d_in = s.cov(layer).shape[0]
+        g = torch.Generator().manual_seed(0)
+        keys = torch.randn(d_in, max(batch, 1), generator=g, dtype=torch.float64)
+        resid = torch.randn(8, max(batch, 1), generator=g, dtype=torch.float64)
+        for _ in range(max(repeats, 1)):
+            with _clock(t, "update_solve_fast"):
+                memit_update_factored(resid, keys, lambda x: s.cov.solve(layer, x), lam)
+            with _clock(t, "update_solve_plain"):
+                memit_update(resid, keys, s.cov(layer), lam)
+    return {"times": t, "batch": batch if out is not None else None,
+            "batch_steps": out.info["steps"] if out is not None else None}
+
+
+def bench_stats(s: Setup, repeats: int, tokens: int, log: Callable) -> dict:
+    from xling_edit.editing.stats import builtin_corpus, layer_second_moments
+
+    layer = int(s.method_cfgs["rome"].layer)
+    texts = builtin_corpus(sorted(s.langs), 10_000)
+    st = s.cfg.stats
+    ids = [s.tok(x, truncation=True, max_length=st.max_length)["input_ids"] for x in texts]
+    chosen, n = [], 0
+    for i in range(len(ids)):  # round-robin over languages until ~tokens
+        chosen.append(ids[(i * 97) % len(ids)])
+        n += len(chosen[-1])
+        if n >= tokens:
+            break
+    out: dict[str, Any] = {"tokens": None, "times": {}}
+    for _ in range(max(repeats, 1)):
+        for stop in (True, False):
+            key = "fast" if stop else "plain"
+            t0 = time.perf_counter()
+            _, ntok = layer_second_moments(s.model, s.tok, s.spec, [layer], chosen,
+                                           batch_size=st.batch_size, max_length=st.max_length,
+                                           desc=f"stats ({key})", stop_early=stop, texts_are_ids=True)
+            out["times"].setdefault(key, []).append(time.perf_counter() - t0)
+            out["tokens"] = ntok
+        log(f"  statistics: {out['tokens']} tokens, fast {out['times']['fast'][-1]:.1f}s, "
+            f"plain {out['times']['plain'][-1]:.1f}s")
+    out["layer"] = layer
+    return out
+
+
+def memory_probe(model: str, overrides: list[str]) -> dict:
+    """Run in a fresh process: load, one fast ROME case (pre, edit, post, restore); report the
+    resident-memory high-water mark."""
+    from xling_edit.editing.base import applied
+    from xling_edit.evaluation.evaluate import EvalOptions, build_rows, score_rows
+
+    rss_imports = _rss()
+    s = Setup(compose(model, overrides))
+    anon_after_load = _status_kb("RssAnon") * 1024
+    opts = EvalOptions.from_config(s.cfg.eval)
+    case = s.cases[0]
+    rows, _ = build_rows(case, s.langs, s.tok, s.word_seps, s.cfg.data.answer_prefix or "")
+    layer = int(s.method_cfgs["rome"].layer)
+    pre = score_rows(s.model, s.tok, s.spec, rows, opts, keep_from=layer)
+    out = s.editor("rome").edit(s.model, s.tok, s.request(case))
+    with applied(s.model, out.deltas):
+        score_rows(s.model, s.tok, s.spec, rows, opts, reuse=pre, deltas=out.deltas)
+    return {"rss_after_imports": rss_imports, "rss_before_load": s.rss_before_load,
+            "anon_before_load": s.anon_before_load, "anon_after_load": anon_after_load,
+            "file_rss_end": _status_kb("RssFile") * 1024,
+            "peak_rss": _peak_rss(), "param_bytes_fp32": s.param_bytes_fp32}
+
+
+def _status_kb(field: str) -> int:
+    """A field of /proc/self/status in KiB (0 where there is none)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:  # pragma: no cover
+        pass
+    return 0
+
+
+def run_memory_probe(model: str, overrides: list[str], log: Callable) -> dict | None:
+    cmd = [sys.executable, "-m", "xling_edit.bench", "--memory-probe", "--model", model]
+    for o in overrides:
+        cmd += ["--override", o]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    line = next((l for l in reversed(r.stdout.splitlines()) if l.startswith("{")), None)
+    if r.returncode != 0 or line is None:
+        log(f"  memory probe failed: {r.stderr[-2000:]}")
+        return None
+    return json.loads(line)
+
+
+# ------------------------------------------------------------------ report
+def _row(name, fast, plain=None, note=""):
+    ratio = (plain / fast) if (fast and plain) else None
+    return {"figure": name, "fast": fast, "plain": plain, "ratio": ratio, "note": note}
+
+
+def summarise(res: dict) -> list[dict]:
+    ro, me, st = res["rome"]["times"], res["memit"]["times"], res["stats"]
+    rows = [
+        _row("edit + 8-language evaluation, one case (s) [ROME]", med(ro["case_fast"]), med(ro["case_plain"]),
+             "pre-edit pass + edit + post-edit pass + restore; all fast paths vs all plain"),
+        _row("ROME edit (s)", med(ro["edit_fast"]), med(ro["edit_plain"]),
+             "value optimisation fast paths on vs off"),
+        _row("  - value optimisation at full depth", med(ro["edit_fast"]), med(ro.get("edit_no_v_from_layer")),
+             "method.v_from_layer=false"),
+        _row("  - value optimisation with full logits", med(ro["edit_fast"]), med(ro.get("edit_no_v_head_at_targets")),
+             "method.v_head_at_targets=false"),
+        _row("  - u = C^-1 k per edit (s)", med(ro.get("solve_fast")), med(ro.get("solve_plain")),
+             "method.cache_factorization=false (component)"),
+        _row("MEMIT edit, batch 1 (s/edit)", med(me["b1_fast"]), med(me["b1_plain"]), "all fast vs all plain"),
+    ]
+    b = res["memit"].get("batch")
+    if b and me.get(f"b{b}_plain"):
+        rows.append(_row(f"MEMIT edit, batch {b} (s/edit)", med(me[f"b{b}_fast"]) / b,
+                         med(me[f"b{b}_plain"]) / b, f"one batch of {b} facts, time / {b}"))
+    elif b:
+        r = _row(f"MEMIT edit, batch {b} (s/edit)", med(me[f"b{b}_fast"]) / b, None,
+                 f"one batch of {b} facts, time / {b}; gain = vs batch 1 fast (--full: vs plain)")
+        r["ratio"] = med(me["b1_fast"]) / r["fast"]
+        rows.append(r)
+    if me.get("update_solve_fast"):
+        rows.append(_row(f"  - MEMIT update solve, batch {b or 1} (s)", med(me["update_solve_fast"]),
+                         med(me["update_solve_plain"]), "push-through with cached factor vs (λC+KKᵀ) solve"))
+    rows += [
+        _row("evaluate one case, 8 languages (s)", med(ro["eval_pass_fast"]),
+             med(_sum(ro["pre_plain"], ro["post_plain"], half=True)),
+             f"{res['rome']['rows']} rows, all metrics, both protocols; post-edit pass"),
+        _row("  - one forward per row", med(ro["eval_pass_fast"]), med(ro["eval_no_batched"]), "eval.batched=false"),
+        _row("  - full logits at every position", med(ro["eval_pass_fast"]), med(ro["eval_no_head_at_targets"]),
+             "eval.head_at_targets=false"),
+        _row("  - post-edit pass at full depth", med(ro["eval_pass_fast"]), med(ro["eval_no_reuse_lower_layers"]),
+             "eval.reuse_lower_layers=false"),
+        _row("  - no inference mode", med(ro["eval_pass_fast"]), med(ro["eval_no_inference_mode"]),
+             "eval.inference_mode=false"),
+        _row("restore after an edit (s)", med(ro["restore_fast"]), med(ro["restore_plain"]),
+             "edited tensors only vs a copy of every parameter"),
+        _row("tokenise a case's rows, once (s)", med(ro["tokenise_rows"]), None, "reused by pre and post passes"),
+    ]
+    tok_s_fast = st["tokens"] / med(st["times"]["fast"])
+    tok_s_plain = st["tokens"] / med(st["times"]["plain"])
+    rows += [
+        _row("statistics throughput (tokens/s)", tok_s_fast, tok_s_plain,
+             f"layer {st['layer']}, {st['tokens']} tokens; ratio = fast/plain"),
+        _row("statistics, 1M tokens, one layer (min, implied)", 1e6 / tok_s_fast / 60, 1e6 / tok_s_plain / 60,
+             "extrapolated from the throughput above"),
+    ]
+    rows[-2]["ratio"] = tok_s_fast / tok_s_plain  # higher is better here
+    mem = res.get("memory")
+    if mem:
+        w = mem["param_bytes_fp32"]
+        rows += [
+            _row("peak resident memory (GB)", mem["peak_rss"] / 1e9, None,
+                 f"{mem['peak_rss'] / w:.2f}x fp32 weights ({w / 1e9:.2f} GB); whole process"),
+            _row("  - above the process before loading (GB)", (mem["peak_rss"] - mem["rss_before_load"]) / 1e9,
+                 None, f"{(mem['peak_rss'] - mem['rss_before_load']) / w:.2f}x fp32 weights; "
+                       f"python + torch + transformers alone: {mem['rss_before_load'] / 1e9:.2f} GB"),
+        ]
+        tok = max(0, mem.get("anon_after_load", 0) - mem.get("anon_before_load", 0))
+        if tok:
+            model_mem = mem["peak_rss"] - mem["rss_before_load"] - tok
+            rows.append(_row("  - weights + working memory (GB)", model_mem / 1e9, None,
+                             f"{model_mem / w:.2f}x fp32 weights: the above less the tokenizer and "
+                             f"other heap from loading ({tok / 1e9:.2f} GB)"))
+    rows.append(_row("model load (s)", res["load_s"], None, "cached safetensors"))
+    return rows
+
+
+def _sum(a, b, half=False):
+    return [(x + y) / (2 if half else 1) for x, y in zip(a, b)]
+
+
+def format_table(rows: list[dict]) -> str:
+    def f(x):
+        if x is None:
+            return "-"
+        return f"{x:,.0f}" if abs(x) >= 1000 else (f"{x:.3f}" if abs(x) < 1 else f"{x:.2f}")
+
+    head = f"{'figure':<52} {'fast':>10} {'plain':>10} {'gain':>7}  note"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ratio = f"{r['ratio']:.1f}x" if r["ratio"] else "-"
+        lines.append(f"{r['figure']:<52} {f(r['fast']):>10} {f(r['plain']):>10} {ratio:>7}  {r['note']}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ CLI
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m xling_edit.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="gemma3_270m", help="a conf/model/ config (default gemma3_270m)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per figure; medians are reported")
+    p.add_argument("--quick", action="store_true", help="1 repeat, MEMIT batch 4, 10k statistics tokens")
+    p.add_argument("--memit-batch", type=int, default=16, help="the larger MEMIT batch size")
+    p.add_argument("--stats-tokens", type=int, default=10000, help="tokens per statistics throughput run")
+    p.add_argument("--full", action="store_true",
+                   help="also time the plain path at the large MEMIT batch (minutes more)")
+    p.add_argument("--edit-lang", default="en")
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/<model>-<time>.json)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="Hydra override, repeatable (e.g. model.cache_dir=/tmp/c)")
+    p.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.quick:
+        a.repeats, a.memit_batch, a.stats_tokens = 1, min(a.memit_batch, 4), min(a.stats_tokens, 10000)
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse_args(sys.argv[1:] if argv is None else argv)
+    if a.memory_probe:
+        print(json.dumps(memory_probe(a.model, a.override)))
+        return 0
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    t_start = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
+
+    load_start = _loadavg()
+    log(f"bench {a.model}: repeats {a.repeats}, MEMIT batch {a.memit_batch}, load average {load_start}")
+    res: dict[str, Any] = {"model": a.model, "argv": sys.argv[1:] if argv is None else list(argv)}
+    if not a.no_memory:
+        log("peak memory (fresh process, fast paths only) ...")
+        res["memory"] = run_memory_probe(a.model, a.override, log)
+    s = Setup(compose(a.model, a.override), edit_lang=a.edit_lang)
+    res["load_s"] = s.load_s
+    res["stats_prefetch_s"] = s.stats_prefetch_s
+    need = max(a.repeats, a.memit_batch)
+    if len(s.cases) < need:
+        log(f"only {len(s.cases)} cases with {a.edit_lang}; using fewer")
+    log(f"loaded in {s.load_s:.1f}s; {len(s.cases)} cases, {len(s.langs)} languages")
+    log("ROME and evaluation ...")
+    res["rome"] = bench_rome_and_eval(s, a.repeats, log)
+    log("MEMIT ...")
+    res["memit"] = bench_memit(s, a.repeats, a.memit_batch, log, plain_batch=a.full)
+    log("covariance statistics ...")
+    res["stats"] = bench_stats(s, a.repeats, a.stats_tokens, log)
+    res["summary"] = summarise(res)
+    res["environment"] = {
+        "python": platform.python_version(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine(),
+        "processor": platform.processor(), "load_average_start": load_start,
+        "load_average_end": _loadavg(), "total_s": time.perf_counter() - t_start,
+    }
+    out = Path(a.out) if a.out else Path("bench/results") / f"{a.model}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1, default=str))
+    print()
+    print(f"== {a.model} | {res['rome']['rows']} rows/case over {len(s.langs)} languages | "
+          f"{torch.get_num_threads()} threads | medians of {a.repeats} | load average "
+          f"{load_start} -> {_loadavg()}")
+    print(format_table(res["summary"]))
+    same = res["rome"]["same_metrics"]
+    print(f"\nfast and plain metrics identical (argmax metrics; NLLs to 1e-4): {sum(same)}/{len(same)} cases")
+    print(f"total {time.perf_counter() - t_start:.0f}s; JSON: {out}")
+    return 0
+
+
+def _same_metrics(a: dict, b: dict) -> bool:
+    for lang in a:
+        for k, v in a[lang].items():
+            w = b.get(lang, {}).get(k)
+            if ".nll_" in k and v is not None and w is not None:
+                if abs(v - w) > 1e-4:
+                    return False
+            elif v != w:
+                return False
+    return a.keys() == b.keys()
