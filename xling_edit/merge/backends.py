@@ -49,6 +49,11 @@ class MergeJob:
     int8_mask: bool = False
     trust_remote_code: bool = False
 
+    def __post_init__(self):
+        keys = [k for k, _, _, _ in self.models]
+        if self.tokenizer not in ("union", "base", *keys):
+            raise ValueError(f"merge.tokenizer={self.tokenizer!r}; union, base or one of {keys}")
+
 
 def resolve_backend(name: str, sign_method: str = "sum") -> str:
     if name not in BACKENDS:
@@ -89,8 +94,8 @@ class _Checkpoint:
             raise FileNotFoundError(f"{path} has no .safetensors files; the in-process TIES "
                                     f"backends read safetensors only (merge.backend=mergekit "
                                     f"also reads .bin)")
-        self.handles = [safe_open(str(f), framework="pt") for f in files]
-        self.where = {k: h for h in self.handles for k in h.keys()}
+        handles = [safe_open(str(f), framework="pt") for f in files]
+        self.where = {k: h for h in handles for k in h.keys()}
 
     def names(self) -> list[str]:
         return list(self.where)
@@ -179,22 +184,17 @@ def _output_tokenizer(policy: str, toks: dict, vocabs: dict, keys: list):
     if policy == "union":
         added = vocab.new_tokens(vocabs[BASE], [vocabs[k] for k in keys])
         return vocab.union_tokenizer(toks[BASE], added)
-    if policy in keys:
-        return toks[policy]
-    raise ValueError(f"merge.tokenizer={policy!r}; union, base or one of {keys}")
+    return toks[policy]  # a models key (MergeJob checked the policy)
 
 
 # --------------------------------------------------------------------------- mergekit
 
 def mergekit_config(job: MergeJob) -> dict:
     """The job as a mergekit YAML/dict config (``merge_method: ties``)."""
-    keys = [k for k, _, _, _ in job.models]
     if job.tokenizer in ("union", "base"):
         source = job.tokenizer
-    elif job.tokenizer in keys:
-        source = str(dict((k, p) for k, p, _, _ in job.models)[job.tokenizer])
-    else:
-        raise ValueError(f"merge.tokenizer={job.tokenizer!r}; union, base or one of {keys}")
+    else:  # a models key (MergeJob checked the policy)
+        source = str({k: p for k, p, _, _ in job.models}[job.tokenizer])
     return {
         "merge_method": "ties",
         "base_model": str(job.base),
