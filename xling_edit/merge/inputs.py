@@ -27,7 +27,6 @@ from xling_edit.merge.cache import build_once
 log = logging.getLogger(__name__)
 
 WEIGHT_FIELDS = ("source", "path", "revision", "gguf_package", "gguf_file", "random_init")
-CORPUS_DIR = Path(__file__).resolve().parents[1] / "data" / "stats_corpus"
 
 
 def plain(node) -> Any:
@@ -112,7 +111,9 @@ def _save_random(model: Mapping[str, Any], seed: int, out: Path) -> None:
 
 
 def _corpus_path(lang: str) -> Path:
-    path = CORPUS_DIR / f"{lang}.txt"
+    from xling_edit.editing.stats import _builtin_path  # the shipped corpus the stats use too
+
+    path = _builtin_path(lang)
     if not path.exists():
         raise FileNotFoundError(f"no fine-tuning text for {lang!r} ({path})")
     return path
@@ -137,9 +138,10 @@ def finetune_variant(src: Path, ft: Mapping[str, Any], out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     text = _corpus_path(ft["lang"]).read_text(encoding="utf-8")
     paragraphs = [p.strip() for p in text.splitlines() if p.strip()]
-    gen = torch.Generator().manual_seed(int(ft.get("seed", 0)))
+    seed, steps = int(ft.get("seed", 0)), int(ft.get("steps", 30))
+    gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(ft.get("seed", 0)))
+        torch.manual_seed(seed)
         if ft.get("add_tokens"):
             tok.add_tokens(frequent_words(text, int(ft["add_tokens"]), tok))
             model.resize_token_embeddings(len(tok), mean_resizing=False)
@@ -149,7 +151,7 @@ def finetune_variant(src: Path, ft: Mapping[str, Any], out: Path) -> None:
         opt = torch.optim.Adam(model.parameters(), lr=float(ft.get("lr", 1e-3)))
         order = torch.randperm(len(paragraphs), generator=gen).tolist()
         bs = int(ft.get("batch_size", 4))
-        for step in range(int(ft.get("steps", 30))):
+        for step in range(steps):
             idx = [order[(step * bs + j) % len(order)] for j in range(bs)]
             enc = tok([paragraphs[i] for i in idx], return_tensors="pt", padding=True,
                       truncation=True, max_length=int(ft.get("max_length", 64)))
@@ -162,6 +164,6 @@ def finetune_variant(src: Path, ft: Mapping[str, Any], out: Path) -> None:
                 first = float(loss.detach())
     model.eval()
     log.info("fine-tuned on %s: loss %.3f -> %.3f over %d steps", ft["lang"], first, float(loss.detach()),
-             int(ft.get("steps", 30)))
+             steps)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
