@@ -67,10 +67,11 @@ def merged_model_config(cfg: DictConfig) -> DictConfig:
     target = cache_root / "merged" / f"ties-{key[:16]}"
     label = f"ties[{', '.join(m.models)}] onto {m.base.name}"
     t0 = time.perf_counter()
-    chosen = {}
+    backend = None  # resolved only when a merge is built (a cached one needs no backend)
 
     def build(tmp: Path) -> None:
-        backend = chosen["backend"] = resolve_backend(str(m.backend), str(m.sign_method))
+        nonlocal backend
+        backend = resolve_backend(str(m.backend), str(m.sign_method))
         log.info("merging %s with %s (%s) ...", label, backend, key[:16])
         job = MergeJob(
             base=materialize(m.base, cache_root, cfg.seed),
@@ -88,7 +89,7 @@ def merged_model_config(cfg: DictConfig) -> DictConfig:
         (tmp / "merge_info.json").write_text(json.dumps(info, indent=2, default=str))
 
     if build_once(target, build, reuse=bool(m.cache)):
-        log.info("merged model %s (%s) written to %s in %.1fs", label, chosen["backend"], target,
+        log.info("merged model %s (%s) written to %s in %.1fs", label, backend, target,
                  time.perf_counter() - t0)
     else:
         log.info("merged model %s loaded from cache %s", label, target)

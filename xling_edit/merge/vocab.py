@@ -29,6 +29,7 @@ are ignored.
 
 from __future__ import annotations
 
+import copy
 from typing import Mapping, Sequence
 
 import torch
@@ -56,8 +57,6 @@ def new_tokens(base_vocab: Mapping[str, int], vocabs: Sequence[Mapping[str, int]
 
 def union_tokenizer(base_tok, added: Sequence[str]):
     """A copy of the base tokenizer with ``added`` appended (ids len(base), len(base)+1, ...)."""
-    import copy
-
     tok = copy.deepcopy(base_tok)
     for t in added:  # one at a time: each gets the next id, in this order
         tok.add_tokens([t])
