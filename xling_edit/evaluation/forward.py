@@ -25,6 +25,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from xling_edit.config import EvalConfig
 from xling_edit.evaluation.text import Encoded
 from xling_edit.models.spec import ModelSpec
 
@@ -33,37 +34,22 @@ class _StopForward(Exception):
     """Raised by a hook to end a forward pass once the needed activations are captured."""
 
 
-@dataclass(frozen=True)
-class EvalOptions:
-    """How rows are scored (``eval.*`` in the config; :class:`xling_edit.config.EvalConfig`).
-
-    Args:
-        batch_size: rows per padded forward pass.
-        batched: one forward pass per batch of rows (False: one per row, the plain path).
-        head_at_targets: LM head only at scored positions, forward stopped after the final norm
-            (False: full logits at every position).
-        reuse_lower_layers: post-edit passes start at the lowest edited block with the pre-edit
-            hidden states below it (False: full depth).
-        inference_mode: score under ``torch.inference_mode`` (False: caller's grad mode).
-        head_chunk: scored positions per LM-head product (bounds the logits' memory).
-    """
-
-    batch_size: int = 32
-    batched: bool = True
-    head_at_targets: bool = True
-    reuse_lower_layers: bool = True
-    inference_mode: bool = True
-    head_chunk: int = 32
+class EvalOptions(EvalConfig):
+    """How rows are scored: the fields and defaults of :class:`xling_edit.config.EvalConfig`
+    (``eval.*`` in the config, documented there), plus constructors from a config node and
+    for the plain path."""
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | int | "EvalOptions" | None) -> "EvalOptions":
+    def from_config(cls, cfg: Mapping[str, Any] | int | EvalConfig | None) -> "EvalOptions":
         """From an ``eval`` config node (unknown keys ignored), a batch size, or options."""
         if cfg is None:
             return cls()
-        if isinstance(cfg, EvalOptions):
+        if isinstance(cfg, cls):
             return cfg
         if isinstance(cfg, int):
             return cls(batch_size=cfg)
+        if isinstance(cfg, EvalConfig):
+            return cls(**{f.name: getattr(cfg, f.name) for f in fields(cfg)})
         names = {f.name for f in fields(cls)}
         return cls(**{k: cfg[k] for k in names if k in cfg})
 
