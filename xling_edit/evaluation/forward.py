@@ -154,29 +154,22 @@ class LowerStates:
 
 
 def final_hidden_at(model: nn.Module, spec: ModelSpec, input_ids: torch.Tensor,
-                    attention_mask: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
-                    record: tuple[int, dict] | None = None) -> torch.Tensor:
+                    attention_mask: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """The final norm's output [m, d] at (rows[i], positions[i]); the forward pass stops there,
-    so the model never applies its LM head. ``record=(L, store)`` also keeps the output of block
-    L-1 in ``store["out"]``."""
+    so the model never applies its LM head."""
     got: dict = {}
 
     def at_norm(_m, _i, out):
         got["h"] = (out[0] if isinstance(out, tuple) else out)[rows, positions]
         raise _StopForward
 
-    handles = [spec.module(model, "final_norm").register_forward_hook(at_norm)]
-    if record is not None and record[0] > 0:
-        store = record[1]
-        handles.append(spec.module(model, "layer", record[0] - 1).register_forward_hook(
-            lambda _m, _i, out: store.update(out=(out[0] if isinstance(out, tuple) else out).detach())))
+    handle = spec.module(model, "final_norm").register_forward_hook(at_norm)
     try:
         model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, use_cache=False)
     except _StopForward:
         pass
     finally:
-        for h in handles:
-            h.remove()
+        handle.remove()
     return got["h"]
 
 
@@ -254,37 +247,28 @@ def _score(model, tok, spec, encs, opts: EvalOptions, keep_from, reuse, deltas) 
             rows.extend([r] * len(tp))
             pos.extend(p - 1 for p in tp)  # logits at p-1 predict token p
         rows_t, pos_t = torch.tensor(rows, device=device), torch.tensor(pos, device=device)
+        tgt = torch.tensor([t for i in idx for t in encs[i].target_ids])
+        tgt_all = tgt.to(device)
         states = lower_in.states.get(key) if lower_in is not None else None
-        rec: dict = {}
-        with skip_below(model, spec, lower_in.layer if states is not None else 0, states):
+        record = (capture_output(spec.module(model, "layer", lower_out.layer - 1))
+                  if lower_out is not None else nullcontext({}))
+        with skip_below(model, spec, lower_in.layer if states is not None else 0, states), record as rec:
             if opts.head_at_targets:
-                hidden = final_hidden_at(model, spec, ids, mask, rows_t, pos_t,
-                                         record=(lower_out.layer, rec) if lower_out else None)
-                logp_parts, argmax_parts, gather_parts = [], [], []
-                tgt_all = torch.tensor([t for i in idx for t in encs[i].target_ids], device=device)
+                hidden = final_hidden_at(model, spec, ids, mask, rows_t, pos_t)
+                logp_parts, argmax_parts = [], []
                 for c in range(0, hidden.shape[0], max(1, opts.head_chunk)):
                     lp = torch.log_softmax(head_logits(model, spec, hidden[c: c + opts.head_chunk]), dim=-1)
-                    gather_parts.append(lp.gather(1, tgt_all[c: c + opts.head_chunk, None])[:, 0])
+                    logp_parts.append(lp.gather(1, tgt_all[c: c + opts.head_chunk, None])[:, 0])
                     argmax_parts.append(lp.argmax(-1))
                     del lp
-                lp_t, am_t = torch.cat(gather_parts).cpu(), torch.cat(argmax_parts).cpu()
+                lp_t, am_t = torch.cat(logp_parts).cpu(), torch.cat(argmax_parts).cpu()
             else:
-                handle = None
-                if lower_out is not None:
-                    handle = spec.module(model, "layer", lower_out.layer - 1).register_forward_hook(
-                        lambda _m, _i, o: rec.update(out=(o[0] if isinstance(o, tuple) else o).detach()))
-                try:
-                    logp = torch.log_softmax(full_logits_at(model, ids, mask, rows_t, pos_t), dim=-1)
-                finally:
-                    if handle is not None:
-                        handle.remove()
-                tgt_all = torch.tensor([t for i in idx for t in encs[i].target_ids], device=device)
+                logp = torch.log_softmax(full_logits_at(model, ids, mask, rows_t, pos_t), dim=-1)
                 lp_t = logp.gather(1, tgt_all[:, None])[:, 0].cpu()
                 am_t = logp.argmax(-1).cpu()
         if lower_out is not None and "out" in rec:
-            lower_out.states[key] = rec["out"]
+            lower_out.states[key] = rec["out"].detach()
         for (start, n), i in zip(spans, idx):
-            out[i] = SeqScore(torch.tensor(encs[i].target_ids), lp_t[start: start + n],
-                              am_t[start: start + n])
+            out[i] = SeqScore(tgt[start: start + n], lp_t[start: start + n], am_t[start: start + n])
     out.lower = lower_out
     return out
