@@ -29,7 +29,9 @@ from xling_edit.editing.base import (
 )
 from xling_edit.config import MemitConfig, schema_from_mapping
 from xling_edit.editing.context import PrefixedEditor
-from xling_edit.editing.value import Prepared, optimise_value, prepare, probe_at_subject
+from xling_edit.editing.value import (
+    Prepared, optimise_value, prepare, probe_at_subject, value_options,
+)
 from xling_edit.evaluation.forward import model_device
 from xling_edit.models.spec import ModelSpec, is_transposed, weight_as_out_in
 
@@ -148,7 +150,7 @@ class MemitEditor(PrefixedEditor):
     def edit_batch(self, model, tok, requests: Sequence[EditRequest]) -> EditOutcome:
         hp, spec = self.hp, self.spec
         t0 = time.perf_counter()
-        layers = sorted(int(l) for l in hp.layers)
+        layers = self.edit_layers
         top = layers[-1]
         device = model_device(model)
         preps: list[Prepared] = []
@@ -158,11 +160,7 @@ class MemitEditor(PrefixedEditor):
 
         # 1. targets at the top layer, in residual-stream units
         post_top = _output_map(model, spec, top)
-        values = [optimise_value(model, spec, top, p, steps=hp.v_steps, lr=hp.v_lr,
-                                 loss_stop=hp.v_loss_stop, clamp_norm_factor=hp.clamp_norm_factor,
-                                 kl_factor=hp.kl_factor, weight_decay=hp.weight_decay,
-                                 from_layer=hp.v_from_layer, head_at_targets=hp.v_head_at_targets)
-                  for p in preps]
+        values = [optimise_value(model, spec, top, p, **value_options(hp)) for p in preps]
         with torch.no_grad():
             resid_target = torch.stack([
                 (post_top(v.v0 + v.delta) - post_top(v.v0)) if post_top else v.delta.double()
@@ -170,7 +168,8 @@ class MemitEditor(PrefixedEditor):
         h_top0 = self._residual_at(model, preps, top)
         z = h_top0 + resid_target
 
-        if hp.use_covariance and hasattr(self.covariance, "prefetch"):
+        use_cov = bool(hp.use_covariance and self.covariance)
+        if use_cov and hasattr(self.covariance, "prefetch"):
             self.covariance.prefetch(layers)
         # 2. spread over the layers, ascending, each seeing the updates below it
         deltas: list[WeightDelta] = []
@@ -185,7 +184,6 @@ class MemitEditor(PrefixedEditor):
                 r = (z - h_top) / (len(layers) - i)
                 post = _output_map(model, spec, layer)
                 resid = torch.stack([invert_output_map(post, o, ri) for o, ri in zip(outs, r)], dim=1)
-                use_cov = bool(hp.use_covariance and self.covariance)
                 if (hp.cache_factorization and hp.mom2_update_weight > 0
                         and (not use_cov or hasattr(self.covariance, "solve"))):
                     solve = (lambda x, l=layer: self.covariance.solve(l, x)) if use_cov else None
@@ -210,8 +208,7 @@ class MemitEditor(PrefixedEditor):
             "nll_before": [round(v.nll_before, 4) for v in values],
             "nll_after": [v.trajectory[-1] if v.trajectory else None for v in values],
             "per_layer": per_layer, "target_reached": round(reached, 4),
-            "covariance": (self.covariance_label or "provided")
-            if (hp.use_covariance and self.covariance) else "identity",
+            "covariance": (self.covariance_label or "provided") if use_cov else "identity",
             "n_context": preps[0].n_prompts,
             "subject": preps[0].match.to_dict() if len(preps) == 1 else None,
             "subjects": [p.match.to_dict() for p in preps],

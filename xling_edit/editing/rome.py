@@ -22,7 +22,7 @@ import torch
 from xling_edit.editing.base import EditOutcome, EditRequest, WeightDelta, register_editor
 from xling_edit.config import RomeConfig, schema_from_mapping
 from xling_edit.editing.context import PrefixedEditor
-from xling_edit.editing.value import optimise_value, prepare
+from xling_edit.editing.value import optimise_value, prepare, value_options
 from xling_edit.evaluation.forward import model_device
 from xling_edit.models.spec import ModelSpec, is_transposed, weight_as_out_in
 
@@ -79,10 +79,7 @@ class RomeEditor(PrefixedEditor):
         t0 = time.perf_counter()
         prep = prepare(tok, request, self.prefixes(model, tok, request.lang),
                        hp.subject_match_threshold, model_device(model))
-        res = optimise_value(model, self.spec, hp.layer, prep, steps=hp.v_steps, lr=hp.v_lr,
-                             loss_stop=hp.v_loss_stop, clamp_norm_factor=hp.clamp_norm_factor,
-                             kl_factor=hp.kl_factor, weight_decay=hp.weight_decay,
-                             from_layer=hp.v_from_layer, head_at_targets=hp.v_head_at_targets)
+        res = optimise_value(model, self.spec, hp.layer, prep, **value_options(hp))
         down = self.spec.module(model, "down_proj", hp.layer)
         w = weight_as_out_in(down).detach()
         k_bar = res.keys.mean(0)

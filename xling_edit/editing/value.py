@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from xling_edit.editing.base import EditRequest, SkipCase
 from xling_edit.editing.localize import SubjectMatch, find_subject
-from xling_edit.evaluation.forward import (  # noqa: F401  (_StopForward: re-exported)
+from xling_edit.evaluation.forward import (
     _StopForward, capture_output, full_logits_at, logits_at, pad_right, skip_below,
 )
 from xling_edit.evaluation.text import Encoded, encode, last_token_in_span
@@ -163,7 +163,8 @@ def optimise_value(model, spec: ModelSpec, layer: int, prep: Prepared, *, steps:
     v0 = cap["v"][0, prep.subj_pos[0]].detach().float()
     kl_ref = torch.log_softmax(logits0[-1:], dim=-1)
     nll0 = float(target_nll(logits0[:-1], prep))
-    del logits0, cap
+    del logits0
+    cap.clear()
 
     sel = torch.zeros(*prep.ids.shape, 1, device=prep.ids.device, dtype=v0.dtype)
     sel[torch.arange(n + 1, device=prep.ids.device), prep.subj_pos] = 1.0
@@ -195,6 +196,14 @@ def optimise_value(model, spec: ModelSpec, layer: int, prep: Prepared, *, steps:
     finally:
         h.remove()
     return ValueResult(delta.detach(), v0, keys, nll0, trajectory, step)
+
+
+def value_options(hp) -> dict:
+    """:func:`optimise_value`'s settings from a method config (``RomeConfig`` / ``MemitConfig``)."""
+    return dict(steps=hp.v_steps, lr=hp.v_lr, loss_stop=hp.v_loss_stop,
+                clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor,
+                weight_decay=hp.weight_decay, from_layer=hp.v_from_layer,
+                head_at_targets=hp.v_head_at_targets)
 
 
 def _logits(model, spec: ModelSpec, prep: Prepared, head_at_targets: bool) -> torch.Tensor:
