@@ -80,10 +80,7 @@ def layer_second_moments(model, tok, spec: ModelSpec, layers: Sequence[int], tex
         encoded = sorted((e for e in encoded if len(e) > 1), key=len)  # less padding
         bar = tqdm(range(0, len(encoded), batch_size), desc=desc, unit="batch", dynamic_ncols=True)
         for b in bar:
-            enc = encoded[b: b + batch_size]
-            if not enc:
-                continue
-            ids, mask = pad_right(enc, tok.pad_token_id, device)
+            ids, mask = pad_right(encoded[b: b + batch_size], tok.pad_token_id, device)
             try:
                 model(input_ids=ids, attention_mask=mask, logits_to_keep=1, use_cache=False)
             except _StopForward:
@@ -131,7 +128,7 @@ class CovarianceProvider:
         model, tok, spec: the (unedited) model.
         ridge: relative diagonal loading added when C is returned (not stored).
         model_key: identifies the weights (name + source) in the cache key.
-        corpus: ``generated`` or ``files``.
+        corpus: ``builtin``, ``generated``, ``files`` or ``hf``.
         langs: {code: context_seeds} for the generated corpus (equal share per language).
         per_lang, length: generated samples per language and their token length.
         files: text files for ``files``.

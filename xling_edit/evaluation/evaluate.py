@@ -117,7 +117,7 @@ def lang_metrics(rows: Sequence[Row], scores: Sequence[SeqScore],
                         m["reliability.nll_true"].append(nt)
             elif kind == "loc" and role == "answer" and pre is not None:
                 m["locality.token_acc"].append(scorers.agreement(s.argmax, pre.argmax))
-                m["locality.exact"].append(float(bool((s.argmax == pre.argmax).all())))
+                m["locality.exact"].append(scorers.exact_match(s.argmax, pre.argmax))
                 new = by.get((lg, kind, i, "new"))
                 if new is not None:
                     m["locality.prob"].append(scorers.prob_success(
