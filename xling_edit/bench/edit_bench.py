@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -92,10 +93,7 @@ class Setup:
         self.word_seps = {c: self.registry[c].word_sep for c in self.langs}
         self.cov = P.covariance_provider(cfg, cfg.model, self.model, self.tok, self.spec,
                                          self.registry, self.langs)
-        self.method_cfgs = {}
-        for name in ("rome", "memit"):
-            mc = compose_method(cfg, name)
-            self.method_cfgs[name] = mc
+        self.method_cfgs = {name: compose_method(cfg, name) for name in ("rome", "memit")}
         layers = sorted({int(self.method_cfgs["rome"].layer), *map(int, self.method_cfgs["memit"].layers)})
         t0 = time.perf_counter()
         if self.cov is not None:
@@ -104,8 +102,7 @@ class Setup:
         self.param_bytes_fp32 = sum(p.numel() for p in self.model.parameters()) * 4
 
     def editor(self, method: str, **flags):
-        from xling_edit.editing import memit, rome  # noqa: F401  (register the editors)
-        from xling_edit.editing.base import build_editor
+        from xling_edit.editing.base import build_editor  # editors registered by the pipeline import
 
         hp = OmegaConf.merge(self.method_cfgs[method], flags)
         ed = build_editor(method, hparams=hp, spec=self.spec, seed=self.cfg.seed,
@@ -205,6 +202,7 @@ def bench_rome_and_eval(s: Setup, repeats: int, log: Callable) -> dict:
         # equivalence: the evaluation alone (all plain on the unedited weights; each evaluation
         # fast path off on the edited weights, below), the edit alone, and end to end
         eval_same = _same_metrics(lang_metrics(rows, pre, None), lang_metrics(rows, pre_p, None))
+        m_fast, m_plain = lang_metrics(rows, post, pre), lang_metrics(rows, post_p, pre_p)
         d_f, d_p = out.deltas[0].delta.double(), out_p.deltas[0].delta.double()
         same.append({
             "eval_identical": eval_same,
@@ -212,45 +210,51 @@ def bench_rome_and_eval(s: Setup, repeats: int, log: Callable) -> dict:
             "same_trajectory": all(abs(a - b) <= 1e-3 for a, b in
                                    zip(out.info["nll_trajectory"], out_p.info["nll_trajectory"]))
             and out.info["steps"] == out_p.info["steps"],
-            "end_to_end_argmax_and_prob_identical": _non_nll_same(lang_metrics(rows, post, pre),
-                                                                  lang_metrics(rows, post_p, pre_p)),
-            "end_to_end_identical": _same_metrics(lang_metrics(rows, post, pre), lang_metrics(rows, post_p, pre_p)),
-            "end_to_end_max_nll_diff": _max_nll_diff(lang_metrics(rows, post, pre), lang_metrics(rows, post_p, pre_p)),
-            "end_to_end_diff": _diff_metrics(lang_metrics(rows, post, pre), lang_metrics(rows, post_p, pre_p)),
+            "end_to_end_argmax_and_prob_identical": _non_nll_same(m_fast, m_plain),
+            "end_to_end_identical": _same_metrics(m_fast, m_plain),
+            "end_to_end_max_nll_diff": _max_nll_diff(m_fast, m_plain),
+            "end_to_end_diff": _diff_metrics(m_fast, m_plain),
         })
         steps.append(out.info["steps"])
         # one fast path off at a time (on the first two cases: the whole case already repeats)
-        if r >= ablation_repeats:
-            log(f"  rome case {r + 1}/{repeats}: fast {t['case_fast'][-1]:.1f}s, plain "
-                f"{t['case_plain'][-1]:.1f}s, {out.info['steps']} steps, fast = plain: {_brief(same[-1])}")
-            continue
-        for f, ed in ablate_ed.items():
-            with _clock(t, f"edit_no_{f}"):
-                ed.edit(s.model, s.tok, req)
-        # ... evaluation (the post-edit pass: the one every case repeats)
-        with applied(s.model, out.deltas):
-            for f in EVAL_FLAGS:
-                opts = EvalOptions(**{**fast_opts.__dict__, f: False})
-                with _clock(t, f"eval_no_{f}"):
-                    abl = score_rows(s.model, s.tok, s.spec, rows, opts, reuse=pre, deltas=out.deltas)
-                same[-1]["eval_identical"] &= _same_metrics(lang_metrics(rows, post, pre),
-                                                            lang_metrics(rows, abl, pre))
-            with _clock(t, "eval_pass_fast"):
-                score_rows(s.model, s.tok, s.spec, rows, fast_opts, reuse=pre, deltas=out.deltas)
-        # ... restoration alone, and the covariance solve alone
-        for full in (False, True):
-            with _clock(t, "restore_plain" if full else "restore_fast"):
-                with applied(s.model, out.deltas, full_copy=full):
-                    pass
-        if s.cov is not None:
-            k = out.tensors["k_star"].double()
-            with _clock(t, "solve_fast"):
-                s.cov.solve(layer, k[:, None])
-            with _clock(t, "solve_plain"):
-                torch.linalg.solve(s.cov(layer), k)
+        if r < ablation_repeats:
+            _ablate(s, t, same[-1], ablate_ed, req, rows, fast_opts, pre, m_fast, out, layer)
         log(f"  rome case {r + 1}/{repeats}: fast {t['case_fast'][-1]:.1f}s, plain "
             f"{t['case_plain'][-1]:.1f}s, {out.info['steps']} steps, fast = plain: {_brief(same[-1])}")
     return {"times": t, "same_metrics": same, "steps": steps, "rows": len(rows)}
+
+
+def _ablate(s: Setup, t: dict, same: dict, ablate_ed: dict, req, rows, fast_opts, pre, m_fast: dict,
+            out, layer: int) -> None:
+    """One case's component timings: each fast path off alone (edit, then evaluation; the
+    evaluation's metrics are checked against the fast post-edit ones, ``m_fast``), restoration,
+    and the covariance solve."""
+    from xling_edit.editing.base import applied
+    from xling_edit.evaluation.evaluate import lang_metrics, score_rows
+
+    for f, ed in ablate_ed.items():
+        with _clock(t, f"edit_no_{f}"):
+            ed.edit(s.model, s.tok, req)
+    # ... evaluation (the post-edit pass: the one every case repeats)
+    with applied(s.model, out.deltas):
+        for f in EVAL_FLAGS:
+            opts = replace(fast_opts, **{f: False})
+            with _clock(t, f"eval_no_{f}"):
+                abl = score_rows(s.model, s.tok, s.spec, rows, opts, reuse=pre, deltas=out.deltas)
+            same["eval_identical"] &= _same_metrics(m_fast, lang_metrics(rows, abl, pre))
+        with _clock(t, "eval_pass_fast"):
+            score_rows(s.model, s.tok, s.spec, rows, fast_opts, reuse=pre, deltas=out.deltas)
+    # ... restoration alone, and the covariance solve alone
+    for full in (False, True):
+        with _clock(t, "restore_plain" if full else "restore_fast"):
+            with applied(s.model, out.deltas, full_copy=full):
+                pass
+    if s.cov is not None:
+        k = out.tensors["k_star"].double()
+        with _clock(t, "solve_fast"):
+            s.cov.solve(layer, k[:, None])
+        with _clock(t, "solve_plain"):
+            torch.linalg.solve(s.cov(layer), k)
 
 
 def bench_memit(s: Setup, repeats: int, batch: int, log: Callable, plain_batch: bool = False) -> dict:
@@ -299,10 +303,10 @@ def bench_stats(s: Setup, repeats: int, tokens: int, log: Callable) -> dict:
     layer = int(s.method_cfgs["rome"].layer)
     texts = builtin_corpus(sorted(s.langs), 10_000)
     st = s.cfg.stats
-    ids = [s.tok(x, truncation=True, max_length=st.max_length)["input_ids"] for x in texts]
     chosen, n = [], 0
-    for i in range(len(ids)):  # round-robin over languages until ~tokens
-        chosen.append(ids[(i * 97) % len(ids)])
+    for i in range(len(texts)):  # round-robin over languages until ~tokens
+        chosen.append(s.tok(texts[(i * 97) % len(texts)], truncation=True,
+                            max_length=st.max_length)["input_ids"])
         n += len(chosen[-1])
         if n >= tokens:
             break
@@ -575,15 +579,8 @@ def _diff_metrics(a: dict, b: dict) -> dict:
 
 
 def _same_metrics(a: dict, b: dict) -> bool:
-    for lang in a:
-        for k, v in a[lang].items():
-            w = b.get(lang, {}).get(k)
-            if ".nll_" in k and v is not None and w is not None:
-                if abs(v - w) > 1e-4:
-                    return False
-            elif v != w:
-                return False
-    return a.keys() == b.keys()
+    """Same languages and every metric equal (NLLs to 1e-4)."""
+    return a.keys() == b.keys() and not _diff_metrics(a, b)
 
 
 def _brief(eq: dict) -> str:
