@@ -13,7 +13,6 @@ import random
 import time
 import zlib
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,9 @@ from xling_edit.languages import (
 )
 from xling_edit.loggers import RunLogger, build_logger
 from xling_edit.models import ModelSpec, load_model
-from xling_edit.results import ResultsWriter, format_table, summarize, write_summary_csv
+from xling_edit.results import (
+    ResultsWriter, format_table, summarize, write_summary_csv, write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +106,17 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict | None:
     """Run one job on every rank of ``cfg.runner``; returns rank zero's run summary (also
     written to ``run_info.json``), None on the other ranks of a joined job."""
     out = Path(out_dir) if out_dir is not None else output_dir(cfg)
-    out = resume_dir(cfg, out)
+    fp = resume.fingerprint(cfg)
+    out = resume_dir(cfg, out, fp)
     out.mkdir(parents=True, exist_ok=True)
-    return runner.launch(cfg.runner, _job, cfg, out, runner.launch_mode(cfg.runner) == "spawn")
+    return runner.launch(cfg.runner, _job, cfg, out, fp)
 
 
-def resume_dir(cfg: DictConfig, out: Path) -> Path:
+def resume_dir(cfg: DictConfig, out: Path, fp: str) -> Path:
     """Where the job writes. ``resume=<path>``: that directory. ``resume=true``: the latest job
     directory under ``resume_roots`` with the same config fingerprint (or ``out`` when there is
-    none). Otherwise ``out`` — which is resumed too if it already holds a run of the same config."""
-    fp = resume.fingerprint(cfg)
+    none). Otherwise ``out`` — which is resumed too if it already holds a run of the same config
+    (``fp``: :func:`xling_edit.resume.fingerprint` of ``cfg``)."""
     r = cfg.get("resume")
     target = out
     if isinstance(r, str) and r.lower() not in ("true", "false", ""):
@@ -140,11 +142,11 @@ def resume_dir(cfg: DictConfig, out: Path) -> Path:
     return target
 
 
-def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, spawned: bool) -> dict | None:
+def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | None:
     """One rank's share of a job: set up, run ``groups[rank::world]`` of the unfinished groups,
     and on rank zero gather every rank's lines and write the summaries."""
     t_start = time.perf_counter()
-    runner.setup_rank_logging(ri.rank, ri.world, out / "logs", spawned)
+    runner.setup_rank_logging(ri.rank, ri.world, out / "logs", ri.spawned)
     threads = runner.rank_threads(cfg.threads, ri.world, ri.device.split(":")[0])
     if threads:
         torch.set_num_threads(threads)
@@ -160,7 +162,6 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, spawned: bool) -> dict
 
     # rank zero streams to the logger; built before the model so a missing package fails fast
     logger = build_logger(cfg) if ri.is_zero else RunLogger()
-    fp = resume.fingerprint(cfg)
     if ri.is_zero:  # repair what an interrupted run left before anyone reads it
         done_lines = resume.repair(out, per_case=len(eval_langs))
         resume.write_job_file(out, fp, cfg, "running")
@@ -168,7 +169,7 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, spawned: bool) -> dict
     if not ri.is_zero:
         done_lines = resume.read_lines(out / resume.RESULTS)[0]
 
-    with _rank_zero_first(ri):  # merging, GGUF conversion: once, then read from the cache
+    with ri.zero_first():  # merging, GGUF conversion: once, then read from the cache
         model_cfg = cfg.model
         if cfg.merge.name != "none":
             from xling_edit.merge import merged_model_config  # the TIES pre-step (merge/ group)
@@ -186,7 +187,7 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, spawned: bool) -> dict
                           covariance_label=cov.label if cov else "identity")
     _check_mode(mode, group_size, editor)
     if cov is not None and ri.world > 1:
-        with _rank_zero_first(ri):  # rank zero computes and caches; the others load
+        with ri.zero_first():  # rank zero computes and caches; the others load
             cov.prefetch(list(mcfg.layers) if "layers" in mcfg else [int(mcfg.layer)])
 
     word_seps = {c: registry[c].word_sep for c in eval_langs}
@@ -217,9 +218,8 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, spawned: bool) -> dict
                dynamic_ncols=True, disable=not ri.is_zero)
     progress = Counter()
 
-    def record(lines: list[dict], own: bool) -> None:
-        if own or ri.is_zero:
-            writer.write_many(lines)
+    def record(lines: list[dict]) -> None:
+        writer.write_many(lines)  # rank zero: results.jsonl; the others: their shard
         if ri.is_zero:
             n = len({l["case_id"] for l in lines})
             progress["done"] += n
@@ -232,7 +232,7 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, spawned: bool) -> dict
             lines = t.new_lines()
             if lines:
                 for unit in _units(lines):
-                    record(unit, own=False)
+                    record(unit)
 
     with logger:  # closes the W&B run (as failed) whatever raises below
         if ri.is_zero:
@@ -240,7 +240,7 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, spawned: bool) -> dict
         try:
             for g, group in mine:
                 seed_everything(_group_seed(cfg.seed, group[0].case_id), cfg.runner.deterministic)
-                record(_run_group(group, ctx, {**common, "group": g} if size > 1 else common), own=True)
+                record(_run_group(group, ctx, {**common, "group": g} if size > 1 else common))
                 forward_shards()
             if not ri.is_zero:
                 (shard_dir / f"rank{ri.rank}.done").write_text("done")
@@ -271,9 +271,7 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, spawned: bool) -> dict
                         "total": round(time.perf_counter() - t_start, 2)},
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
-        tmp = out / "run_info.json.tmp"
-        tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False))
-        os.replace(tmp, out / "run_info.json")
+        write_text_atomic(out / "run_info.json", json.dumps(info, indent=2, ensure_ascii=False))
         resume.write_job_file(out, fp, cfg, "finished", case_status=dict(counts))
         logger.finish(out, info, summary_rows)
     if cfg.print_tables:
@@ -293,15 +291,6 @@ def _group_seed(seed: int, case_id: str) -> int:
     """Each group's RNG state depends on the run seed and its first case only, so results do
     not depend on which rank runs it, in what order, or whether the run was resumed."""
     return zlib.crc32(f"{seed}:{case_id}".encode()) & 0x7FFFFFFF
-
-
-@contextmanager
-def _rank_zero_first(ri: runner.RankInfo):
-    if not ri.is_zero:
-        ri.barrier()
-    yield
-    if ri.is_zero:
-        ri.barrier()
 
 
 def _units(lines: list[dict]) -> list[list[dict]]:

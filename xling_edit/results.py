@@ -4,6 +4,7 @@ printed edit_lang × eval_lang tables."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -14,6 +15,18 @@ from typing import Iterable, Mapping, Sequence
 
 from xling_edit.evaluation.evaluate import METRICS, PROTOCOLS
 from xling_edit.languages import is_elfi
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, fsync and rename: readers (and a
+    resumed run after ``kill -9``) see the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class ResultsWriter:
@@ -68,13 +81,12 @@ def summarize(records: Sequence[Mapping]) -> list[dict]:
 
 def write_summary_csv(rows: Sequence[Mapping], path: Path) -> None:
     cols = ["edit_lang", "eval_lang", "phase", "n"] + SUMMARY_KEYS
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in cols})
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in cols})
+    write_text_atomic(path, buf.getvalue())
 
 
 def format_table(rows: Sequence[Mapping], key: str, phase: str = "post",

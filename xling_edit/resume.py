@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
+
+from xling_edit.results import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,6 @@ def fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_job_file(out: Path, fp: str, cfg: DictConfig, status: str, **extra: Any) -> None:
     path = out / JOB_FILE
     old = json.loads(path.read_text()) if path.exists() else {}
@@ -62,7 +54,7 @@ def write_job_file(out: Path, fp: str, cfg: DictConfig, status: str, **extra: An
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "resumed": old.get("resumed", []), **extra,
             "config": OmegaConf.to_container(cfg, resolve=True)}
-    _atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
 def find_previous(roots: Iterable[Path], fp: str, exclude: Path | None = None) -> Path | None:
@@ -129,31 +121,27 @@ def repair(out: Path, per_case: int) -> list[dict]:
     """Make ``out/results.jsonl`` hold only complete groups, each line once, merging lines that
     other ranks wrote to ``.shards/`` but rank zero had not forwarded; returns the lines."""
     path = out / RESULTS
-    lines, torn = read_lines(path)
-    n_file = len(lines)
-    seen = {line_key(l) for l in lines}
+    in_file, torn = read_lines(path)
     shard_dir = out / SHARDS
-    for shard in sorted(shard_dir.glob("rank*.jsonl")) if shard_dir.is_dir() else []:
-        for l in read_lines(shard)[0]:
-            if line_key(l) not in seen:
-                seen.add(line_key(l))
-                lines.append(l)
-    uniq, seen = [], set()
-    for l in lines:
+    from_shards = [l for shard in (sorted(shard_dir.glob("rank*.jsonl")) if shard_dir.is_dir() else [])
+                   for l in read_lines(shard)[0]]
+    unique, seen = [], set()
+    for l in in_file + from_shards:  # each (case, edit, eval language) once, first wins
         if line_key(l) not in seen:
             seen.add(line_key(l))
-            uniq.append(l)
-    kept = complete_units(uniq, per_case)
-    if torn or len(kept) != n_file or len(uniq) != len(lines):
+            unique.append(l)
+    kept = complete_units(unique, per_case)
+    if torn or kept != in_file:
         log.warning("repairing %s: %d complete lines kept of %d read (%d from shards)%s", path,
-                    len(kept), len(lines), len(lines) - n_file, "; torn last line dropped" if torn else "")
+                    len(kept), len(in_file) + len(from_shards), len(from_shards),
+                    "; torn last line dropped" if torn else "")
         write_lines(path, kept)
     clear_shards(out)
     return kept
 
 
 def write_lines(path: Path, lines: Sequence[dict]) -> None:
-    _atomic_write(path, "".join(json.dumps(l, ensure_ascii=False) + "\n" for l in lines))
+    write_text_atomic(path, "".join(json.dumps(l, ensure_ascii=False) + "\n" for l in lines))
 
 
 def clear_shards(out: Path) -> None:

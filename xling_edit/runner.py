@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -34,12 +35,14 @@ PRECISION_DTYPES = {"32-true": "float32", "32": "float32", "bf16-true": "bfloat1
 
 @dataclass
 class RankInfo:
-    """Where this process sits: ``rank`` of ``world`` processes, on ``device``."""
+    """Where this process sits: ``rank`` of ``world`` processes, on ``device``; ``spawned``
+    when Fabric started it (so Hydra did not configure its logging)."""
 
     rank: int = 0
     world: int = 1
     device: str = "cpu"
     fabric: Any = None  # lightning_fabric.Fabric, or None in a single process
+    spawned: bool = False
 
     @property
     def is_zero(self) -> bool:
@@ -48,6 +51,15 @@ class RankInfo:
     def barrier(self) -> None:
         if self.fabric is not None and self.world > 1:
             self.fabric.barrier()
+
+    @contextmanager
+    def zero_first(self) -> Iterator[None]:
+        """Rank zero runs the block first (e.g. fills a cache); the others then run it."""
+        if not self.is_zero:
+            self.barrier()
+        yield
+        if self.is_zero:
+            self.barrier()
 
 
 def external_launcher() -> str | None:
@@ -123,13 +135,13 @@ def launch(rcfg, fn: Callable, *args) -> Any:
     fabric = make_fabric(rcfg, mode)
     if mode == "spawn":
         log.info("spawning %d ranks (%s)", fabric.world_size, rcfg.accelerator)
-        return fabric.launch(_rank_entry, fn, *args)
+        return fabric.launch(_rank_entry, fn, True, *args)
     fabric.launch()  # joined: the processes exist; this only sets up the process group
-    return _rank_entry(fabric, fn, *args)
+    return _rank_entry(fabric, fn, False, *args)
 
 
-def _rank_entry(fabric, fn: Callable, *args) -> Any:
-    info = RankInfo(fabric.global_rank, fabric.world_size, str(fabric.device), fabric)
+def _rank_entry(fabric, fn: Callable, spawned: bool, *args) -> Any:
+    info = RankInfo(fabric.global_rank, fabric.world_size, str(fabric.device), fabric, spawned)
     return fn(info, *args)
 
 
