@@ -36,8 +36,10 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
-from xling_edit.languages import is_elfi
+from xling_edit.evaluation.evaluate import PROTOCOLS
+from xling_edit.languages import ALL_LANGUAGES, is_elfi
 from xling_edit.loggers.base import RunLogger
+from xling_edit.results import SUMMARY_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +47,6 @@ MISSING_WANDB = ("logger=wandb needs the `wandb` package, which is optional: "
                  "pip install 'xling_edit[wandb]'  (or: pip install wandb)")
 MODES = ("auto", "online", "offline", "disabled")
 STEP = "progress/cases_done"
-# mirrors xling_edit.results.SUMMARY_KEYS without importing torch through evaluation
-METRICS = ("reliability", "generalization", "locality", "portability")
-PROTOCOLS = ("token_acc", "exact", "prob")
-SUMMARY_KEYS = tuple(f"{m}.{p}" for m in METRICS for p in PROTOCOLS)
 TIMINGS = ("pre_eval_s", "edit_s", "post_eval_s", "restore_s")
 TABLE_COLUMNS = ["model", "method", "dataset", "mode", "edit_lang", "eval_lang", "elfi", "phase",
                  "metric", "protocol", "key", "value", "n"]
@@ -140,7 +138,7 @@ def _job_overrides() -> list[str]:
 
 def _edit_label(cfg: DictConfig) -> tuple[str, str]:
     mode = str(OmegaConf.select(cfg, "method.mode", default="single") or "single")
-    edit = "all" if mode == "all_languages" else str(OmegaConf.select(cfg, "edit_lang.code", default="?"))
+    edit = ALL_LANGUAGES if mode == "all_languages" else str(OmegaConf.select(cfg, "edit_lang.code", default="?"))
     return edit, mode
 
 
