@@ -139,6 +139,8 @@ def finetune_variant(src: Path, ft: Mapping[str, Any], out: Path) -> None:
     text = _corpus_path(ft["lang"]).read_text(encoding="utf-8")
     paragraphs = [p.strip() for p in text.splitlines() if p.strip()]
     seed, steps = int(ft.get("seed", 0)), int(ft.get("steps", 30))
+    if steps < 1:
+        raise ValueError(f"finetune.steps must be >= 1 for a fine-tuned merge input, got {steps}")
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
