@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from xling_edit import resume, runner
+from xling_edit.atomic import write_text_atomic
 from xling_edit.config import METHOD_SCHEMAS, MODES
 from xling_edit.data import load_dataset
 from xling_edit.editing import memit, rome  # noqa: F401  (register the editors)
@@ -34,9 +35,7 @@ from xling_edit.languages import (
 )
 from xling_edit.loggers import RunLogger, build_logger
 from xling_edit.models import ModelSpec, load_model
-from xling_edit.results import (
-    ResultsWriter, format_table, summarize, write_summary_csv, write_text_atomic,
-)
+from xling_edit.results import ResultsWriter, format_table, summarize, write_summary_csv
 
 log = logging.getLogger(__name__)
 

@@ -13,20 +13,9 @@ from pathlib import Path
 from statistics import mean
 from typing import Iterable, Mapping, Sequence
 
+from xling_edit.atomic import write_text_atomic
 from xling_edit.evaluation.evaluate import METRICS, PROTOCOLS
 from xling_edit.languages import is_elfi
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, fsync and rename: readers (and a
-    resumed run after ``kill -9``) see the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ResultsWriter:

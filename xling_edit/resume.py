@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from xling_edit.results import write_text_atomic
+from xling_edit.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 

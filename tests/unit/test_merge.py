@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from xling_edit.merge import ties, vocab
-from xling_edit.merge.cache import build_once
+from xling_edit.atomic import build_once
 
 BASE = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
 # task vectors (model - base)

@@ -27,7 +27,6 @@ import importlib.resources
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -36,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from xling_edit.atomic import atomic_path
 from xling_edit.evaluation.forward import _StopForward, model_device, pad_right
 from xling_edit.models.spec import ModelSpec
 
@@ -235,14 +235,10 @@ class CovarianceProvider:
         for layer, c in moments.items():
             path = self._path(layer)
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-                os.close(fd)
-                save_file({"second_moment": c.contiguous()}, tmp,
-                          metadata={"spec": json.dumps(self.spec_dict), "layer": str(layer),
-                                    "tokens": str(n)})
-                os.chmod(tmp, 0o644)  # mkstemp creates 0600; caches are shared between jobs
-                os.replace(tmp, path)
+                with atomic_path(path) as tmp:
+                    save_file({"second_moment": c.contiguous()}, str(tmp),
+                              metadata={"spec": json.dumps(self.spec_dict), "layer": str(layer),
+                                        "tokens": str(n)})
             self._mem[layer] = c
 
     def _raw(self, layer: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xling_edit.merge.backends import MergeJob, resolve_backend, run_backend
-from xling_edit.merge.cache import build_once
+from xling_edit.atomic import build_once
 from xling_edit.merge.inputs import digest, identity, materialize
 
 log = logging.getLogger(__name__)

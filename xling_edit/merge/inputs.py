@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from xling_edit.merge.cache import build_once
+from xling_edit.atomic import build_once
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """Load a causal LM and its tokenizer from the source a model config names.
 
-GGUF packages are dequantised by transformers once and cached as safetensors (written to a
-temporary directory and renamed into place, so concurrent jobs never see a half-written cache).
+GGUF packages are dequantised by transformers once and cached as safetensors, built under a
+lock in a temporary directory and renamed into place (:func:`xling_edit.atomic.build_once`), so
+concurrent jobs convert once and never see a half-written cache.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import importlib.resources
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from xling_edit.atomic import build_once
 
 log = logging.getLogger(__name__)
 
@@ -151,29 +152,24 @@ def _gguf_cache(cfg: Mapping[str, Any]) -> str:
     target = cache_root / "models" / f"{cfg['name']}-{key[:16]}"
     if (target / "config.json").exists():
         return str(target)
-    log.info("converting %s to safetensors (once; cached in %s)", gguf_path.name, target)
-    t0 = time.perf_counter()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-    )
-    # transformers refuses to save a model "quantized with gguf"; the weights are already
-    # dequantised, so dropping the quantizer state makes it an ordinary checkpoint.
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
+
+    def convert(tmp: Path) -> None:
+        log.info("converting %s to safetensors (once; cached in %s)", gguf_path.name, target)
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
+        # transformers refuses to save a model "quantized with gguf"; the weights are already
+        # dequantised, so dropping the quantizer state makes it an ordinary checkpoint.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").exists():  # lost a race only if the winner finished
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    t0 = time.perf_counter()
+    if not build_once(target, convert):  # another job converted it while we waited
+        return str(target)
     log.info("conversion took %.0fs", time.perf_counter() - t0)
     return str(target)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from xling_edit.atomic import write_text_atomic
 from xling_edit.report.maths import ROW_KEYS
 
 
@@ -84,14 +85,12 @@ def _csv_value(v):
 def write_csv(path: Path, rows: Sequence[Mapping], cols: Sequence[str]) -> Path:
     """Write ``rows`` (dicts) with columns ``cols``; missing values are empty. Atomic."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for r in rows:
-            w.writerow([_csv_value(r.get(c)) for c in cols])
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(cols)
+    for r in rows:
+        w.writerow([_csv_value(r.get(c)) for c in cols])
+    write_text_atomic(path, buf.getvalue())
     return path
 
 
