@@ -89,19 +89,33 @@ class ModelConfig:
 @dataclass
 class EditMethodConfig:
     """What ROME and MEMIT share: the value optimisation, the context prefixes, statistics,
-    localisation and the editing mode.
+    localisation and the editing mode. Defaults are the published values (Meng et al. 2022 /
+    2023; the Llama-2-7B settings where the papers' models differ); a field set to another value
+    is listed under ``edit.deviations`` in every results line.
 
     Args:
         name: method name in the editor registry.
-        v_steps: maximum Adam steps of the value optimisation.
+        variant: a label for this configuration (``published`` for the method files;
+            ``conf/method/rome_fast.yaml`` says ``fast``); recorded in every results line and
+            summary row.
+        v_steps: forwards of the value optimisation (the last only measures, as published: at
+            most ``v_steps - 1`` Adam updates).
         v_lr: Adam learning rate of the value optimisation.
-        v_loss_stop: stop early once the mean target NLL falls below this.
-        clamp_norm_factor: delta (at the edited projection's output) is kept inside a ball of
-            radius factor * ||v0||.
-        kl_factor: weight of the KL term that keeps "{subject} is a" unchanged.
+        v_loss_stop: stop early once the **total** loss (NLL + KL + weight decay) is below this
+            (published: 0.05).
+        clamp_norm_factor: delta is kept inside a ball of radius factor * ||v0|| (v0: the hidden
+            state delta is added to; see ``MemitConfig.z_space``).
+        kl_factor: weight of KL(p_now || p_before) on "{subject} is a", read at the subject's
+            last token.
         weight_decay: weight of ||delta|| / ||v0||^2.
-        n_context: number of model-generated context prefixes (plus the bare prompt).
-        context_lengths: token lengths of the prefixes, cycled over ``n_context``.
+        context_templates: ``[[length, count], ...]``: groups of model-generated context
+            prefixes (``count`` samples of ``length`` tokens, seed word included) placed before
+            the prompt; the bare prompt always comes first. Published ROME ``[[5, 10], [10, 10]]``
+            (21 prompts), MEMIT ``[[10, 5]]`` (6 prompts).
+        key_average: how the key is averaged over the prompts: ``prompts`` (uniform over all,
+            published ROME) or ``templates`` (mean within each template group, the bare prompt
+            being its own group, then the mean of the groups: published MEMIT's ½ bare prompt,
+            ½ prefixed prompts).
         use_covariance: use the second-moment statistics C (the published methods) when they
             are available; otherwise the identity is used and results say so.
         subject_match_threshold: minimum similarity for fuzzy subject localisation.
@@ -123,14 +137,15 @@ class EditMethodConfig:
     """
 
     name: str = MISSING
+    variant: str = "published"
     v_steps: int = 25
     v_lr: float = 0.5
     v_loss_stop: float = 0.05
     clamp_norm_factor: float = 4.0
     kl_factor: float = 0.0625
     weight_decay: float = 1.0e-3
-    n_context: int = 4
-    context_lengths: List[int] = field(default_factory=lambda: [5, 10])
+    context_templates: List[List[int]] = field(default_factory=lambda: [[5, 10], [10, 10]])
+    key_average: str = "prompts"
     use_covariance: bool = True
     subject_match_threshold: float = 0.6
     mode: str = "single"
@@ -143,51 +158,92 @@ class EditMethodConfig:
 @dataclass
 class RomeConfig(EditMethodConfig):
     """ROME (Meng et al., 2022); per-model values come from ``model.hparams.rome``. Shared
-    fields: :class:`EditMethodConfig`.
+    fields: :class:`EditMethodConfig` (delta lives at the MLP output projection's output).
 
     Args:
         layer: block whose MLP output projection is rewritten.
-        consistent_key: r-ROME's consistent form (the averaged key both in u and in the
-            denominator; guarantees W'k = v*). False gives the original mixed-key update.
+        consistent_key: false (published): u = C⁻¹k̄ from the averaged key, but the bare
+            prompt's key k* in the denominator of ΔW = δ uᵀ / (uᵀk*). True: r-ROME's consistent
+            form (k̄ in both; guarantees W'k̄ = v* and avoids the rare exploding edits of the
+            mixed form).
     """
 
     name: str = "rome"
     layer: int = 5
-    consistent_key: bool = True
+    consistent_key: bool = False
 
 
 @dataclass
 class MemitConfig(EditMethodConfig):
     """MEMIT (Meng et al., 2023); per-model values come from ``model.hparams.memit``. Shared
-    fields: :class:`EditMethodConfig` (the value optimisation runs at the top layer).
+    fields: :class:`EditMethodConfig`. Published defaults are the paper's GPT-J settings
+    (clamp 0.75 · ||h||, weight decay 0.5, 6 prompts, keys ½ bare ½ prefixed).
 
     Args:
         layers: blocks whose MLP output projections share the update (ascending).
         mom2_update_weight: λ in ΔW = R Kᵀ (λC + KKᵀ)⁻¹; larger keeps other keys unchanged.
+        z_space: where the target z is optimised: ``residual`` (published: the residual stream
+            after the top edited block; clamp and weight decay relative to ||h||) or
+            ``mlp_out`` (the top block's MLP output projection's output, mapped to the residual
+            stream through the block's ``mlp_out_norm``; a variant for Gemma-2/3, whose
+            post-MLP norm makes residual-space targets unreachable).
+        invert_out_norm: when the model has an ``mlp_out_norm`` (Gemma-2/3), map each layer's
+            residual share back through that norm before the least-squares update (Gauss-Newton)
+            instead of writing it to the projection's output as is (published MEMIT, which
+            assumes the MLP output is added to the residual stream unchanged). No effect on
+            models without that norm.
     """
 
     name: str = "memit"
-    clamp_norm_factor: float = 1.5
-    layers: List[int] = field(default_factory=lambda: [3, 4, 5, 6])
+    clamp_norm_factor: float = 0.75
+    weight_decay: float = 0.5
+    context_templates: List[List[int]] = field(default_factory=lambda: [[10, 5]])
+    key_average: str = "templates"
+    layers: List[int] = field(default_factory=lambda: [3, 4, 5, 6, 7, 8])
     mom2_update_weight: float = 15000.0
+    z_space: str = "residual"
+    invert_out_norm: bool = False
 
 
 MODES = ("single", "batch", "sequential", "all_languages")
 
+#: ``stats.langs`` default: the study's eight languages (covariance statistics; StatsConfig)
+STATS_LANGS = ("en", "de", "fr", "it", "es", "hi", "ta", "kn")
+
 
 @dataclass
 class LanguageConfig:
-    """One language (``conf/edit_lang/<code>.yaml``); adding a file adds the language.
+    """One language (``conf/edit_lang/<code>.yaml``); adding a file adds the language, with no
+    code change: it becomes an ``edit_lang`` option and joins the default evaluation set
+    (``eval_langs: null``), but not the covariance statistics (``stats.langs``, a fixed list), so
+    the edits existing configurations make do not change. A commented template of every field:
+    ``conf/edit_lang/_template.yaml.example``.
 
     Args:
-        code: ISO 639-1 code, also the key in datasets.
+        code: the language's code, ISO 639-1 where one exists; the file must be named
+            ``<code>.yaml``, and it is the key of the language in datasets (BMIKE-53 file names,
+            the built-in fact set's ``langs``) and in results.
         name: English name used in tables and plots.
-        script: writing system (Latin, Devanagari, Tamil, Kannada, ...).
+        script: writing system (Latin, Devanagari, Tamil, Kannada, Bengali, ...); recorded,
+            informative only (nothing branches on it).
         word_sep: what separates a prompt from its continuation when the prompt does not
-            already end in whitespace ("" for scripts written without spaces).
-        kl_prompt: the essence prompt for ROME's KL term; ``{subject}`` is replaced.
-        context_seeds: first words of the generated context prefixes.
-        context_join: appended after a generated prefix, before the prompt.
+            already end in whitespace ("" for scripts written without spaces, e.g. Chinese,
+            Japanese, Thai).
+        kl_prompt: the "essence" prompt of the value optimisation's KL term, which keeps what
+            the model says about the subject in general unchanged; ``{subject}`` is replaced.
+            Translate "{subject} is a" so that the subject comes where the language puts it.
+        context_seeds: first words of the context prefixes the model generates before the edit
+            prompt (ROME/MEMIT average the key over such prefixes), and of the
+            ``stats.corpus=generated`` samples; common sentence openers of the language ("The",
+            "Therefore", "Because", "I", "You").
+        context_join: appended after a generated prefix, before the prompt: the language's
+            sentence end and a space (". ", Hindi "। ", "" for scripts without spaces after
+            the full stop, e.g. "。").
+        answer_cue: the language's "Answer:" cue, appended to every prompt before its answer
+            when the dataset asks for it (``data.answer_format=cue``: question-style prompts on
+            base models, which otherwise tend to start an answer with a blank line). It
+            includes its leading space (e.g. ``" Answer:"``, French ``" Réponse :"``); the
+            answer follows after ``word_sep``. Empty: none (an error under ``cue``).
     """
 
     code: str = MISSING
@@ -197,6 +253,7 @@ class LanguageConfig:
     kl_prompt: str = "{subject} is a"
     context_seeds: List[str] = field(default_factory=lambda: ["The", "Therefore", "Because", "I", "You"])
     context_join: str = ". "
+    answer_cue: str = ""
 
 
 @dataclass
@@ -212,10 +269,23 @@ class DatasetConfig:
         pattern: file name pattern; ``{lang}`` is replaced by the language code (bmike53).
         file: a single file (easyedit, or a custom builtin fact file).
         lang: language of a single-language file (easyedit).
-        answer_prefix: appended to every prompt before the answer (question-style data on base
-            models, e.g. " Answer:"); empty for fill-in prompts.
+        answer_format: what is appended to every prompt (evaluation rows and edit request)
+            before its answer: ``none`` (nothing: fill-in prompts), ``cue`` (each language's
+            own ``answer_cue`` from ``conf/edit_lang/<code>.yaml``, so every evaluation
+            language and the edit request use their language's cue) or ``prefix``
+            (``answer_prefix``, the same text in every language). null: ``prefix`` when
+            ``answer_prefix`` is set, else ``none``. Every results line records it
+            (``answer_format``, and the text used in its language as ``answer_prefix``).
+        answer_prefix: the text of ``answer_format=prefix`` (e.g. " Answer:"); set with another
+            format it is an error.
         max_cases: keep the first N cases (after ``case_ids``); null keeps all.
         case_ids: keep only these case ids.
+        on_invalid: a record that breaks the format (missing or empty field, wrong type,
+            duplicate id): ``error`` stops before the model loads, naming file, case and field;
+            ``skip`` leaves that case out, prints the count and the reasons and writes them to
+            ``run_info.json`` (``invalid_records``). The public datasets' files
+            (``bmike53_*``, ``easyedit_counterfact``) use ``skip``; a file that is not valid JSON
+            is an error either way.
     """
 
     name: str = MISSING
@@ -225,9 +295,11 @@ class DatasetConfig:
     pattern: Optional[str] = None
     file: Optional[str] = None
     lang: str = "en"
+    answer_format: Optional[str] = None
     answer_prefix: str = ""
     max_cases: Optional[int] = None
     case_ids: Optional[List[str]] = None
+    on_invalid: str = "error"
 
 
 @dataclass
@@ -355,7 +427,9 @@ class LoggerConfig:
             ``results.jsonl``).
         log_every: stream metrics every N finished cases (and after the last).
         stream_protocols: protocols of the per-case ``case/<metric>_<protocol>/<eval_lang>``
-            keys (``token_acc``, ``exact``, ``prob``); the running ELFI/ELFO means and the final
+            keys (``token_acc``, ``exact``, ``prob``; locality's own ``agree_token``,
+            ``agree_exact``, ``answer_token_acc``, ``answer_exact``, ``prob_drop``, see
+            ``xling_edit.evaluation.evaluate``); the running ELFI/ELFO means and the final
             tables always have all.
         report: at the end, build the report (tables, heatmaps) into ``<job dir>/report`` and log
             it (``xling_edit.report``).
@@ -374,7 +448,7 @@ class LoggerConfig:
     mode: str = "auto"
     dir: Optional[str] = None
     log_every: int = 1
-    stream_protocols: List[str] = field(default_factory=lambda: ["token_acc"])
+    stream_protocols: List[str] = field(default_factory=lambda: ["token_acc", "agree_token"])
     report: bool = True
     n_boot: int = 1000
 
@@ -416,7 +490,13 @@ class StatsConfig:
             per language), ``generated`` (seeded samples from the model itself; slow on CPU),
             ``files`` (local text files, a document per line), ``hf`` (a Hugging Face dataset,
             streamed; needs ``datasets``) or ``none`` (identity).
-        langs: languages of the builtin/generated corpus; null = the evaluation languages.
+        langs: languages of the builtin/generated/hf corpus. Default: the study's eight
+            languages (``STATS_LANGS``: en de fr it es hi ta kn), fixed so that the edit does not
+            depend on ``eval_langs`` or on which language files exist. A language without a
+            built-in text (``xling_edit/data/stats_corpus/<code>.txt``) contributes nothing to
+            the builtin corpus; its keys then use the statistics of the languages that have one
+            (the log says so). null = the evaluation languages (the edit then depends on
+            ``eval_langs``). Recorded in the statistics cache key and in ``run_info.json``.
         per_lang: paragraphs (builtin) or generated samples per language.
         length: tokens per generated sample.
         files: text files for ``corpus=files``.
@@ -430,7 +510,7 @@ class StatsConfig:
     """
 
     corpus: str = "builtin"
-    langs: Optional[List[str]] = None
+    langs: Optional[List[str]] = field(default_factory=lambda: list(STATS_LANGS))
     per_lang: int = 40
     length: int = 64
     files: List[str] = field(default_factory=list)
@@ -495,6 +575,11 @@ class Config:
             project root or the working directory).
         strict: exit with status 3 when any case failed or was skipped (the run still records
             every case and finishes); false: exit 0 unless the job itself crashed.
+        abort_after_failures: stop the job (``job.json`` status ``failed``, exit status 1) when
+            its first N cases all failed with the same exception type, which points at a bug
+            or a configuration problem rather than at N bad cases; 0 never stops. Skipped
+            cases (subject not found, ...) do not count; once a case succeeded, or N were
+            seen, failures are recorded and the job goes on.
     """
 
     model: ModelConfig = MISSING
@@ -513,6 +598,7 @@ class Config:
     resume: Any = False
     resume_roots: List[str] = field(default_factory=lambda: ["outputs", "multirun"])
     strict: bool = True
+    abort_after_failures: int = 5
 
 
 def register_configs() -> None:
@@ -524,6 +610,26 @@ def register_configs() -> None:
 
 
 METHOD_SCHEMAS = {"rome": RomeConfig, "memit": MemitConfig}
+
+# Fields that are per-model choices in the papers too (which layers, λ), the editing mode, or
+# fast paths with identical results: not deviations from the published algorithm.
+_NOT_ALGORITHM = {"name", "variant", "layer", "layers", "mom2_update_weight", "mode", "num_edits",
+                  "subject_match_threshold", "v_from_layer", "v_head_at_targets",
+                  "cache_factorization"}
+
+
+def published_deviations(hp) -> dict:
+    """{field: value} of a method config instance whose algorithmic settings differ from the
+    schema's published defaults (recorded in every results line as ``edit.deviations``)."""
+    ref = type(hp)()
+    out = {}
+    for name in hp.__dataclass_fields__:
+        if name in _NOT_ALGORITHM:
+            continue
+        a, b = getattr(hp, name), getattr(ref, name)
+        if a != b:
+            out[name] = list(map(list, a)) if name == "context_templates" else a
+    return out
 
 
 def schema_from_mapping(schema, values):

@@ -30,7 +30,10 @@ def cfg_spec(cfg):
 
 def test_batch_moves_every_request_towards_its_target(tiny):
     name, model, tok, spec, cfg = tiny
-    ed = editor(cfg)
+    # Gemma-3 normalises the MLP output: the published residual-space spreading cannot reach z
+    # there (documented), so that architecture runs the named variant, as conf/model/gemma3_270m does
+    variant = {"z_space": "mlp_out", "invert_out_norm": True} if spec.mlp_out_norm else {}
+    ed = editor(cfg, **variant)
     reqs = [EditRequest(str(i), language("en"), f) for i, f in enumerate(FACTS)]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     h0 = ed._residual_at(model, [__import__("xling_edit.editing.value", fromlist=["x"]).prepare(
@@ -95,3 +98,18 @@ def test_hf_corpus_streams_per_language(tiny, tmp_path, monkeypatch):
     assert p._texts() == [f"{l} document {i}" for l in ("en", "hi") for i in range(3)]
     assert calls == [("wiki", "2023.en", "train", True), ("wiki", "2023.hi", "train", True)]
     assert p.label.startswith("hf:wiki") and p(0).shape[0] == p(0).shape[1]
+
+
+def test_published_memit_records_its_settings(tiny):
+    name, model, tok, spec, cfg = tiny
+    out = editor(cfg).edit(model, tok, EditRequest("0", language("en"), FACTS[0]))
+    info = out.info
+    assert info["z_space"] == "residual" and info["invert_out_norm"] is False
+    assert info["variant"] == "published"
+    # the test's own settings are listed as deviations from the published values
+    assert info["deviations"]["clamp_norm_factor"] == 50.0 and info["deviations"]["weight_decay"] == 0.0
+    assert "layers" not in info["deviations"]  # a per-model choice, not a deviation
+    gem = editor(cfg, z_space="mlp_out", invert_out_norm=True).edit(
+        model, tok, EditRequest("0", language("en"), FACTS[0])).info
+    assert gem["deviations"]["z_space"] == "mlp_out"
+    assert gem["invert_out_norm"] is bool(spec.mlp_out_norm)

@@ -85,8 +85,9 @@ def test_covariance_changes_left_vector(tiny):
     d_in = weight_as_out_in(spec.module(model, "down_proj", cfg.hparams.rome.layer)).shape[1]
     scale = torch.linspace(1, 5, d_in, dtype=torch.float64)
     _, out = edit(tiny, covariance=lambda layer: torch.diag(scale))
-    k_bar = out.tensors["k_star"].double()  # consistent form: k* is the averaged key
+    k_bar = out.tensors["k_bar"].double()  # u comes from the averaged key in both forms
     assert torch.allclose(out.tensors["u"], k_bar / scale)
+    assert torch.allclose(k_bar, out.tensors["keys"].double().mean(0))  # ROME: uniform mean
     assert out.info["covariance"] != "identity"
 
 
@@ -109,4 +110,44 @@ def test_context_prefixes_are_seeded(tiny):
     name, model, tok, spec, cfg = tiny
     a = RomeEditor(hparams(cfg), spec, seed=3).prefixes(model, tok, language("hi"))
     b = RomeEditor(hparams(cfg), spec, seed=3).prefixes(model, tok, language("hi"))
-    assert a == b and a[0] == "" and len(a) == 1 + cfg.hparams.rome.n_context
+    n = sum(count for _, count in cfg.hparams.rome.context_templates)
+    assert a == b and a[0] == "" and len(a) == 1 + n
+
+
+def test_published_context_prompts_and_seed_words():
+    from xling_edit.config import MemitConfig, RomeConfig
+    from xling_edit.editing.context import seed_word_order, template_groups
+
+    rome, memit = template_groups(RomeConfig().context_templates), template_groups(MemitConfig().context_templates)
+    assert len(rome) == 21 and rome.count(1) == 10 and rome.count(2) == 10  # bare + 10×5 + 10×10
+    assert memit == [0, 1, 1, 1, 1, 1]  # bare + 5 of 10 tokens
+    seeds = ["The", "Therefore", "Because", "I", "You"]
+    assert seed_word_order(seeds, 10) == [w for w in seeds for _ in range(2)]
+    assert seed_word_order(seeds, 5) == seeds
+
+
+def test_key_average_by_template_group():
+    from xling_edit.editing.value import average_keys
+
+    keys = torch.tensor([[6.0], [0.0], [2.0], [4.0]])  # bare, then three prefixed prompts
+    assert average_keys(keys, None).item() == 3.0  # uniform (ROME)
+    assert average_keys(keys, [0, 1, 1, 1]).item() == 4.0  # ½·6 + ½·mean(0, 2, 4) (MEMIT)
+
+
+def test_value_loss_is_published(tiny):
+    """KL read at the subject's last token of "{subject} is a", KL(p_now || p_before), early stop
+    on the total loss, and the last forward only measures."""
+    name, model, tok, spec, cfg = tiny
+    _, out = edit(tiny, v_steps=4, v_loss_stop=0.0)
+    assert out.info["steps"] == 4 and len(out.info["loss_trajectory"]) == 4
+    assert all(l >= n - 1e-4 for l, n in zip(out.info["loss_trajectory"], out.info["nll_trajectory"]))
+    # a stop threshold just above the first total loss stops at the first forward (no update)
+    _, first = edit(tiny, v_steps=4, v_loss_stop=out.info["loss_trajectory"][0] + 1e-3)
+    assert first.info["steps"] == 1 and first.info["delta_norm"] == 0.0
+    kl_prompt = "Eiffel Tower is a"
+    assert first.tensors["prompts"][-1] == kl_prompt
+    from xling_edit.evaluation.text import encode, last_token_in_span
+
+    enc = encode(tok, kl_prompt)
+    assert first.tensors["subj_pos"][-1] == last_token_in_span(enc, 0, len("Eiffel Tower"))
+    assert first.tensors["subj_pos"][-1] < len(enc.input_ids) - 1

@@ -1,20 +1,21 @@
 """MEMIT (Meng et al., 2023): many facts, several layers, one least-squares update per layer.
 
-1. For every request, a target at the last edited layer L: the value optimisation (shared with
-   ROME) finds delta at L's MLP output projection; the residual-stream change it causes is
-   Δ_i = post_L(v0_i + delta_i) - post_L(v0_i), where post_L is what the block applies to the
-   MLP output before the residual add (identity for GPT-2/Llama; Gemma-2/3's
-   ``post_feedforward_layernorm``, named by the ``mlp_out_norm`` template). z_i = h_L,i + Δ_i.
-2. For each layer l ascending, with the lower layers' updates already applied:
-   r_i = (z_i - h_L,i) / (layers left, l included) is the residual change this layer must add;
-   it is mapped back through post_l to the change d_i of the projection's output
-   (Gauss-Newton on the norm; exact for the identity), and
-   ΔW_l = D Kᵀ (λ C_l + K Kᵀ)⁻¹, solved in float64, with K the keys averaged over the context
-   prompts of each request and C_l the second moment of the projection's inputs.
+As published (defaults):
 
-Step 1's Δ and step 2's inverse keep targets and residuals in the space the edited weight
-writes to: the usual implementation, which spreads residual-stream errors straight onto the
-projections, diverges on Gemma (post-MLP norms with gains of 40-600×).
+1. For every request i, a target z_i for the residual stream after the top edited block L:
+   the value optimisation (shared with ROME; ``z_space=residual``) adds delta_i to that block's
+   output at the subject's last token of the bare prompt and 5 prefixed prompts, clamped to
+   0.75 · ||h_L,i||; z_i = h_L,i + delta_i.
+2. For each layer l ascending, with the lower layers' updates already applied: keys K (per
+   request ½ the bare prompt's key + ½ the mean of the prefixed prompts' keys),
+   R = (Z − H_L) / (layers left, l included), ΔW_l = R Kᵀ (λ C_l + K Kᵀ)⁻¹ in float64.
+
+Gemma-2/3 variant (named options, recorded in results): those blocks normalise the MLP output
+(``post_feedforward_layernorm``, gains of 40–600×) before the residual add, so a residual-space
+share written straight to a projection's output is not what reaches the stream, and the usual
+implementation diverges. ``z_space=mlp_out`` optimises delta at the top projection's output and
+converts it to residual units through that norm; ``invert_out_norm=true`` maps each layer's
+residual share back through its norm (Gauss-Newton) before the update.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ import torch
 from xling_edit.editing.base import (
     EditOutcome, EditRequest, WeightDelta, applied, register_editor,
 )
-from xling_edit.config import MemitConfig, schema_from_mapping
+from xling_edit.config import MemitConfig, published_deviations, schema_from_mapping
 from xling_edit.editing.context import PrefixedEditor
 from xling_edit.editing.value import (
-    Prepared, optimise_value, prepare, probe_at_subject, value_options,
+    Prepared, average_keys, optimise_value, prepare, probe_at_subject, value_options,
 )
 from xling_edit.evaluation.forward import model_device
 from xling_edit.models.spec import ModelSpec, is_transposed, weight_as_out_in
@@ -158,15 +159,20 @@ class MemitEditor(PrefixedEditor):
             preps.append(prepare(tok, req, self.prefixes(model, tok, req.lang),
                                  hp.subject_match_threshold, device))
 
-        # 1. targets at the top layer, in residual-stream units
-        post_top = _output_map(model, spec, top)
-        values = [optimise_value(model, spec, top, p, **value_options(hp)) for p in preps]
+        # 1. targets z at the top layer, in residual-stream units
+        space = hp.z_space
+        values = [optimise_value(model, spec, top, p, **value_options(hp, space)) for p in preps]
         with torch.no_grad():
-            resid_target = torch.stack([
-                (post_top(v.v0 + v.delta) - post_top(v.v0)) if post_top else v.delta.double()
-                for v in values])  # [n, d_model]
-        h_top0 = self._residual_at(model, preps, top)
-        z = h_top0 + resid_target
+            if space == "residual":  # v0 is h_L at the bare prompt's subject: z = h + delta
+                resid_target = torch.stack([v.delta.double() for v in values])
+                z = torch.stack([v.v0.double() for v in values]) + resid_target
+            else:  # mlp_out: the residual change the projection-output delta causes
+                post_top = _output_map(model, spec, top)
+                resid_target = torch.stack([
+                    (post_top(v.v0 + v.delta) - post_top(v.v0)) if post_top else v.delta.double()
+                    for v in values])  # [n, d_model]
+                z = self._residual_at(model, preps, top) + resid_target
+        groups = self.prompt_groups if hp.key_average == "templates" else None
 
         use_cov = bool(hp.use_covariance and self.covariance)
         if use_cov and hasattr(self.covariance, "prefetch"):
@@ -174,15 +180,18 @@ class MemitEditor(PrefixedEditor):
         # 2. spread over the layers, ascending, each seeing the updates below it
         deltas: list[WeightDelta] = []
         per_layer = []
+        key_log: dict[int, torch.Tensor] = {}
+        resid_log: dict[int, torch.Tensor] = {}
         with torch.no_grad():
             for i, layer in enumerate(layers):
                 with applied(model, deltas):  # one pass per request: keys, outputs, h_top
                     probes = [probe_at_subject(model, spec, p, layer, top) for p in preps]
                 h_top = torch.stack([h for _, _, h in probes])
-                keys = torch.stack([k[:p.n_prompts].mean(0) for (k, _, _), p in zip(probes, preps)], dim=1)
+                keys = torch.stack([average_keys(k[:p.n_prompts], groups)
+                                    for (k, _, _), p in zip(probes, preps)], dim=1)
                 outs = [v[0] for _, v, _ in probes]
                 r = (z - h_top) / (len(layers) - i)
-                post = _output_map(model, spec, layer)
+                post = _output_map(model, spec, layer) if hp.invert_out_norm else None
                 resid = torch.stack([invert_output_map(post, o, ri) for o, ri in zip(outs, r)], dim=1)
                 if (hp.cache_factorization and hp.mom2_update_weight > 0
                         and (not use_cov or hasattr(self.covariance, "solve"))):
@@ -191,6 +200,7 @@ class MemitEditor(PrefixedEditor):
                 else:  # plain: factorise λC + KKᵀ afresh at every edit
                     cov = self.covariance(layer) if use_cov else None
                     dw = memit_update(resid, keys, cov, hp.mom2_update_weight)
+                key_log[layer], resid_log[layer] = keys, resid
                 down = spec.module(model, "down_proj", layer)
                 w = weight_as_out_in(down)
                 if not torch.isfinite(dw).all():
@@ -203,10 +213,14 @@ class MemitEditor(PrefixedEditor):
                 h_final = self._residual_at(model, preps, top)
         reached = 1.0 - float(((z - h_final).norm(dim=1) / resid_target.norm(dim=1).clamp_min(1e-12)).mean())
         info = {
-            "method": "memit", "layers": layers, "n_requests": len(requests),
+            "method": "memit", "variant": hp.variant, "deviations": published_deviations(hp),
+            "layers": layers, "n_requests": len(requests), "z_space": space,
+            "invert_out_norm": bool(hp.invert_out_norm and spec.mlp_out_norm),
             "steps": [v.steps for v in values],
             "nll_before": [round(v.nll_before, 4) for v in values],
-            "nll_after": [v.trajectory[-1] if v.trajectory else None for v in values],
+            "nll_after": [round(v.trajectory[-1], 4) if v.trajectory else None for v in values],
+            "loss_after": [round(v.loss_trajectory[-1], 4) if v.loss_trajectory else None
+                           for v in values],
             "per_layer": per_layer, "target_reached": round(reached, 4),
             "covariance": (self.covariance_label or "provided") if use_cov else "identity",
             "n_context": preps[0].n_prompts,
@@ -214,7 +228,12 @@ class MemitEditor(PrefixedEditor):
             "subjects": [p.match.to_dict() for p in preps],
             "edit_s": round(time.perf_counter() - t0, 3),
         }
-        return EditOutcome(deltas=deltas, info=info, tensors={"z": z, "h_final": h_final})
+        return EditOutcome(deltas=deltas, info=info, tensors={
+            "z": z, "h_final": h_final, "keys": key_log, "resid": resid_log,
+            "loss_trajectories": [v.loss_trajectory for v in values],
+            "nll_trajectories": [v.trajectory for v in values],
+            "subj_pos": [[int(x) for x in p.subj_pos] for p in preps],
+            "prompts": [p.prompts for p in preps]})
 
     def _residual_at(self, model, preps: Sequence[Prepared], layer: int) -> torch.Tensor:
         """[n, d_model] residual stream after block ``layer`` at each bare prompt's subject."""

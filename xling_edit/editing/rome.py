@@ -1,15 +1,16 @@
-"""ROME (Meng et al., 2022): a rank-one update of one MLP output projection.
+"""ROME (Meng et al., 2022): a rank-one update of one MLP output projection, as published.
 
 1. key: the projection's input at the subject's last token, averaged over the bare prompt and
-   seeded, model-generated context prefixes;
+   20 seeded, model-generated context prefixes (``context_templates``; uniform mean);
 2. value: a vector delta added to the projection's output at the subject's last token,
    optimised so the model emits target_new (mean token NLL) while "{subject} is a" keeps its
-   next-token distribution (KL) and delta stays small (weight decay, norm clamp);
+   next-token distribution at the subject (KL) and delta stays small (weight decay, norm
+   clamp) — :func:`xling_edit.editing.value.optimise_value` with ``space="mlp_out"``;
 3. update: W <- W + delta u^T / (u^T k*), u = C^-1 k_bar (or k_bar without statistics).
 
-With ``consistent_key`` (r-ROME, the default) k* = k_bar, the key u was built from, so
-W' k* = W k* + delta exactly and no edit can blow up through a small denominator. The original
-form uses the bare prompt's key as k*.
+Published, k* is the bare prompt's key while u comes from the averaged key; that mismatch
+causes rare exploding edits. ``consistent_key=true`` (r-ROME) uses k* = k_bar, so
+W' k* = W k* + delta exactly.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from typing import Any, Callable, Mapping
 import torch
 
 from xling_edit.editing.base import EditOutcome, EditRequest, WeightDelta, register_editor
-from xling_edit.config import RomeConfig, schema_from_mapping
+from xling_edit.config import RomeConfig, published_deviations, schema_from_mapping
 from xling_edit.editing.context import PrefixedEditor
-from xling_edit.editing.value import optimise_value, prepare, value_options
+from xling_edit.editing.value import average_keys, optimise_value, prepare, value_options
 from xling_edit.evaluation.forward import model_device
 from xling_edit.models.spec import ModelSpec, is_transposed, weight_as_out_in
 
@@ -79,10 +80,10 @@ class RomeEditor(PrefixedEditor):
         t0 = time.perf_counter()
         prep = prepare(tok, request, self.prefixes(model, tok, request.lang),
                        hp.subject_match_threshold, model_device(model))
-        res = optimise_value(model, self.spec, hp.layer, prep, **value_options(hp))
+        res = optimise_value(model, self.spec, hp.layer, prep, **value_options(hp, "mlp_out"))
         down = self.spec.module(model, "down_proj", hp.layer)
         w = weight_as_out_in(down).detach()
-        k_bar = res.keys.mean(0)
+        k_bar = average_keys(res.keys, self.prompt_groups if hp.key_average == "templates" else None)
         k_star = k_bar if hp.consistent_key else res.keys[0]
         use_cov = bool(hp.use_covariance and self.covariance)
         if use_cov and hp.cache_factorization and hasattr(self.covariance, "solve"):
@@ -96,10 +97,13 @@ class RomeEditor(PrefixedEditor):
                   + (bias.double() if bias is not None else 0.0))
         stored = dw.T if is_transposed(down) else dw
         info = {
-            "method": "rome", "layer": hp.layer, "steps": res.steps,
+            "method": "rome", "variant": hp.variant, "deviations": published_deviations(hp),
+            "layer": hp.layer, "steps": res.steps,
             "nll_before": round(res.nll_before, 4),
-            "nll_after": res.trajectory[-1] if res.trajectory else None,
-            "nll_trajectory": res.trajectory, "delta_norm": float(res.delta.norm()),
+            "nll_after": round(res.trajectory[-1], 4) if res.trajectory else None,
+            "nll_trajectory": [round(x, 4) for x in res.trajectory],
+            "loss_trajectory": [round(x, 4) for x in res.loss_trajectory],
+            "delta_norm": float(res.delta.norm()),
             "v0_norm": float(res.v0.norm()),
             "update_rel_norm": float(dw.norm() / w.double().norm()),
             "covariance": (self.covariance_label or "provided") if cov is not None else "identity",
@@ -110,5 +114,8 @@ class RomeEditor(PrefixedEditor):
         return EditOutcome(
             deltas=[WeightDelta(self.spec.down_proj_weight_name(hp.layer), stored.to(w.dtype))],
             info=info,
-            tensors={"k_star": k_star, "v_star": v_star, "u": u, "delta_v": res.delta},
+            tensors={"k_star": k_star, "v_star": v_star, "u": u, "delta_v": res.delta,
+                     "delta": res.delta, "v0": res.v0, "keys": res.keys, "k_bar": k_bar,
+                     "subj_pos": [int(p) for p in prep.subj_pos], "prompts": prep.prompts,
+                     "loss_trajectory": res.loss_trajectory, "nll_trajectory": res.trajectory},
         )

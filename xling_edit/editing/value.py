@@ -1,21 +1,27 @@
 """What ROME and MEMIT share: tokenised edit requests, keys, and the value optimisation.
 
-The value optimisation adds a vector delta to an MLP output projection's output at the
-subject's last token (in every context prompt and in the KL prompt) and minimises
+The value optimisation (ROME's ``compute_v``, MEMIT's ``compute_z``) adds a vector delta to a
+hidden state at the subject's last token of every context prompt and of the KL prompt
+"{subject} is a", and minimises, as published,
 
-    mean token NLL of target_new  +  kl_factor · KL(p_before || p_now) on "{subject} is a"
-                                  +  weight_decay · |delta| / |v0|²,
+    mean over prompts of the mean token NLL of target_new
+      +  kl_factor · KL(p_now || p_before)   (next-token distribution at the subject's last
+                                              token of the KL prompt)
+      +  weight_decay · |delta| / |v0|²,
 
-projecting delta into the ball of radius clamp_norm_factor · |v0| after every Adam step and
-stopping early once the NLL is below ``loss_stop``. Working at the projection's output (the
-space the edited weight writes to) keeps the optimisation valid for blocks that normalise the
-MLP output before the residual add (Gemma-2/3).
+with Adam; after every step delta is projected into the ball of radius
+clamp_norm_factor · |v0|, and the loop stops once the **total** loss is below ``loss_stop``
+(the last of ``steps`` forwards only measures). Where delta lives (``space``):
+
+- ``mlp_out``: the MLP output projection's output (published ROME); v0 = that output;
+- ``residual``: the residual stream after the block (published MEMIT); v0 = the block's output.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +49,7 @@ class Prepared:
     tgt: torch.Tensor  # target token ids at those positions (KL excluded)
     seg: torch.Tensor  # which prompt each target token belongs to
     n_tok: torch.Tensor  # target tokens per prompt
+    prompts: list[str]  # prefix + prompt (+ answer prefix), without the target; then the KL prompt
 
     @property
     def n_prompts(self) -> int:
@@ -66,7 +73,8 @@ def prepare(tok, request: EditRequest, prefixes: list[str], threshold: float, de
     kl_text = lang["kl_prompt"].format(subject=rec.subject)
     kl_enc = encode(tok, kl_text)
     ks = kl_text.find(rec.subject)
-    subj.append(last_token_in_span(kl_enc, ks, ks + len(rec.subject)))
+    kl_subj = last_token_in_span(kl_enc, ks, ks + len(rec.subject))
+    subj.append(kl_subj)
     ids, mask = pad_right([e.input_ids for e in encs] + [kl_enc.input_ids], tok.pad_token_id, device)
     rows, pos, tgt, seg = [], [], [], []
     for r, e in enumerate(encs):
@@ -75,12 +83,29 @@ def prepare(tok, request: EditRequest, prefixes: list[str], threshold: float, de
             pos.append(p - 1)
             tgt.append(e.input_ids[p])
             seg.append(r)
+    # Published compute_v / compute_z read the KL distribution at the subject's last token of
+    # the KL prompt (not at the prompt's last token).
     rows.append(len(encs))
-    pos.append(len(kl_enc.input_ids) - 1)
+    pos.append(kl_subj)
     t = lambda x: torch.tensor(x, device=device)  # noqa: E731
     seg_t = t(seg)
     return Prepared(match, encs, ids, mask, t(subj), t(rows), t(pos), t(tgt), seg_t,
-                    torch.bincount(seg_t, minlength=len(encs)).float())
+                    torch.bincount(seg_t, minlength=len(encs)).float(),
+                    [pre + prompt for pre in prefixes] + [kl_text])
+
+
+def average_keys(keys: torch.Tensor, groups: Sequence[int] | None) -> torch.Tensor:
+    """Mean key over the context prompts ([n_prompts, d] -> [d]).
+
+    ``groups`` None: uniform over all prompts (published ROME). Otherwise the prompts' context
+    template groups (the bare prompt is group 0): mean within each group, then the mean of the
+    group means (published MEMIT: ½ bare prompt, ½ mean of the prefixed prompts)."""
+    if groups is None:
+        return keys.mean(0)
+    g = torch.as_tensor(list(groups), device=keys.device)
+    if g.numel() != keys.shape[0]:
+        raise ValueError(f"{keys.shape[0]} keys but {g.numel()} group labels")
+    return torch.stack([keys[g == i].mean(0) for i in torch.unique(g)]).mean(0)
 
 
 def target_nll(logits: torch.Tensor, prep: Prepared) -> torch.Tensor:
@@ -126,21 +151,27 @@ def probe_at_subject(model, spec: ModelSpec, prep: Prepared, layer: int, top: in
 
 @dataclass
 class ValueResult:
-    delta: torch.Tensor  # optimised addition to the projection output at the subject
-    v0: torch.Tensor  # the bare prompt's projection output at the subject
-    keys: torch.Tensor  # [n_prompts, d_in] the projection's inputs at the subject, per prompt
+    delta: torch.Tensor  # optimised addition at the subject (in ``space``)
+    v0: torch.Tensor  # the bare prompt's hidden state there (what delta is measured against)
+    keys: torch.Tensor  # [n_prompts, d_in] the layer's projection inputs at the subject, per prompt
     nll_before: float
-    trajectory: list[float]
-    steps: int
+    trajectory: list[float]  # mean target NLL at every forward
+    steps: int  # forwards run (the last one only measures, as published)
+    loss_trajectory: list[float] = field(default_factory=list)  # total loss at every forward
+    space: str = "mlp_out"
+
+
+SPACES = ("mlp_out", "residual")
 
 
 def optimise_value(model, spec: ModelSpec, layer: int, prep: Prepared, *, steps: int, lr: float,
                    loss_stop: float, clamp_norm_factor: float, kl_factor: float,
-                   weight_decay: float, from_layer: bool = True,
+                   weight_decay: float, space: str = "mlp_out", from_layer: bool = True,
                    head_at_targets: bool = True) -> ValueResult:
-    """Optimise delta at block ``layer``'s projection output (see the module docstring).
+    """Optimise delta at block ``layer`` (see the module docstring); ``space`` is ``mlp_out``
+    (the down-projection's output) or ``residual`` (the block's output).
 
-    Fast paths (same loss trajectory; tests compare them with the plain forms):
+    Fast paths (same loss trajectory; the oracle tests compare them with a plain form):
 
     - ``from_layer``: delta enters at block ``layer``, so blocks below it compute the same thing
       at every step; their output is computed once and each step runs blocks ``layer`` and up
@@ -148,20 +179,25 @@ def optimise_value(model, spec: ModelSpec, layer: int, prep: Prepared, *, steps:
     - ``head_at_targets``: the forward stops after the final norm and the LM head is applied at
       the target and KL positions only (plain: full logits at every position).
     """
+    if space not in SPACES:
+        raise ValueError(f"value space {space!r} unknown; one of {list(SPACES)}")
     down = spec.module(model, "down_proj", layer)
+    site = down if space == "mlp_out" else spec.module(model, "layer", layer)
     cap: dict = {}
-    h = down.register_forward_hook(lambda m, i, o: cap.update(k=i[0], v=o))
+    hk = down.register_forward_hook(lambda m, i, o: cap.update(k=i[0]))
+    hv = site.register_forward_hook(lambda m, i, o: cap.update(v=o[0] if isinstance(o, tuple) else o))
     below = capture_output(spec.module(model, "layer", layer - 1)) if (from_layer and layer > 0) else None
     try:
         with torch.no_grad(), (below if below is not None else nullcontext()) as low:
             logits0 = _logits(model, spec, prep, head_at_targets)
     finally:
-        h.remove()
+        hk.remove()
+        hv.remove()
     lower = low["out"].detach() if below is not None else None
     n = prep.n_prompts
     keys = cap["k"][torch.arange(n, device=prep.ids.device), prep.subj_pos[:n]].detach().float()
     v0 = cap["v"][0, prep.subj_pos[0]].detach().float()
-    kl_ref = torch.log_softmax(logits0[-1:], dim=-1)
+    kl_before = torch.log_softmax(logits0[-1:], dim=-1)
     nll0 = float(target_nll(logits0[:-1], prep))
     del logits0
     cap.clear()
@@ -170,22 +206,32 @@ def optimise_value(model, spec: ModelSpec, layer: int, prep: Prepared, *, steps:
     sel[torch.arange(n + 1, device=prep.ids.device), prep.subj_pos] = 1.0
     delta = torch.zeros_like(v0, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
-    radius = clamp_norm_factor * float(v0.norm())
-    h = down.register_forward_hook(lambda m, i, o: o + sel.to(o.dtype) * delta.to(o.dtype))
+    v0_norm = v0.norm()
+    radius = clamp_norm_factor * float(v0_norm)
+
+    def add_delta(_m, _i, o):
+        if isinstance(o, tuple):
+            return (o[0] + sel.to(o[0].dtype) * delta.to(o[0].dtype),) + tuple(o[1:])
+        return o + sel.to(o.dtype) * delta.to(o.dtype)
+
+    h = site.register_forward_hook(add_delta)
     trajectory: list[float] = []
+    losses: list[float] = []
     step = 0
     try:
         with skip_below(model, spec, layer if lower is not None else 0, lower):
             for step in range(1, steps + 1):
                 logits = _logits(model, spec, prep, head_at_targets)
                 nll = target_nll(logits[:-1], prep)
-                kl = F.kl_div(torch.log_softmax(logits[-1:], dim=-1), kl_ref, log_target=True,
-                              reduction="batchmean")
-                loss = nll + kl_factor * kl + weight_decay * delta.norm() / v0.norm() ** 2
-                trajectory.append(round(float(nll.detach()), 4))
+                kl_now = torch.log_softmax(logits[-1:], dim=-1)
+                # F.kl_div(input, target) = KL(target || input): KL(p_now || p_before), as published
+                kl = F.kl_div(kl_before, kl_now, log_target=True, reduction="batchmean")
+                loss = nll + kl_factor * kl + weight_decay * delta.norm() / v0_norm ** 2
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite value loss at step {step}")
-                if trajectory[-1] < loss_stop:
+                trajectory.append(float(nll.detach()))
+                losses.append(float(loss.detach()))
+                if losses[-1] < loss_stop or step == steps:
                     break
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -195,14 +241,14 @@ def optimise_value(model, spec: ModelSpec, layer: int, prep: Prepared, *, steps:
                 del logits, nll, kl, loss
     finally:
         h.remove()
-    return ValueResult(delta.detach(), v0, keys, nll0, trajectory, step)
+    return ValueResult(delta.detach(), v0, keys, nll0, trajectory, step, losses, space)
 
 
-def value_options(hp) -> dict:
+def value_options(hp, space: str = "mlp_out") -> dict:
     """:func:`optimise_value`'s settings from a method config (``RomeConfig`` / ``MemitConfig``)."""
     return dict(steps=hp.v_steps, lr=hp.v_lr, loss_stop=hp.v_loss_stop,
                 clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor,
-                weight_decay=hp.weight_decay, from_layer=hp.v_from_layer,
+                weight_decay=hp.weight_decay, space=space, from_layer=hp.v_from_layer,
                 head_at_targets=hp.v_head_at_targets)
 
 
