@@ -1,9 +1,13 @@
 """Entry point: ``python run.py [overrides]`` / ``python run.py -m edit_lang=en,hi,ta``.
 
 Exit status: 0; 3 when ``strict`` (the default) and some case failed or was skipped (every case
-is still recorded, see ``run_info.json``); 1 when a job crashed.
+is still recorded, see ``run_info.json``); 2 for a configuration or data error (one line
+``error: ...``, before any weights load; ``HYDRA_FULL_ERROR=1`` shows the traceback); 1 when a
+job crashed or was aborted (``abort_after_failures``).
 """
 
+import logging
+import os
 import sys
 
 import hydra
@@ -17,9 +21,21 @@ _exit_codes: list[int] = []
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from xling_edit.errors import UserError
     from xling_edit.pipeline import exit_code, run
 
-    _exit_codes.append(exit_code(run(cfg), bool(cfg.strict)))
+    try:
+        _exit_codes.append(exit_code(run(cfg), bool(cfg.strict)))
+    except UserError as exc:  # configuration / data: one line, no traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        message = " ".join(str(exc).split())
+        record = logging.LogRecord("xling_edit", logging.ERROR, __file__, 0, message, None, None)
+        for handler in logging.getLogger().handlers:  # the job's run.log, not the console again
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        _exit_codes.append(exc.exit_code)
 
 
 if __name__ == "__main__":

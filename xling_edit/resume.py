@@ -57,6 +57,21 @@ def write_job_file(out: Path, fp: str, cfg: DictConfig, status: str, **extra: An
     write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
+def mark_failed(out: Path, fp: str, exc: BaseException) -> None:
+    """A job that raised: its ``job.json`` (when this job wrote one and it still says
+    ``running``) becomes ``failed`` with the error, so nobody mistakes it for a live job."""
+    path = out / JOB_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if data.get("fingerprint") != fp or data.get("status") != "running":
+        return
+    data.update(status="failed", updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                error=f"{type(exc).__name__}: {exc}".strip())
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
 def find_previous(roots: Iterable[Path], fp: str, exclude: Path | None = None) -> Path | None:
     """The most recently updated job directory under ``roots`` whose ``job.json`` has
     fingerprint ``fp`` (``exclude``, the new job's own directory, is never returned)."""

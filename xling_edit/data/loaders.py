@@ -2,6 +2,11 @@
 
 A case that lacks a language is kept for the languages it has; the missing (case, language)
 pairs are counted in ``missing`` and reported in the run summary, never dropped silently.
+
+A record that breaks the format (a missing or empty field, a wrong type, a duplicate id) is an
+error, or with ``on_invalid="skip"`` costs its case only: the case is left out and listed in
+``invalid`` (file, case, field, problem), which the run prints and writes to ``run_info.json``.
+A file that is not JSON at all, or not a list of records, is always an error.
 """
 
 from __future__ import annotations
@@ -18,10 +23,30 @@ from typing import Any, Iterable, Mapping, Sequence
 from xling_edit.data.schema import (
     QA, DataError, EditCase, LangRecord, record_from_schema, require_str, str_list,
 )
+from xling_edit.errors import ConfigError, MissingData
 
 log = logging.getLogger(__name__)
 
 BUILTIN_FILE = "builtin_facts.json"
+ON_INVALID = ("error", "skip")
+
+
+class _Invalid:
+    """Collects invalid records under ``on_invalid=skip``; re-raises under ``error``."""
+
+    def __init__(self, policy: str):
+        if policy not in ON_INVALID:
+            raise ConfigError(f"data.on_invalid={policy!r}; choose one of {list(ON_INVALID)}")
+        self.policy = policy
+        self.records: list[dict] = []
+        self.case_ids: set[str] = set()
+
+    def add(self, exc: DataError, case_id: str | None = None) -> None:
+        if self.policy == "error":
+            raise exc
+        self.records.append(exc.as_dict())
+        if case_id is not None:
+            self.case_ids.add(str(case_id))
 
 
 @dataclass
@@ -31,6 +56,8 @@ class LoadedDataset:
     # (language -> number of cases lacking it) among the returned cases
     missing: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    # records left out under on_invalid=skip: {file, case, field, problem}
+    invalid: list[dict] = field(default_factory=list)
 
     def count_missing(self, langs: Iterable[str]) -> None:
         self.missing = Counter()
@@ -58,7 +85,7 @@ def resolve_path(root: str | None, *parts: str | None, project_root: Path | None
 
 def _read_json(path: Path) -> Any:
     if not path.exists():
-        raise FileNotFoundError(f"dataset file not found: {path}")
+        raise MissingData(f"dataset file not found: {path} (check data.root / data.dir / data.file)")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -67,7 +94,7 @@ def _read_json(path: Path) -> Any:
 
 
 # ---------------------------------------------------------------- built-in multilingual facts
-def load_builtin(file: str | Path | None = None) -> LoadedDataset:
+def load_builtin(file: str | Path | None = None, on_invalid: str = "error") -> LoadedDataset:
     if file is None:
         path = Path(str(importlib.resources.files("xling_edit.data").joinpath(BUILTIN_FILE)))
     else:
@@ -77,21 +104,27 @@ def load_builtin(file: str | Path | None = None) -> LoadedDataset:
     if not isinstance(facts, list):
         raise DataError(str(path), None, "facts", "expected a top-level object with a 'facts' list")
     cases, seen = [], set()
+    invalid = _Invalid(on_invalid)
     for i, fact in enumerate(facts):
-        if not isinstance(fact, Mapping):
-            raise DataError(str(path), i, "<case>", "expected an object")
-        cid = require_str(fact, "case_id", file=str(path), case=i)
-        if cid in seen:
-            raise DataError(str(path), cid, "case_id", "duplicate")
-        seen.add(cid)
-        langs = fact.get("langs")
-        if not isinstance(langs, Mapping) or not langs:
-            raise DataError(str(path), cid, "langs", "expected an object keyed by language code")
-        case = EditCase(case_id=cid, relation=fact.get("relation"))
-        for lang, rec in langs.items():
-            case.langs[lang] = record_from_schema(rec, file=str(path), case=cid, lang=lang)
+        cid = None
+        try:
+            if not isinstance(fact, Mapping):
+                raise DataError(str(path), i, "<case>", "expected an object")
+            cid = require_str(fact, "case_id", file=str(path), case=i)
+            if cid in seen:
+                raise DataError(str(path), cid, "case_id", "duplicate")
+            seen.add(cid)
+            langs = fact.get("langs")
+            if not isinstance(langs, Mapping) or not langs:
+                raise DataError(str(path), cid, "langs", "expected an object keyed by language code")
+            case = EditCase(case_id=cid, relation=fact.get("relation"))
+            for lang, rec in langs.items():
+                case.langs[lang] = record_from_schema(rec, file=str(path), case=cid, lang=lang)
+        except DataError as exc:
+            invalid.add(exc, cid)
+            continue
         cases.append(case)
-    return LoadedDataset(name="builtin", cases=cases)
+    return LoadedDataset(name="builtin", cases=cases, invalid=invalid.records)
 
 
 # ---------------------------------------------------------------- BMIKE-53 / zsRE-style halves
@@ -118,45 +151,60 @@ def record_from_bmike(d: Any, *, file: str, case: Any, lang: str) -> LangRecord:
     )
 
 
-def load_bmike53(directory: Path, pattern: str, langs: Sequence[str], name: str) -> LoadedDataset:
-    """Per-language files, row-aligned by case_id; English comes from the ``en`` halves."""
+def load_bmike53(directory: Path, pattern: str, langs: Sequence[str], name: str,
+                 on_invalid: str = "error", report: bool = True) -> LoadedDataset:
+    """Per-language files, row-aligned by case_id; English comes from the ``en`` halves (of
+    every file read; with English alone, of the first file matching ``pattern``)."""
     if "{lang}" not in pattern:
-        raise ValueError(f"data.pattern must contain '{{lang}}', got {pattern!r}")
+        raise ConfigError(f"data.pattern must contain '{{lang}}', got {pattern!r}")
     if not directory.is_dir():
-        raise FileNotFoundError(f"BMIKE-53 directory not found: {directory} (set data.root/data.dir)")
+        raise MissingData(f"BMIKE-53 directory not found: {directory} (set data.root / data.dir)")
     cases: dict[str, EditCase] = {}
     order: list[str] = []
     notes = []
-    for lang in [l for l in langs if l != "en"]:
-        path = directory / pattern.format(lang=lang)
+    invalid = _Invalid(on_invalid)
+    files = [(lang, directory / pattern.format(lang=lang)) for lang in langs if lang != "en"]
+    if not files:  # English only: every file holds the English halves; read one
+        found = sorted(directory.glob(pattern.replace("{lang}", "*")))
+        if found:
+            files = [(None, found[0])]
+            notes.append(f"English halves read from {found[0].name}")
+    for lang, path in files:
         if not path.exists():
             notes.append(f"no file for language {lang!r} ({path.name}); all cases lack {lang}")
-            log.warning(notes[-1])
+            if report:
+                log.warning(notes[-1])
             continue
         rows = _read_json(path)
         if not isinstance(rows, list):
             raise DataError(str(path), None, "<file>", "expected a JSON list of records")
         for i, row in enumerate(rows):
-            if not isinstance(row, Mapping):
-                raise DataError(str(path), i, "<record>", "expected an object")
-            en = row.get("en")
-            anchor = en if isinstance(en, Mapping) else row.get(lang)
-            if not isinstance(anchor, Mapping) or "case_id" not in anchor:
-                raise DataError(str(path), i, "en.case_id", "missing")
-            cid = str(anchor["case_id"])
-            if cid not in cases:
-                cases[cid] = EditCase(case_id=cid)
-                order.append(cid)
-            case = cases[cid]
-            if isinstance(en, Mapping) and "en" not in case.langs:
-                case.langs["en"] = record_from_bmike(en, file=str(path), case=cid, lang="en")
-            half = row.get(lang)
-            if half is not None:
-                case.langs[lang] = record_from_bmike(half, file=str(path), case=cid, lang=lang)
+            cid = None
+            try:
+                if not isinstance(row, Mapping):
+                    raise DataError(str(path), i, "<record>", "expected an object")
+                en = row.get("en")
+                anchor = en if isinstance(en, Mapping) else row.get(lang)
+                if not isinstance(anchor, Mapping) or "case_id" not in anchor:
+                    raise DataError(str(path), i, "en.case_id", "missing")
+                cid = str(anchor["case_id"])
+                if cid not in cases:
+                    cases[cid] = EditCase(case_id=cid)
+                    order.append(cid)
+                case = cases[cid]
+                if isinstance(en, Mapping) and "en" not in case.langs:
+                    case.langs["en"] = record_from_bmike(en, file=str(path), case=cid, lang="en")
+                half = row.get(lang) if lang is not None else None
+                if half is not None:
+                    case.langs[lang] = record_from_bmike(half, file=str(path), case=cid, lang=lang)
+            except DataError as exc:
+                invalid.add(exc, cid)
     if not cases:
-        raise FileNotFoundError(
+        raise MissingData(
             f"no BMIKE-53 files matching {pattern!r} in {directory} for languages {list(langs)}")
-    return LoadedDataset(name=name, cases=[cases[c] for c in order], notes=notes)
+    order = [c for c in order if c not in invalid.case_ids]
+    return LoadedDataset(name=name, cases=[cases[c] for c in order], notes=notes,
+                         invalid=invalid.records)
 
 
 # ---------------------------------------------------------------- EasyEdit / ROME single language
@@ -199,49 +247,69 @@ def record_from_easyedit(d: Mapping, *, file: str, case: Any) -> LangRecord:
     )
 
 
-def load_easyedit(path: Path, lang: str, name: str) -> LoadedDataset:
+def load_easyedit(path: Path, lang: str, name: str, on_invalid: str = "error") -> LoadedDataset:
     rows = _read_json(path)
     if not isinstance(rows, list):
         raise DataError(str(path), None, "<file>", "expected a JSON list of records")
     cases = []
+    invalid = _Invalid(on_invalid)
     for i, row in enumerate(rows):
-        if not isinstance(row, Mapping):
-            raise DataError(str(path), i, "<record>", "expected an object")
-        cid = str(row.get("case_id", i))
-        cases.append(EditCase(case_id=cid, langs={lang: record_from_easyedit(row, file=str(path), case=cid)}))
-    return LoadedDataset(name=name, cases=cases)
+        try:
+            if not isinstance(row, Mapping):
+                raise DataError(str(path), i, "<record>", "expected an object")
+            cid = str(row.get("case_id", i))
+            cases.append(EditCase(case_id=cid, langs={lang: record_from_easyedit(row, file=str(path), case=cid)}))
+        except DataError as exc:
+            invalid.add(exc)
+    return LoadedDataset(name=name, cases=cases, invalid=invalid.records)
 
 
 # ---------------------------------------------------------------- front door
 def load_dataset(cfg: Mapping[str, Any], langs: Sequence[str],
-                 project_root: Path | None = None) -> LoadedDataset:
-    """Load the dataset a ``data`` config describes, select cases, count missing languages."""
+                 project_root: Path | None = None, report: bool = True) -> LoadedDataset:
+    """Load the dataset a ``data`` config describes, select cases, count missing languages.
+
+    ``cfg["on_invalid"]``: ``error`` (default) or ``skip`` (see the module doc). ``report``: log
+    what was skipped or is missing (off for the checks made before the model loads)."""
     loader = cfg["loader"]
     name = cfg.get("name") or loader
+    policy = str(cfg.get("on_invalid") or "error")
     if loader == "builtin":
         file = cfg.get("file")
-        ds = load_builtin(resolve_path(None, file, project_root=project_root) if file else None)
+        ds = load_builtin(resolve_path(None, file, project_root=project_root) if file else None,
+                          on_invalid=policy)
     elif loader == "bmike53":
         directory = resolve_path(cfg.get("root"), cfg.get("dir"), project_root=project_root)
-        ds = load_bmike53(directory, cfg.get("pattern") or "", langs, name)
+        ds = load_bmike53(directory, cfg.get("pattern") or "", langs, name, on_invalid=policy,
+                          report=report)
     elif loader == "easyedit":
         path = resolve_path(cfg.get("root"), cfg.get("file"), project_root=project_root)
-        ds = load_easyedit(path, cfg.get("lang") or "en", name)
+        ds = load_easyedit(path, cfg.get("lang") or "en", name, on_invalid=policy)
     else:
-        raise ValueError(f"unknown data.loader {loader!r}; one of builtin, bmike53, easyedit")
+        raise ConfigError(f"unknown data.loader {loader!r}; one of builtin, bmike53, easyedit")
+    if ds.invalid and report:
+        log.warning("data.on_invalid=skip: %d invalid record(s) left out, %d cases kept: %s",
+                    len(ds.invalid), len(ds.cases), "; ".join(
+                        f"{r['file'].rsplit('/', 1)[-1]} case {r['case']}: {r['field']}: {r['problem']}"
+                        for r in ds.invalid[:5]) + (" ..." if len(ds.invalid) > 5 else ""))
     ds.name = name
+    if not ds.cases:
+        raise DataError(name, None, "<dataset>", f"no valid cases ({len(ds.invalid)} invalid record(s) "
+                        f"skipped; first: {ds.invalid[0] if ds.invalid else None})")
     ids = cfg.get("case_ids")
     if ids:
         wanted = [str(i) for i in ids]
         by_id = {c.case_id: c for c in ds.cases}
         unknown = [i for i in wanted if i not in by_id]
         if unknown:
-            raise ValueError(f"data.case_ids not in dataset {name!r}: {unknown[:10]}")
+            skipped = {r["case"] for r in ds.invalid}
+            why = [f"{i} (invalid record, skipped)" if i in skipped else i for i in unknown[:10]]
+            raise ConfigError(f"data.case_ids not in dataset {name!r}: {why}")
         ds.cases = [by_id[i] for i in wanted]
     max_cases = cfg.get("max_cases")
     if max_cases is not None:
         if max_cases < 1:
-            raise ValueError(f"data.max_cases must be >= 1, got {max_cases}")
+            raise ConfigError(f"data.max_cases must be >= 1 (null keeps every case), got {max_cases}")
         ds.cases = ds.cases[: int(max_cases)]
     ds.count_missing(langs)
     return ds

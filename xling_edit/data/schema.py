@@ -5,13 +5,23 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from xling_edit.errors import UserError
 
-class DataError(ValueError):
-    """Malformed input; the message names the file, the case and the field."""
+
+class DataError(UserError, ValueError):
+    """Malformed input; the message names the file, the case and the field (printed by
+    ``run.py`` in one line, see :mod:`xling_edit.errors`)."""
 
     def __init__(self, file: str, case: Any, field_name: str, problem: str):
-        self.file, self.case, self.field = file, case, field_name
-        super().__init__(f"{file}: case {case!r}: field {field_name!r}: {problem}")
+        self.file, self.case, self.field, self.problem = file, case, field_name, problem
+        where = "" if case is None else f" case {case!r}:"
+        what = "" if field_name.startswith("<") else f" field {field_name!r}:"
+        super().__init__(f"{file}:{where}{what} {problem}")
+
+    def as_dict(self) -> dict:
+        """What ``run_info.json`` records for a record skipped under ``data.on_invalid=skip``."""
+        return {"file": self.file, "case": None if self.case is None else str(self.case),
+                "field": self.field, "problem": self.problem}
 
 
 @dataclass(frozen=True)

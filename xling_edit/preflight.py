@@ -1,0 +1,161 @@
+"""Everything a job can check before the model's weights load.
+
+:func:`check` validates, in this order: values left missing (``???``), interpolations, the
+languages (``eval_langs``, ``stats.langs``), the method (known fields, mode, group size), the
+dataset (read in full: a bad file or record fails here, naming file, case and field), and the
+model: its files are reachable (local checkpoint, Hugging Face cache, or downloads allowed) and
+every module template resolves on its module tree, built on the ``meta`` device from its config
+(no weights, no memory), with the edited layers inside its depth. A failure raises a
+:class:`~xling_edit.errors.UserError` whose message is one line; ``run.py`` prints just that.
+
+Where a model's structure cannot be known without loading it (a GGUF package converted for the
+first time, a TIES merge), :func:`check_loaded` makes the same template check right after
+loading, before anything else runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from xling_edit.config import MODES
+from xling_edit.errors import ConfigError, UserError
+
+log = logging.getLogger(__name__)
+
+
+def check(cfg: DictConfig) -> dict[str, Any]:
+    """Validate ``cfg`` without loading weights (see the module doc); returns what was found:
+    ``eval_langs``, ``stats_langs``, ``edit_layers``, ``n_cases``, ``templates_checked``."""
+    try:
+        return _check(cfg)
+    except UserError:
+        raise
+    except (ValueError, KeyError, OSError, OmegaConfBaseException) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(first) from exc
+
+
+def _check(cfg: DictConfig) -> dict[str, Any]:
+    from xling_edit.data import load_dataset
+    from xling_edit.editing.base import EDITORS
+    from xling_edit.languages import PROJECT_ROOT, find_conf_dir, load_languages, resolve_eval_langs
+    from xling_edit.pipeline import method_config
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"no value given for {', '.join(missing)} (marked ??? in its config file); "
+                          f"set it on the command line, e.g. {missing[0]}=...")
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+    registry = load_languages(find_conf_dir())
+    edit_code = str(cfg.edit_lang.code)
+    registry[edit_code] = cfg.edit_lang
+    eval_langs = resolve_eval_langs(cfg.eval_langs, registry, edit_code)
+
+    mcfg = method_config(cfg)
+    mode, group = str(mcfg.get("mode", "single")), int(mcfg.get("num_edits", 1))
+    if mode not in MODES:
+        raise ConfigError(f"method.mode={mode!r} unknown; one of {list(MODES)}")
+    if mcfg.name not in EDITORS:
+        raise ConfigError(f"unknown method {mcfg.name!r}; available: {sorted(EDITORS)}")
+    if mode in ("batch", "all_languages") and not getattr(EDITORS[mcfg.name], "batched", False):
+        raise ConfigError(f"method.mode={mode} needs a method that edits many facts at once (memit)")
+    if group < 1:
+        raise ConfigError(f"method.num_edits must be >= 1, got {group}")
+    layers, option = edit_layers(mcfg)
+
+    stats = stats_langs(cfg, eval_langs)
+    _check_stats(cfg, stats, registry, edit_code, bool(mcfg.get("use_covariance", True)))
+
+    ds = load_dataset(cfg.data, eval_langs, project_root=PROJECT_ROOT, report=False)
+
+    checked = False
+    if cfg.merge.name == "none":
+        from xling_edit.models.loading import model_skeleton
+        from xling_edit.models.spec import ModelSpec
+
+        skeleton = model_skeleton(cfg.model)
+        if skeleton is not None:
+            ModelSpec.from_config(cfg.model.templates).check(
+                skeleton, layers, f"model {cfg.model.name}", option)
+            checked = True
+    if not checked:
+        log.info("model templates are checked once the model is loaded (its structure is not "
+                 "known before: %s)", "TIES merge" if cfg.merge.name != "none" else
+                 "GGUF package converted on first use")
+    log.info("checked before loading: %d cases, eval languages %s, %s %s, statistics languages %s",
+             len(ds.cases), eval_langs, option, layers, stats)
+    return {"eval_langs": eval_langs, "stats_langs": stats, "edit_layers": layers,
+            "n_cases": len(ds.cases), "templates_checked": checked}
+
+
+def check_loaded(model, cfg: DictConfig, name: str | None = None) -> None:
+    """The template and layer check of :func:`check` on a loaded model."""
+    from xling_edit.models.spec import ModelSpec
+    from xling_edit.pipeline import method_config
+
+    layers, option = edit_layers(method_config(cfg))
+    ModelSpec.from_config(cfg.model.templates).check(model, layers, f"model {name or cfg.model.name}",
+                                                     option)
+
+
+def edit_layers(mcfg) -> tuple[list[int], str]:
+    """(the layers the method edits, the option naming them)."""
+    if "layers" in mcfg:
+        return [int(l) for l in mcfg.layers], "method.layers"
+    return [int(mcfg.layer)], "method.layer"
+
+
+def stats_langs(cfg: DictConfig, eval_langs) -> list[str]:
+    """The languages of the covariance statistics: ``stats.langs`` (default: the study's eight,
+    fixed), or the evaluation languages when it is null."""
+    langs = cfg.stats.langs
+    return [str(c) for c in (langs if langs is not None and len(langs) else eval_langs)]
+
+
+def _check_stats(cfg, langs: list[str], registry: dict, edit_code: str, used: bool) -> None:
+    from xling_edit.editing.stats import has_builtin_text
+
+    corpus = str(cfg.stats.corpus)
+    if corpus not in ("builtin", "generated", "files", "hf", "none"):
+        raise ConfigError(f"stats.corpus={corpus!r}; one of builtin, generated, files, hf, none")
+    if not used or corpus == "none":
+        return
+    if corpus == "files":
+        import os
+
+        files = [str(f) for f in cfg.stats.files]
+        absent = [f for f in files if not os.path.isfile(f)]
+        if not files or absent:
+            raise ConfigError(f"stats.corpus=files needs readable stats.files; "
+                              f"{'none given' if not files else f'not found: {absent}'}")
+        return
+    if corpus == "hf" and not cfg.stats.hf_path:
+        raise ConfigError("stats.corpus=hf needs stats.hf_path (e.g. wikimedia/wikipedia)")
+    if corpus in ("generated", "hf"):
+        unknown = [c for c in langs if c not in registry]
+        if corpus == "generated" and unknown:
+            raise ConfigError(f"stats.langs {unknown}: no conf/edit_lang file (stats.corpus=generated "
+                              f"starts from each language's context_seeds); available: {sorted(registry)}")
+        return
+    if corpus != "builtin":
+        return
+    with_text = [c for c in langs if has_builtin_text(c)]
+    without = [c for c in langs if c not in with_text]
+    if not with_text:
+        raise ConfigError(f"stats.langs {langs}: none has a built-in statistics text "
+                          f"(xling_edit/data/stats_corpus/<code>.txt)")
+    if without:
+        log.warning("stats.langs %s have no built-in statistics text and add nothing to the "
+                    "statistics (they come from %s)", without, "+".join(with_text))
+    if edit_code not in with_text:
+        why = ("it has no built-in statistics text (xling_edit/data/stats_corpus/"
+               f"{edit_code}.txt)" if not has_builtin_text(edit_code) else "it is not in stats.langs")
+        log.warning("edit language %s: the covariance statistics of its keys come from the "
+                    "builtin corpus in %s (stats.langs), not from %s text: %s. To add it: put a "
+                    "text in stats_corpus/%s.txt and %s in stats.langs, or use stats.corpus="
+                    "files/hf", edit_code, "+".join(with_text), edit_code, why, edit_code, edit_code)
