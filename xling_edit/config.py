@@ -118,7 +118,10 @@ class EditMethodConfig:
             ½ prefixed prompts).
         use_covariance: use the second-moment statistics C (the published methods) when they
             are available; otherwise the identity is used and results say so.
-        subject_match_threshold: minimum similarity for fuzzy subject localisation.
+        subject_match_threshold: subject localisation (editing/localize.py): the similarity
+            every non-identical subject word must reach with its prompt counterpart (difflib
+            ratio of spellings, or of consonant skeletons across scripts); higher skips more
+            cases rather than read the key at a wrong token.
         mode: ``single`` (one case per edit, restored after each), ``sequential``
             (``num_edits`` cases edited one after another without restoring, all evaluated
             after the last), ``batch`` (``num_edits`` cases in one update) or
@@ -147,7 +150,7 @@ class EditMethodConfig:
     context_templates: List[List[int]] = field(default_factory=lambda: [[5, 10], [10, 10]])
     key_average: str = "prompts"
     use_covariance: bool = True
-    subject_match_threshold: float = 0.6
+    subject_match_threshold: float = 0.8
     mode: str = "single"
     num_edits: int = 1
     v_from_layer: bool = True
@@ -602,14 +605,23 @@ class Config:
 
 
 def register_configs() -> None:
+    """Store the run schema, the language schema and every registered method's schema (found
+    by :func:`xling_edit.editing.discover`) in Hydra's ConfigStore."""
+    from xling_edit.editing import discover  # editing modules import this one: import lazily
+
     cs = ConfigStore.instance()
     cs.store(name="xling_edit_config", node=Config)
-    cs.store(group="xling_edit_schema/method", name="rome", node=RomeConfig)
-    cs.store(group="xling_edit_schema/method", name="memit", node=MemitConfig)
+    for name, schema in discover().items():
+        cs.store(group="xling_edit_schema/method", name=name, node=schema)
     cs.store(group="xling_edit_schema", name="language", node=LanguageConfig)
 
 
-METHOD_SCHEMAS = {"rome": RomeConfig, "memit": MemitConfig}
+def method_schemas(extra_module: str | None = None) -> dict[str, type]:
+    """{method name: config schema} of every registered editing method (plus the one in
+    ``extra_module``, a method's own module named by ``method.module``)."""
+    from xling_edit.editing import discover
+
+    return discover(extra_module)
 
 # Fields that are per-model choices in the papers too (which layers, λ), the editing mode, or
 # fast paths with identical results: not deviations from the published algorithm.

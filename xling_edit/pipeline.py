@@ -21,15 +21,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from xling_edit import resume, runner
+from xling_edit import preflight, resume, runner
 from xling_edit.atomic import write_text_atomic
-from xling_edit.config import METHOD_SCHEMAS, MODES
+from xling_edit.config import MODES, method_schemas
 from xling_edit.data import load_dataset
-from xling_edit.editing import memit, rome  # noqa: F401  (register the editors)
 from xling_edit.editing.localize import find_subject
 from xling_edit.editing.base import EditRequest, SkipCase, applied, build_editor
 from xling_edit.editing.stats import CovarianceProvider
-from xling_edit.evaluation.evaluate import EvalOptions, build_rows, lang_metrics, score_rows
+from xling_edit.errors import FailureGuard
+from xling_edit.evaluation.evaluate import (
+    POST_ONLY_KEYS, EvalOptions, answer_prefixes, build_rows, lang_metrics, score_rows,
+)
 from xling_edit.languages import (
     ALL_LANGUAGES, PROJECT_ROOT, find_conf_dir, is_elfi, load_languages, resolve_eval_langs,
 )
@@ -39,8 +41,12 @@ from xling_edit.results import ResultsWriter, format_table, summarize, write_sum
 
 log = logging.getLogger(__name__)
 
-TABLE_KEYS = ("reliability.token_acc", "generalization.token_acc", "locality.token_acc",
-              "portability.token_acc", "reliability.prob", "reliability.exact")
+# prob metrics comparing target_new with the true answer: n/a on data without one (zsRE)
+NEEDS_TRUE_ANSWER = ("reliability.prob", "generalization.prob")
+# locality.agree_token: agreement of post- with pre-edit argmax (stability); locality.prob: the
+# true answer beats target_new (correctness, pre and post)
+TABLE_KEYS = ("reliability.token_acc", "generalization.token_acc", "locality.agree_token",
+              "locality.prob", "portability.token_acc", "reliability.prob", "reliability.exact")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -59,15 +65,17 @@ def method_config(cfg: DictConfig) -> DictConfig:
     ``conf/method/<name>.yaml``; here we only check that ``model.hparams.<name>`` names real
     fields (a typo there would otherwise be ignored silently)."""
     name = cfg.method.name
-    if name not in METHOD_SCHEMAS:
-        raise ValueError(f"unknown method {name!r}; available: {sorted(METHOD_SCHEMAS)}")
+    schemas = method_schemas(cfg.method.get("module"))  # imports the editors (registry)
+    if name not in schemas:
+        raise ValueError(f"unknown method {name!r}; available: {sorted(schemas)}")
     overrides = (cfg.model.hparams or {}).get(name) or {}
-    fields = set(METHOD_SCHEMAS[name].__dataclass_fields__)
+    fields = set(schemas[name].__dataclass_fields__)
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"model.hparams.{name} has unknown fields {unknown}; known: {sorted(fields)}")
     resolved = OmegaConf.to_container(cfg.method, resolve=True)
-    return OmegaConf.merge(OmegaConf.structured(METHOD_SCHEMAS[name]), resolved)
+    resolved.pop("module", None)  # where the method came from, not one of its settings
+    return OmegaConf.merge(OmegaConf.structured(schemas[name]), resolved)
 
 
 def covariance_provider(cfg, model_cfg, model, tok, spec, registry, eval_langs):
@@ -75,9 +83,9 @@ def covariance_provider(cfg, model_cfg, model, tok, spec, registry, eval_langs):
     st = cfg.stats
     if st.corpus == "none":
         return None
-    langs = [str(c) for c in (st.langs or eval_langs)]
+    langs = preflight.stats_langs(cfg, eval_langs)  # fixed by default: not the eval languages
     unknown = [c for c in langs if c not in registry]
-    if unknown:
+    if unknown and st.corpus == "generated":  # generated samples start from context_seeds
         raise ValueError(f"stats.langs {unknown} unknown; available: {sorted(registry)}")
     m = model_cfg
     model_key = f"{m.name}:{m.source}:{m.path or m.gguf_package}:{m.revision}:{m.dtype}"
@@ -85,7 +93,7 @@ def covariance_provider(cfg, model_cfg, model, tok, spec, registry, eval_langs):
         model_key += ":" + json.dumps(OmegaConf.to_container(m.random_init), sort_keys=True) + f":{cfg.seed}"
     return CovarianceProvider(
         model, tok, spec, model_key=model_key, corpus=st.corpus,
-        langs={c: list(registry[c].context_seeds) for c in langs}, per_lang=st.per_lang,
+        langs={c: list(registry[c].context_seeds) if c in registry else [] for c in langs}, per_lang=st.per_lang,
         length=st.length, files=list(st.files), max_length=st.max_length,
         cache_dir=m.cache_dir if st.cache else None, seed=cfg.seed, batch_size=st.batch_size,
         ridge=st.ridge, hf={"path": st.hf_path, "name": st.hf_name, "split": st.hf_split,
@@ -105,10 +113,15 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict | None:
     """Run one job on every rank of ``cfg.runner``; returns rank zero's run summary (also
     written to ``run_info.json``), None on the other ranks of a joined job."""
     out = Path(out_dir) if out_dir is not None else output_dir(cfg)
+    preflight.check(cfg)  # config, languages, data, model files and templates: before any weights
     fp = resume.fingerprint(cfg)
     out = resume_dir(cfg, out, fp)
     out.mkdir(parents=True, exist_ok=True)
-    return runner.launch(cfg.runner, _job, cfg, out, fp)
+    try:
+        return runner.launch(cfg.runner, _job, cfg, out, fp)
+    except BaseException as exc:  # job.json says failed (not running), with the error
+        resume.mark_failed(out, fp, exc)
+        raise
 
 
 def resume_dir(cfg: DictConfig, out: Path, fp: str) -> Path:
@@ -155,6 +168,8 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
     edit_code = str(cfg.edit_lang.code)
     registry[edit_code] = cfg.edit_lang  # the composed node is authoritative
     eval_langs = resolve_eval_langs(cfg.eval_langs, registry, edit_code)
+    # {lang: text appended to every prompt before its answer} (data.answer_format)
+    answer_format, prefixes = answer_prefixes(cfg.data, registry, eval_langs)
     spec = ModelSpec.from_config(cfg.model.templates)
     mcfg = method_config(cfg)
     mode, group_size = str(mcfg.get("mode", "single")), int(mcfg.get("num_edits", 1))
@@ -178,6 +193,7 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
                                                 "dtype": runner.model_dtype(cfg.runner, model_cfg.dtype)})
         model, tok = load_model(model_cfg, seed=cfg.seed)
     t_loaded = time.perf_counter()
+    preflight.check_loaded(model, cfg, model_cfg.name)  # templates, once more on the real model
     ds = load_dataset(cfg.data, eval_langs, project_root=PROJECT_ROOT)
     log.info("dataset %s: %d cases; eval languages %s", ds.name, len(ds.cases), eval_langs)
     cov = covariance_provider(cfg, model_cfg, model, tok, spec, registry, eval_langs) \
@@ -187,13 +203,14 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
     _check_mode(mode, group_size, editor)
     if cov is not None and ri.world > 1:
         with ri.zero_first():  # rank zero computes and caches; the others load
-            cov.prefetch(list(mcfg.layers) if "layers" in mcfg else [int(mcfg.layer)])
+            cov.prefetch(list(editor.edit_layers))
 
     word_seps = {c: registry[c].word_sep for c in eval_langs}
     ctx = _Ctx(model, tok, spec, editor, registry, edit_code, eval_langs, word_seps,
-               cfg.data.answer_prefix or "", EvalOptions.from_config(cfg.eval), mode)
+               prefixes, EvalOptions.from_config(cfg.eval), mode)
     common = {"model": cfg.model.name, "method": mcfg.name, "dataset": ds.name,
-              "merge": cfg.merge.name, "mode": mode,
+              "merge": cfg.merge.name, "mode": mode, "answer_format": answer_format,
+              "variant": str(mcfg.get("variant", "published")),
               "edit_lang": ALL_LANGUAGES if mode == "all_languages" else edit_code}
     size = group_size if mode in ("batch", "sequential") else 1
     groups = [ds.cases[i: i + size] for i in range(0, len(ds.cases), size)]
@@ -220,6 +237,10 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
     def record(lines: list[dict]) -> None:
         writer.write_many(lines)  # rank zero: results.jsonl; the others: their shard
         if ri.is_zero:
+            for u in unreached_targets(lines):
+                log.warning("case %s: the edit reached only %.0f%% of its target z "
+                            "(edit.target_reached %.3f < %.1f)", u["case_id"],
+                            100 * u["target_reached"], u["target_reached"], TARGET_REACHED_WARN)
             n = len({l["case_id"] for l in lines})
             progress["done"] += n
             progress["failed"] += len({l["case_id"] for l in lines if l["status"] == "failed"})
@@ -237,9 +258,12 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
         if ri.is_zero:
             logger.start(cfg, out)
         try:
+            guard = FailureGuard(cfg.get("abort_after_failures", 5))  # first N cases all failing
             for g, group in mine:
                 seed_everything(_group_seed(cfg.seed, group[0].case_id), cfg.runner.deterministic)
-                record(_run_group(group, ctx, {**common, "group": g} if size > 1 else common))
+                lines = _run_group(group, ctx, {**common, "group": g} if size > 1 else common)
+                record(lines)
+                guard.update(lines)
                 forward_shards()
             if not ri.is_zero:
                 (shard_dir / f"rank{ri.rank}.done").write_text("done")
@@ -263,7 +287,12 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
             **common, "eval_langs": eval_langs, "n_cases": len(ds.cases),
             "case_status": dict(counts), "failures": failures,
             "subject_localisation": dict(localisation),
+            "targets_not_reached": unreached_targets(lines),
             "missing_languages": missing, "dataset_notes": ds.notes,
+            "invalid_records": {"policy": cfg.data.get("on_invalid", "error"),
+                                "count": len(ds.invalid), "records": ds.invalid},
+            "dataset_has_true_answer": any(r.target_true for c in ds.cases for r in c.langs.values()),
+            "stats_langs": preflight.stats_langs(cfg, eval_langs) if cov is not None else None,
             "covariance": getattr(editor, "covariance_label", None) if mcfg.get("use_covariance") else "off",
             "world_size": ri.world, "resumed_cases": len(ds.cases) - n_todo,
             "seconds": {"load": round(t_loaded - t_start, 2),
@@ -320,6 +349,23 @@ def _wait_for_ranks(ri: runner.RankInfo, shard_dir: Path, forward, timeout_s: fl
         time.sleep(1.0)
 
 
+#: MEMIT: a case whose edit moves the top layer's residual less than this share of the way to its
+#: target z is reported (log, run_info.json ``targets_not_reached``, the printed header).
+TARGET_REACHED_WARN = 0.9
+
+
+def unreached_targets(lines) -> list[dict]:
+    """Cases (one entry each) whose ``edit.target_reached`` is below :data:`TARGET_REACHED_WARN`."""
+    out, seen = [], set()
+    for line in lines:
+        reached = (line.get("edit") or {}).get("target_reached")
+        if reached is None or line["case_id"] in seen or reached >= TARGET_REACHED_WARN:
+            continue
+        seen.add(line["case_id"])
+        out.append({"case_id": line["case_id"], "target_reached": reached})
+    return out
+
+
 def _case_counts(lines, edit_code, eval_langs, mode):
     counts: Counter = Counter()
     localisation: Counter = Counter()
@@ -347,7 +393,7 @@ class _Ctx:
     edit_code: str
     eval_langs: list
     word_seps: dict
-    answer_prefix: str
+    answer_prefix: dict  # {lang: appended to every prompt before its answer} (answer_prefixes)
     batch_size: Any  # EvalOptions (eval.*)
     mode: str
 
@@ -379,7 +425,7 @@ def _requests(ev: _CaseEval, ctx: _Ctx) -> list[EditRequest]:
     """The case's edit requests: one in the edit language, or one per language (all_languages).
     Sets the case to skipped when it has none."""
     langs = ctx.eval_langs if ctx.mode == "all_languages" else [ctx.edit_code]
-    reqs = [EditRequest(ev.case.case_id, ctx.registry[l], ev.case.langs[l], ctx.answer_prefix)
+    reqs = [EditRequest(ev.case.case_id, ctx.registry[l], ev.case.langs[l], ctx.answer_prefix[l])
             for l in langs if l in ev.case.langs]
     if not reqs:
         ev.status, ev.reason = "skipped", f"case has no {'/'.join(langs)} version"
@@ -402,6 +448,9 @@ _EDIT_ERRORS = (SkipCase, FloatingPointError, ValueError, RuntimeError, MemoryEr
 
 def _run_group(cases, ctx: _Ctx, common: dict) -> list[dict]:
     """Pre-evaluate, edit (per mode), post-evaluate and restore one group of cases."""
+    begin = getattr(ctx.editor, "begin_group", None)
+    if begin is not None:  # stateful methods (AlphaEdit's earlier-edit keys) start afresh
+        begin()
     evs = []
     for case in cases:
         rows, tok_errors = build_rows(case, ctx.eval_langs, ctx.tok, ctx.word_seps, ctx.answer_prefix)
@@ -495,6 +544,7 @@ def _lines(ev: _CaseEval, ctx: _Ctx, common: dict) -> list[dict]:
         line_subject = subjects[edited.index(lang)] if (subjects and lang in edited) else subject
         line = {**common, "case_id": case.case_id, "eval_lang": lang,
                 "elfi": is_elfi(common["edit_lang"], lang),
+                "answer_prefix": ctx.answer_prefix.get(lang, ""),
                 "status": ev.status, "reason": ev.reason}
         if rec is None:
             line.update(status="missing_eval_lang", reason=f"case has no {lang!r} version")
@@ -517,15 +567,26 @@ def _lines(ev: _CaseEval, ctx: _Ctx, common: dict) -> list[dict]:
 
 def _print_report(rows, info, eval_langs, out: Path) -> None:
     print()
-    print(f"== {info['model']} | {info['method']} | {info['dataset']} | edit in {info['edit_lang']} "
+    print(f"== {info['model']} | {info['method']} ({info.get('variant', 'published')}) | {info['dataset']} | edit in {info['edit_lang']} "
           f"| {info['n_cases']} cases | status {info['case_status']}")
     print(f"   subject localisation ({info['edit_lang']}): {info['subject_localisation']}")
     if info["missing_languages"]:
         print(f"   cases lacking a language: {info['missing_languages']}")
+    if info.get("targets_not_reached"):
+        print(f"   WARNING: {len(info['targets_not_reached'])} case(s) reached less than "
+              f"{TARGET_REACHED_WARN:.0%} of their MEMIT target (edit.target_reached; "
+              f"run_info.json targets_not_reached)")
+    invalid = info.get("invalid_records") or {}
+    if invalid.get("count"):
+        print(f"   invalid records left out (data.on_invalid=skip): {invalid['count']}, reasons in "
+              f"run_info.json; first: {invalid['records'][0]}")
     for key in TABLE_KEYS:
         for phase in ("pre", "post"):
-            if key.startswith("locality") and phase == "pre":
+            if key in POST_ONLY_KEYS and phase == "pre":
                 continue
             print()
+            if key in NEEDS_TRUE_ANSWER and not info.get("dataset_has_true_answer", True):
+                print(f"{key} ({phase}-edit): n/a: dataset has no true answer")
+                continue
             print(format_table(rows, key, phase, eval_langs))
     print(f"\nresults: {out / 'results.jsonl'}\nsummary: {out / 'summary.csv'}")

@@ -14,7 +14,7 @@ from statistics import mean
 from typing import Iterable, Mapping, Sequence
 
 from xling_edit.atomic import write_text_atomic
-from xling_edit.evaluation.evaluate import METRICS, PROTOCOLS
+from xling_edit.evaluation.evaluate import METRIC_KEYS
 from xling_edit.languages import is_elfi
 
 
@@ -42,7 +42,8 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-SUMMARY_KEYS = [f"{m}.{p}" for m in METRICS for p in PROTOCOLS]
+#: summary.csv's metric columns (locality's agreement metrics are ``locality.agree_*``)
+SUMMARY_KEYS = list(METRIC_KEYS)
 
 
 def summarize(records: Sequence[Mapping]) -> list[dict]:
@@ -59,7 +60,9 @@ def summarize(records: Sequence[Mapping]) -> list[dict]:
     rows = []
     for (edit, ev), recs in sorted(groups.items()):
         for phase in ("pre", "post"):
-            row = {"edit_lang": edit, "eval_lang": ev, "phase": phase, "n": len(recs)}
+            # which configuration made the numbers: the method and its variant (published, fast, ...)
+            row = {"method": recs[0].get("method"), "variant": recs[0].get("variant", "published"),
+                   "edit_lang": edit, "eval_lang": ev, "phase": phase, "n": len(recs)}
             for k in SUMMARY_KEYS:
                 vals = [r[phase].get(k) for r in recs if r.get(phase)]
                 vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -69,7 +72,7 @@ def summarize(records: Sequence[Mapping]) -> list[dict]:
 
 
 def write_summary_csv(rows: Sequence[Mapping], path: Path) -> None:
-    cols = ["edit_lang", "eval_lang", "phase", "n"] + SUMMARY_KEYS
+    cols = ["method", "variant", "edit_lang", "eval_lang", "phase", "n"] + SUMMARY_KEYS
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols)
     w.writeheader()

@@ -46,11 +46,20 @@ class Editor(Protocol):
 
 
 EDITORS: dict[str, Callable[..., Editor]] = {}
+SCHEMAS: dict[str, type] = {}  # method name -> its config dataclass
 
 
-def register_editor(name: str):
+def register_editor(name: str, schema: type | None = None):
+    """Class decorator: make an editor available as ``method.name=<name>``. ``schema`` is its
+    config dataclass (default: the class attribute ``schema``); the pipeline validates the
+    method config against it and fills the defaults from it."""
+
     def deco(cls):
         EDITORS[name] = cls
+        s = schema if schema is not None else getattr(cls, "schema", None)
+        if s is None:
+            raise TypeError(f"editor {name!r} declares no config schema")
+        SCHEMAS[name] = s
         return cls
 
     return deco

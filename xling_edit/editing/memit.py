@@ -117,7 +117,7 @@ def _output_map(model, spec: ModelSpec, layer: int):
     return fn
 
 
-@register_editor("memit")
+@register_editor("memit", schema=MemitConfig)
 class MemitEditor(PrefixedEditor):
     """MEMIT for any architecture described by a :class:`ModelSpec`; takes one or many requests.
 
@@ -130,11 +130,12 @@ class MemitEditor(PrefixedEditor):
     """
 
     batched = True
+    schema = MemitConfig
 
     def __init__(self, hparams: Mapping[str, Any], spec: ModelSpec, seed: int = 0,
                  covariance: Callable[[int], torch.Tensor | None] | None = None,
                  covariance_label: str | None = None):
-        self.hp = schema_from_mapping(MemitConfig, hparams)
+        self.hp = schema_from_mapping(self.schema, hparams)
         if not self.hp.layers:
             raise ValueError("method.layers must name at least one layer")
         self.spec, self.seed = spec, seed
@@ -193,13 +194,7 @@ class MemitEditor(PrefixedEditor):
                 r = (z - h_top) / (len(layers) - i)
                 post = _output_map(model, spec, layer) if hp.invert_out_norm else None
                 resid = torch.stack([invert_output_map(post, o, ri) for o, ri in zip(outs, r)], dim=1)
-                if (hp.cache_factorization and hp.mom2_update_weight > 0
-                        and (not use_cov or hasattr(self.covariance, "solve"))):
-                    solve = (lambda x, l=layer: self.covariance.solve(l, x)) if use_cov else None
-                    dw = memit_update_factored(resid, keys, solve, hp.mom2_update_weight)
-                else:  # plain: factorise λC + KKᵀ afresh at every edit
-                    cov = self.covariance(layer) if use_cov else None
-                    dw = memit_update(resid, keys, cov, hp.mom2_update_weight)
+                dw = self.layer_update(layer, resid, keys, use_cov)
                 key_log[layer], resid_log[layer] = keys, resid
                 down = spec.module(model, "down_proj", layer)
                 w = weight_as_out_in(down)
@@ -211,9 +206,10 @@ class MemitEditor(PrefixedEditor):
                                   "update_rel_norm": float(dw.norm() / w.double().norm())})
             with applied(model, deltas):
                 h_final = self._residual_at(model, preps, top)
+        self.after_edit(key_log)
         reached = 1.0 - float(((z - h_final).norm(dim=1) / resid_target.norm(dim=1).clamp_min(1e-12)).mean())
         info = {
-            "method": "memit", "variant": hp.variant, "deviations": published_deviations(hp),
+            "method": hp.name, "variant": hp.variant, "deviations": published_deviations(hp),
             "layers": layers, "n_requests": len(requests), "z_space": space,
             "invert_out_norm": bool(hp.invert_out_norm and spec.mlp_out_norm),
             "steps": [v.steps for v in values],
@@ -234,6 +230,26 @@ class MemitEditor(PrefixedEditor):
             "nll_trajectories": [v.trajectory for v in values],
             "subj_pos": [[int(x) for x in p.subj_pos] for p in preps],
             "prompts": [p.prompts for p in preps]})
+
+    def layer_update(self, layer: int, resid: torch.Tensor, keys: torch.Tensor,
+                     use_cov: bool) -> torch.Tensor:
+        """ΔW_l (out × in, float64) from this layer's residual share R [d_out, n] and keys
+        K [d_in, n]: MEMIT's R Kᵀ (λC + KKᵀ)⁻¹. Subclasses change the solve (AlphaEdit)."""
+        hp = self.hp
+        if (hp.cache_factorization and hp.mom2_update_weight > 0
+                and (not use_cov or hasattr(self.covariance, "solve"))):
+            solve = (lambda x: self.covariance.solve(layer, x)) if use_cov else None
+            return memit_update_factored(resid, keys, solve, hp.mom2_update_weight)
+        cov = self.covariance(layer) if use_cov else None  # plain: factorise λC + KKᵀ afresh
+        return memit_update(resid, keys, cov, hp.mom2_update_weight)
+
+    def begin_group(self) -> None:
+        """Called by the pipeline before each case group (a single case, a batch, or a
+        sequence of edits that stay applied); MEMIT keeps no state between edits."""
+
+    def after_edit(self, keys: dict[int, torch.Tensor]) -> None:
+        """Called with each layer's keys once an edit is computed (AlphaEdit remembers them
+        for the later edits of a sequence)."""
 
     def _residual_at(self, model, preps: Sequence[Prepared], layer: int) -> torch.Tensor:
         """[n, d_model] residual stream after block ``layer`` at each bare prompt's subject."""

@@ -46,7 +46,7 @@ def left_vector(k_mean: torch.Tensor, cov: torch.Tensor | None) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ the editor
-@register_editor("rome")
+@register_editor("rome", schema=RomeConfig)
 class RomeEditor(PrefixedEditor):
     """ROME for any architecture described by a :class:`ModelSpec`.
 

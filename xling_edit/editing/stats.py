@@ -192,6 +192,10 @@ class CovarianceProvider:
             c = c + self.ridge * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype)
         return c
 
+    def raw(self, layer: int) -> torch.Tensor:
+        """C for ``layer`` as measured (no ridge): what AlphaEdit's null space is taken of."""
+        return self._raw(layer)
+
     def solve(self, layer: int, rhs: torch.Tensor) -> torch.Tensor:
         """(C + ridge)⁻¹ rhs in float64 from a factorisation computed once per layer and kept
         (Cholesky; LU if C is not numerically positive definite). ``rhs``: [d, n]."""
