@@ -44,3 +44,14 @@ def language(code: str):
     from xling_edit.languages import load_languages
 
     return load_languages(ROOT / "conf")[code]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Measurements a test records with ``record_property("summary", line)`` (e.g. the subject
+    localisation precision on the hand-labelled fixture), repeated after the run."""
+    lines = [value for key in ("passed", "failed") for rep in terminalreporter.stats.get(key, [])
+             for name, value in getattr(rep, "user_properties", ()) if name == "summary"]
+    if lines:
+        terminalreporter.section("measurements")
+        for line in lines:
+            terminalreporter.write_line(line)

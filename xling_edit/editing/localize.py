@@ -1,19 +1,38 @@
 """Find a subject in a (possibly translated) prompt.
 
-Translation inflects names: Tamil and Kannada attach case suffixes ("சென்னை" → "சென்னையில்"),
-Hindi and French change forms. Tried in order:
+ROME and MEMIT read the key at the subject's last token, so a wrong span silently edits through
+the wrong key: a miss (``None``; the caller skips the case with the reason) is always better
+than a guess. Translation inflects names (Tamil "லண்டன்" → "லண்டனில்", German "Königreich" →
+"Königreichs", Hindi "जिला" → "जिले"), and BMIKE-53 often keeps a Latin subject ("Laurent
+Cars") while the prompt transliterates it ("लॉरेंट कार्स"). Tried in order:
 
-1. ``exact``: the subject verbatim;
-2. ``normalized``: after NFKC and case folding;
-3. ``fuzzy``: the window of prompt words most similar to the subject's words, where a word's
-   similarity is the larger of its shared-prefix share and difflib's ratio. The span ends where
-   the shared prefix ends, so the key is read at the last token of the subject's stem.
-4. ``translit``: across scripts. BMIKE-53 often keeps a Latin subject ("Laurent Cars") while
-   the prompt transliterates it ("लॉरेंट कार्स"). Both sides are reduced to a consonant
-   skeleton (Brahmic scripts romanised through their shared ISCII-derived code-point layout,
-   voicing and aspiration dropped) and compared with difflib's ratio over word windows.
+1. ``exact``: the subject verbatim, on word boundaries (or followed only by an inflection);
+2. ``normalized``: the same after NFKC and case folding;
+3. ``fuzzy`` / ``translit``: the subject's words aligned one to one with consecutive prompt
+   words; ``translit`` when at least one pair is written in two different scripts.
 
-A miss returns ``None``; the caller records the case-language as skipped with the reason.
+In step 3 *every* word must find a good counterpart (an average let "Frank Sinatra" find
+"France is"). Two words of one script match when they are equal after folding (case, Latin
+diacritics, Devanagari nukta/candrabindu, digits, ordinals "1st"/"1."), when the prompt's is an
+inflection of the subject's (a short list of case endings per script, below: "India" is not
+found in "Indiana" nor "Jordan" in "Jordanian"), or, for spelling variants of names
+("Wallonia"/"Wallonien", "Chernomyrdin"/"Tschernomyrdin"), when both are at least
+``_VARIANT_MIN_LEN`` characters long, their lengths nearly agree and difflib's ratio reaches
+the threshold. Words in different scripts (transliteration) are compared by consonant
+skeletons (Brahmic scripts romanised through their shared ISCII-derived code-point layout;
+voicing, aspiration and doubling dropped; Latin spellings read several ways: "ch" as k or sh,
+soft c and g, ...), must agree on starting with a vowel or not, and a Tamil or Kannada prompt
+word may carry a case ending after the name ("கான்ராயின்" for "Conroy"). Skeletons are short,
+so a transliterated name needs more: a mean similarity of at least (1 + threshold) / 2, at
+least ``_MIN_TRANSLIT_CONSONANTS`` consonants or a matching consonant-vowel shape, and a lone
+transliterated word an identical skeleton ("Liminka" is not "मोनाको") — unless an identical
+word of the same script anchors the match ("Honda N360"). A subject's articles and prepositions
+may meet any function word ("Der Betrug" → "im Betrug"), but the last subject word must match
+in its own right.
+
+The span ends at the inflected stem ("லண்டன" in "லண்டனில்"), so the key is read at the last
+token of the name rather than of a case ending, and leaves out leading function words that did
+not match.
 """
 
 from __future__ import annotations
@@ -22,8 +41,15 @@ import difflib
 import re
 import unicodedata
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 _WORD = re.compile(r"[^\s.,;:!?¿¡\"'“”‘’«»()\[\]{}।॥—–-]+")
+
+# A spelling variant (not an inflection) needs words at least this long: short names differ by
+# a letter from unrelated words too often ("Frank"/"France", "Mario"/"Maria", "Iran"/"Iraq").
+_VARIANT_MIN_LEN = 6
+# Below this many skeleton consonants a transliteration must also agree in its vowel pattern.
+_MIN_TRANSLIT_CONSONANTS = 3
 
 
 @dataclass(frozen=True)
@@ -38,6 +64,53 @@ class SubjectMatch:
         return asdict(self)
 
 
+def find_subject(prompt: str, subject: str, threshold: float = 0.8) -> SubjectMatch | None:
+    """Character span of ``subject`` in ``prompt``, or None when it cannot be found reliably.
+
+    ``threshold``: the similarity every non-identical word pair must reach (difflib's ratio of
+    the folded spellings, or of the consonant skeletons across scripts).
+    """
+    subject = subject.strip()
+    if not subject:
+        return None
+    hit = _verbatim(prompt, subject)
+    if hit is not None:
+        return hit
+    sub = [_Word.of(m) for m in _WORD.finditer(subject)]
+    words = [_Word.of(m) for m in _WORD.finditer(prompt)]
+    n = len(sub)
+    best = None
+    for w in range(len(words) - n + 1) if n else ():
+        got = _align(sub, words[w:w + n], threshold)
+        if got is not None and (best is None or got[0] > best[0]):
+            best = got
+    if best is None:
+        return None
+    score, start, end, cross = best
+    return SubjectMatch(start, end, "translit" if cross else "fuzzy", round(score, 4),
+                        prompt[start:end])
+
+
+# ---------------------------------------------------------------------------------------------
+# Verbatim
+
+
+def _is_word_char(ch: str) -> bool:
+    return _WORD.fullmatch(ch) is not None
+
+
+def _boundary_ok(prompt: str, subject: str, start: int, end: int) -> bool:
+    """A verbatim hit must not be part of a longer word, unless the rest is an inflection."""
+    if start > 0 and _is_word_char(prompt[start - 1]) and _is_word_char(subject[0]):
+        return False
+    if end < len(prompt) and _is_word_char(prompt[end]) and _is_word_char(subject[-1]):
+        word = next(m for m in _WORD.finditer(prompt) if m.start() < end < m.end())
+        last = _WORD.findall(subject)[-1]
+        begin = max(word.start(), end - len(last))
+        return inflection_stem(prompt[begin:end], prompt[begin:word.end()]) is not None
+    return True
+
+
 def _normalized_with_map(text: str) -> tuple[str, list[int]]:
     """NFKC + casefold of ``text``, and for each output char the index of its source char."""
     out, idx = [], []
@@ -48,11 +121,79 @@ def _normalized_with_map(text: str) -> tuple[str, list[int]]:
     return "".join(out), idx
 
 
-def _norm(s: str) -> str:
-    return unicodedata.normalize("NFKC", s).casefold()
+def _verbatim(prompt: str, subject: str) -> SubjectMatch | None:
+    i = prompt.find(subject)
+    while i >= 0:
+        if _boundary_ok(prompt, subject, i, i + len(subject)):
+            return SubjectMatch(i, i + len(subject), "exact", 1.0, subject)
+        i = prompt.find(subject, i + 1)
+    norm_prompt, back = _normalized_with_map(prompt)
+    norm_subject = unicodedata.normalize("NFKC", subject).casefold()
+    j = norm_prompt.find(norm_subject)
+    while j >= 0:
+        start, end = back[j], back[j + len(norm_subject) - 1] + 1
+        if _boundary_ok(prompt, subject, start, end):
+            return SubjectMatch(start, end, "normalized", 1.0, prompt[start:end])
+        j = norm_prompt.find(norm_subject, j + 1)
+    return None
 
 
-def _prefix_len(a: str, b: str) -> int:
+# ---------------------------------------------------------------------------------------------
+# Scripts and folding
+
+
+@lru_cache(maxsize=4096)
+def _char_script(ch: str) -> str:
+    """Unicode script of a letter or mark ("LATIN", "TAMIL", ...); "" for digits, symbols."""
+    if not ch or not (ch.isalpha() or unicodedata.category(ch).startswith("M")):
+        return ""
+    first = unicodedata.name(ch, "").split(" ", 1)[0]
+    return "" if first in ("", "COMBINING", "MODIFIER") else first
+
+
+def _script(word: str) -> str:
+    """The script most of ``word``'s letters are written in; "" when it has no letters."""
+    counts: dict[str, int] = {}
+    for ch in word:
+        s = _char_script(ch)
+        if s:
+            counts[s] = counts.get(s, 0) + 1
+    return max(counts, key=counts.get) if counts else ""
+
+
+# Devanagari nukta dropped and candrabindu read as anusvara; the Tamil aytham that marks a
+# foreign sound (ஃப = f) dropped: spellings of one name vary in these.
+_MARK_FOLD = {"\u093c": "", "\u0901": "\u0902", "\u0b83": ""}
+_ORDINAL = re.compile(r"(\d+)(?:st|nd|rd|th|er|re|e|°|º|ª|o|a)")  # 1st, 1er, 1°, 2nd, 3a
+
+
+def _fold_with_map(text: str) -> tuple[str, list[int]]:
+    """Folded ``text`` (NFKC, case, Latin diacritics, ``_MARK_FOLD``, digits of any script,
+    ordinals) and, for each folded character, the index of its source character."""
+    out, idx = [], []
+    for i, ch in enumerate(text):
+        n = unicodedata.normalize("NFKC", ch).casefold()
+        script = _char_script(n[:1])
+        if script == "LATIN" or (not script and unicodedata.combining(n[:1])
+                                 and i and _char_script(text[i - 1]) == "LATIN"):
+            n = "".join(c for c in unicodedata.normalize("NFD", n) if not unicodedata.combining(c))
+        elif len(n) == 1 and n.isdecimal():
+            n = str(unicodedata.decimal(n))
+        n = "".join(_MARK_FOLD.get(c, c) for c in n)
+        out.append(n)
+        idx.extend([i] * len(n))
+    folded = "".join(out)
+    m = _ORDINAL.fullmatch(folded)
+    if m:  # "1st" ~ "1." ~ "1er": the number alone
+        return m.group(1), idx[:len(m.group(1))]
+    return folded, idx
+
+
+def _fold(text: str) -> str:
+    return _fold_with_map(text)[0]
+
+
+def _lcp(a: str, b: str) -> int:
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -61,35 +202,154 @@ def _prefix_len(a: str, b: str) -> int:
     return n
 
 
-def word_similarity(subject_word: str, prompt_word: str) -> tuple[float, int]:
-    """(similarity in [0, 1], length of the matched part of ``prompt_word``)."""
-    a, b = _norm(subject_word), _norm(prompt_word)
-    if not a or not b:
-        return 0.0, 0
-    p = _prefix_len(a, b)
-    prefix_score = p / len(a)
-    ratio = difflib.SequenceMatcher(None, a, b).ratio()
-    # A long shared prefix is an inflected stem ("லண்டன்" → "லண்டனில்"): end the span there.
-    if p > 0 and (prefix_score >= ratio or prefix_score >= 0.75):
-        return max(prefix_score, ratio), p
-    return ratio, len(b)
+# ---------------------------------------------------------------------------------------------
+# Inflection, per script: each rule gets the folded subject word ``s`` and prompt word ``p``
+# and returns the length of the stem of ``p`` (where the span ends) when ``p`` is ``s``
+# inflected, else None.
+
+_LATIN_ADJ_ENDINGS = ("en", "em", "er", "es", "e")
 
 
-def find_subject(prompt: str, subject: str, threshold: float = 0.6) -> SubjectMatch | None:
-    subject = subject.strip()
-    if not subject:
+def _latin_inflection(s: str, p: str) -> int | None:
+    """German declension, the only inflection of names among the Latin-script languages here:
+    genitive -s/-es (Königreichs), -n after -e/-er/-el (Ersten, Müllmännern), -en after a
+    consonant, adjective endings exchanged (Souveräner → Souveränen, Zweiter → Zweite)."""
+    if len(s) < 3:
         return None
-    i = prompt.find(subject)
-    if i >= 0:
-        return SubjectMatch(i, i + len(subject), "exact", 1.0, subject)
-    norm_prompt, back = _normalized_with_map(prompt)
-    norm_subject = _norm(subject)
-    j = norm_prompt.find(norm_subject)
-    if j >= 0:
-        start, end = back[j], back[j + len(norm_subject) - 1] + 1
-        return SubjectMatch(start, end, "normalized", 1.0, prompt[start:end])
-    return _fuzzy(prompt, subject, threshold) or _translit(prompt, subject, threshold)
+    if p in (s + "s", s + "es"):
+        return len(s)
+    if p == s + "n" and s.endswith(("e", "er", "el")):
+        return len(s)
+    if p == s + "en" and s[-1] not in "aeiouy":
+        return len(s)
 
+    def base(w: str) -> str | None:
+        for e in _LATIN_ADJ_ENDINGS:
+            if w.endswith(e) and len(w) - len(e) >= 3:
+                return w[:-len(e)]
+        return None
+
+    b = base(s)
+    if b is not None and base(p) == b:  # both end in an adjective ending
+        return _lcp(s, p)
+    return None
+
+
+# Hindi direct/oblique/plural forms: (subject ending, prompt ending) after the shared stem.
+_DEVANAGARI_PAIRS = {("\u093e", "\u0947"), ("\u0947", "\u093e"),  # -ā ↔ -e (जिला/जिले)
+                     ("\u093e", "\u094b\u0902"), ("", "\u094b\u0902"),  # -ā/-∅ → -oṃ (द्वीपों)
+                     ("\u093e\u0902", "\u094b\u0902"),  # -āṃ → -oṃ (किंवदंतियाँ → -यों)
+                     ("\u090f\u0902", "\u0913\u0902"),  # -eṃ → -oṃ (सेवाएँ → सेवाओं)
+                     ("\u0947\u0902", "\u094b\u0902")}
+
+
+def _devanagari_inflection(s: str, p: str) -> int | None:
+    k = _lcp(s, p)
+    if k >= 1 and (s[k:], p[k:]) in _DEVANAGARI_PAIRS:
+        return k
+    return None
+
+
+_TA_PULLI = "\u0bcd"
+_TA_U = "\u0bc1"
+_TA_SIGNS = {chr(c) for c in range(0x0BBE, 0x0BCD)} | {"\u0bd7"}
+# Case endings in their vowel-sign form, as they follow a consonant stem (-il, -in, -ai, -ukku,
+# -uṭaṉ, -āl, -iṭam, -āka, ...), alone and in their usual combinations.
+_TA_V_ENDINGS = (
+    "ில்", "ின்", "ை", "ுக்கு", "ுடன்", "ால்", "ிடம்", "ாக", "ான", "ும்", "ோடு",
+    "ிலிருந்து", "ிடமிருந்து", "ினால்", "ினுடைய", "ுடைய", "ிலும்", "ினும்", "ையும்",
+    "ுக்கும்", "ுக்கான", "ுக்காக", "ிற்கு", "ிலுள்ள", "ிலான", "ின", "ினது", "ினை", "ுடனான",
+)
+_TA_C_ENDINGS = ("க்கு", "க்கான", "க்காக", "க்கும்")  # dative straight after a vowel
+_TA_SANDHI = ("", "க்", "ச்", "த்", "ப்")  # doubled initial of the next word ("ஐப் பற்றி")
+_TA_V = frozenset(e + d for e in _TA_V_ENDINGS for d in _TA_SANDHI)
+_TA_C = frozenset(e + d for e in _TA_C_ENDINGS for d in _TA_SANDHI)
+_TA_GLIDE = frozenset(g + e for g in ("வ", "ய") for e in _TA_V)  # ரோமானியா → ரோமானியாவின்
+_TA_ATT = frozenset("த்த" + e for e in _TA_V)  # -att- augment: மாகாணத்தில், பாலஸ்தீனத்தின்
+
+
+def _tamil_inflection(s: str, p: str) -> int | None:
+    """A final pulli gives way to the ending's vowel (லண்டன் → லண்டனில்), a final ட்/க்/...
+    may double (இன்சைட் → இன்சைட்டை), -am nouns take -att- (மாகாணம் → மாகாணத்தில்), a
+    final -u drops, doubling the consonant before it or not (போலந்து → போலந்தின், நாடு →
+    நாட்டின்), and vowel-final words take a glide (ரோமானியா → ரோமானியாவின்) or -kku."""
+    if len(s) < 2 or s == p:
+        return None
+
+    def after(stem: str, tails: frozenset, end: int | None = None) -> int | None:
+        ok = p.startswith(stem) and p[len(stem):] in tails
+        return (len(stem) if end is None else end) if ok else None
+
+    last = s[-1]
+    if last == _TA_PULLI:
+        stem = s[:-1]
+        found = after(stem, _TA_V) or after(s + s[-2], _TA_V, len(s)) or after(stem, _TA_ATT)
+        if found is None and stem.endswith("ம"):
+            found = after(stem[:-1], _TA_ATT)
+        return found
+    if last == _TA_U:
+        stem = s[:-1]
+        return (after(stem, _TA_V) or after(stem + _TA_PULLI + stem[-1], _TA_V, len(stem))
+                or after(s, _TA_C) or after(s, _TA_GLIDE))
+    found = after(s, _TA_GLIDE) or after(s, _TA_C)
+    if found is None and last not in _TA_SIGNS:  # inherent -a: உலகளாவிய → உலகளாவியத்தின்
+        found = after(s, _TA_ATT)
+    return found
+
+
+_KN_VIRAMA = "\u0ccd"
+_KN_U = "\u0cc1"
+_KN_SIGNS_I_E = set("\u0cbf\u0cc0\u0cc6\u0cc7\u0cc8")
+# Common Kannada case endings (genitive, locative, dative, accusative, ablative, comitative),
+# by what the word ends in.
+_KN_AFTER_A = frozenset(("ದ", "ದಲ್ಲಿ", "ಕ್ಕೆ", "ವನ್ನು", "ದಿಂದ", "ವು", "ದೊಂದಿಗೆ"))
+_KN_AFTER_I = frozenset(("ಯ", "ಯಲ್ಲಿ", "ಗೆ", "ಯನ್ನು", "ಯಿಂದ", "ಯೊಂದಿಗೆ"))
+_KN_AFTER_U = frozenset(("ಿನ", "ಿನಲ್ಲಿ", "ಿಗೆ", "ನ್ನು", "ಿನಿಂದ", "ಿನೊಂದಿಗೆ"))  # replace -u
+_KN_AFTER_VIRAMA = frozenset(("ನ", "ನಲ್ಲಿ", "ಗೆ", "ನ್ನು", "ನಿಂದ", "ನೊಂದಿಗೆ"))  # ಲಂಡನ್‌ನಲ್ಲಿ
+
+
+def _kannada_inflection(s: str, p: str) -> int | None:
+    last = s[-1:]
+    if last == _KN_U and p.startswith(s[:-1]) and p[len(s) - 1:] in _KN_AFTER_U:
+        return len(s) - 1
+    if not p.startswith(s) or p == s:
+        return None
+    tail = p[len(s):].lstrip("\u200c")
+    if last == _KN_VIRAMA:
+        ok = tail in _KN_AFTER_VIRAMA
+    elif last in _KN_SIGNS_I_E:
+        ok = tail in _KN_AFTER_I
+    else:
+        ok = tail in _KN_AFTER_A
+    return len(s) if ok else None
+
+
+_TA_TAILS = _TA_V | _TA_GLIDE | _TA_C | _TA_ATT
+_KN_TAILS = _KN_AFTER_A | _KN_AFTER_I | _KN_AFTER_U | _KN_AFTER_VIRAMA
+_INFLECTIONS = {"LATIN": _latin_inflection, "DEVANAGARI": _devanagari_inflection,
+                "TAMIL": _tamil_inflection, "KANNADA": _kannada_inflection}
+
+
+def inflection_stem(subject_word: str, prompt_word: str) -> int | None:
+    """Length of the stem of the folded ``prompt_word`` when it inflects ``subject_word``."""
+    s, p = _fold(subject_word), _fold(prompt_word)
+    rule = _INFLECTIONS.get(_script(prompt_word))
+    return rule(s, p) if rule and s and p and s != p else None
+
+
+def _stems(word: str, script: str) -> list[int]:
+    """Candidate stem lengths of a folded prompt word: itself, then without a case ending,
+    longest first (for transliterated names, whose citation form is unknown)."""
+    out = [len(word)]
+    if script == "TAMIL":
+        out += [k for k in range(len(word) - 1, 0, -1) if word[k:] in _TA_TAILS]
+    elif script == "KANNADA":
+        out += [k for k in range(len(word) - 1, 0, -1) if word[k:].lstrip("\u200c") in _KN_TAILS]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Transliteration
 
 # Brahmic blocks share one layout (offset from the block start -> sound). Vowels are dropped by
 # the skeleton anyway, so only consonants, vowel letters, anusvara and digits matter.
@@ -111,57 +371,269 @@ _SKELETON_MAP = str.maketrans({"c": "k", "q": "k", "g": "k", "d": "t", "b": "p",
                                "z": "j", "x": "k", "f": "p", "y": "", "h": ""})
 
 
-def romanize(text: str) -> str:
+# Vowel signs, nasalisation, visarga, nukta, virama: whatever follows a consonant in its syllable.
+_BRAHMIC_SIGNS = set(range(0x3E, 0x4D)) | {0x01, 0x02, 0x03, 0x3C, 0x4D}
+
+
+def _brahmic_offset(ch: str) -> int | None:
+    cp = ord(ch)
+    block = next((b for b in _BRAHMIC_BLOCKS if b <= cp < b + 0x80), None)
+    return None if block is None else cp - block
+
+
+def romanize(text: str, inherent: bool = False) -> str:
+    """Latin letters for Brahmic ones (other scripts pass through); ``inherent`` writes the
+    inherent vowel of a bare consonant as "a"."""
+    chars = unicodedata.normalize("NFD", text)
     out = []
-    for ch in unicodedata.normalize("NFD", text):
-        cp = ord(ch)
-        block = next((b for b in _BRAHMIC_BLOCKS if b <= cp < b + 0x80), None)
-        if block is not None:
-            out.append(_OFFSETS.get(cp - block, ""))
+    for i, ch in enumerate(chars):
+        off = _brahmic_offset(ch)
+        if off is not None:
+            out.append(_OFFSETS.get(off, ""))
+            if inherent and 0x15 <= off <= 0x39:
+                nxt = _brahmic_offset(chars[i + 1]) if i + 1 < len(chars) else None
+                if nxt is None or nxt not in _BRAHMIC_SIGNS:
+                    out.append("a")
         elif not unicodedata.combining(ch):
             out.append(ch)
     return "".join(out).casefold()
 
 
 def skeleton(text: str) -> str:
-    """Consonant skeleton: romanised, voicing/aspiration folded, vowels and spaces dropped."""
-    r = romanize(text).translate(_SKELETON_MAP)
-    return "".join(ch for ch in r if ch.isalnum() and ch not in "aeiou")
+    """Consonant skeleton: romanised, voicing/aspiration folded, vowels and spaces dropped,
+    doubled consonants written once ("Minnemann" → "mnmn")."""
+    out: list[str] = []
+    prev = ""
+    for ch in romanize(text, inherent=True).translate(_SKELETON_MAP):
+        if ch.isalnum() and ch not in "aeiou" and ch != prev:
+            out.append(ch)
+        prev = ch
+    return "".join(out)
 
 
-def _translit(prompt: str, subject: str, threshold: float) -> SubjectMatch | None:
-    target = skeleton(subject)
-    if len(target) < 2:
+# Latin spellings a transliteration follows the sound of, each tried both ways: German "sch",
+# French "ch" (Michel → मिशेल), soft c and g (Cecil, Roger → रॉजर), j as y (Johann), z as ts,
+# x as ks, w after a vowel (Mew → மியூ), m before b/p as the anusvara (Lambunao → लंबुनाओ).
+_LATIN_SOUNDS = ((re.compile("sch"), "s"), (re.compile("ch"), "s"), (re.compile("c(?=[eiy])"), "s"),
+                 (re.compile("g(?=[eiy])"), "j"), (re.compile("j"), "y"), (re.compile("z"), "ts"),
+                 (re.compile("x"), "ks"), (re.compile("(?<=[aeiou])w(?![aeiou])"), ""),
+                 (re.compile("m(?=[bp])"), "n"))
+
+
+# English letter names, for acronyms that a transliteration spells out ("SG" → "एसजी").
+_LETTER_NAMES = dict(zip("abcdefghijklmnopqrstuvwxyz", (
+    "e bi si di i ef ji ech ai je ke el em en o pi kyu ar es ti yu vi dablyu eks vai jed").split()))
+
+
+@lru_cache(maxsize=8192)
+def _skeletons(folded: str, script: str, acronym: bool = False) -> frozenset[str]:
+    """Skeletons of a folded word under the readings its spelling allows."""
+    if script == "LATIN":
+        forms = {folded}
+        if acronym and folded.isalpha():
+            forms.add("".join(_LETTER_NAMES.get(c, c) for c in folded))
+        for pattern, sound in _LATIN_SOUNDS:
+            if pattern.search(folded):
+                forms |= {pattern.sub(sound, f) for f in forms}
+    else:  # a Brahmic palatal also stands for s (Tamil சாலா = Sala)
+        forms = {folded}
+        r = romanize(folded)
+        if "c" in r:
+            forms.add(r.replace("c", "s"))
+    return frozenset(s for s in map(skeleton, forms) if s)
+
+
+def _initials_agree(s: _Word, p: _Word) -> bool:
+    """A Latin name and its Brahmic transliteration both start with a vowel or both with a
+    consonant. Latin u-/eu-/ou- may be written with य/व ("Euroclear" → यूरोक्लियर), a Latin
+    h/y/j/w may be silent or a vowel, and acronyms are spelled out ("SG" → "एसजी")."""
+    if "LATIN" not in (s.script, p.script):
+        return True
+    lat, bra = (s, p) if s.script == "LATIN" else (p, s)
+    off = _brahmic_offset(bra.folded[:1]) if bra.folded else None
+    if off is None or lat.text.isupper():
+        return True
+    vowel = 0x05 <= off <= 0x14
+    first = lat.folded[:1]
+    if first in "iu" and lat.folded[1:2] in tuple("aeiou"):
+        return True  # Iohannis → जोहानिस: a glide
+    if first in "aeiou":
+        return vowel or off in (0x2F, 0x35)
+    return first in "hyjw" or not vowel
+
+
+def _cv_shape(folded: str, script: str) -> str:
+    """Consonant-vowel shape: skeleton consonants, each vowel run as "V" ("Ufa" and "உபா"
+    both give "VpV"); a Devanagari inherent vowel, often silent (schwa deletion: कुकली is
+    "kukli"), is "v". A Latin final -e after a consonant is silent and left out."""
+    out: list[str] = []
+
+    def put(x: str) -> None:
+        if x and (not out or out[-1] != x or x == "v"):
+            out.append(x)
+
+    if script == "LATIN":
+        word = folded[:-1] if len(folded) > 2 and folded.endswith("e") \
+            and folded[-2] not in "aeiouy" else folded
+        for ch in word:
+            put("V" if ch in "aeiouy" else ch.translate(_SKELETON_MAP) if ch.isalnum() else "")
+        return "".join(out)
+    chars = unicodedata.normalize("NFD", folded)
+    for i, ch in enumerate(chars):
+        off = _brahmic_offset(ch)
+        if off is None:
+            put(ch if ch.isalnum() else "")
+        elif 0x05 <= off <= 0x14 or 0x3E <= off <= 0x4C:
+            put("V")
+        elif 0x15 <= off <= 0x39:
+            put(_OFFSETS[off].translate(_SKELETON_MAP))
+            nxt = _brahmic_offset(chars[i + 1]) if i + 1 < len(chars) else None
+            if nxt is None or nxt not in _BRAHMIC_SIGNS:
+                put("v" if script == "DEVANAGARI" else "V")  # the inherent vowel
+        elif off in (0x01, 0x02):
+            put("n")
+    return "".join(out)
+
+
+def _shapes_agree(a: str, b: str) -> bool:
+    """Whether two shapes agree, reading each "v" as a vowel or as nothing."""
+    if "v" in b:
+        a, b = b, a
+    pattern = "".join("V?" if c == "v" else re.escape(c) for c in a)
+    return re.fullmatch(pattern, b.replace("v", "V")) is not None or a.replace("v", "") == b
+
+
+# ---------------------------------------------------------------------------------------------
+# Words and their alignment
+
+# Articles, prepositions and conjunctions inside names ("Valdemar IV of Denmark", "Der Betrug",
+# "माल्टा का संप्रभु सैन्य आदेश"): translation changes them, so a subject's function word may
+# meet any function word of the prompt.
+_FUNCTION_WORDS = frozenset("""
+the of and a an in on at for to
+der die das des dem den ein eine einer eines einem einen von vom und im am zum zur
+le la les l de du d et un une au aux en
+il lo i gli di del dello della dei degli delle dell e ed al allo alla
+el los las y
+का के की में और से पर को ने
+மற்றும்
+""".split())
+
+
+@dataclass(frozen=True)
+class _Word:
+    text: str
+    start: int
+    end: int
+    folded: str
+    back: tuple[int, ...]  # folded index -> index in text
+    script: str
+
+    @classmethod
+    def of(cls, m: re.Match) -> "_Word":
+        folded, back = _fold_with_map(m.group())
+        return cls(m.group(), m.start(), m.end(), folded, tuple(back), _script(m.group()))
+
+    def offset(self, folded_len: int) -> int:
+        """Prompt offset just after the first ``folded_len`` folded characters of the word."""
+        if folded_len >= len(self.folded):
+            return self.end
+        return self.start + self.back[folded_len - 1] + 1 if folded_len else self.start
+
+    @property
+    def is_function(self) -> bool:
+        return self.folded in _FUNCTION_WORDS
+
+
+@dataclass(frozen=True)
+class _Pair:
+    score: float
+    end: int  # prompt offset where the matched part of the prompt word ends
+    cross: bool = False  # the two words are written in different scripts
+    consonants: int = 0  # skeleton consonants behind a cross-script match
+    same_shape: bool = False  # cross-script words of one consonant-vowel shape
+    same_skeleton: bool = False  # cross-script words of one consonant skeleton
+
+
+def _same_script(s: _Word, p: _Word, threshold: float) -> _Pair | None:
+    if s.folded == p.folded:
+        return _Pair(1.0, p.end)
+    rule = _INFLECTIONS.get(p.script)
+    k = rule(s.folded, p.folded) if rule else None
+    if k is not None:
+        return _Pair(0.95, p.offset(k))
+    a, b = s.folded, p.folded
+    short = min(len(a), len(b))
+    if short < _VARIANT_MIN_LEN or abs(len(a) - len(b)) > max(1, short // 5):
         return None
-    words = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(prompt)]
-    n = max(1, len(_WORD.findall(subject)))
+    ratio = difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+    if ratio < 0.9 and _lcp(a, b) < 3 and _lcp(a[::-1], b[::-1]) < 4:
+        return None  # variants keep a beginning or an end ("Symbian" is not "Sembilan")
+    return _Pair(ratio, p.end) if ratio >= threshold else None
+
+
+def _cross_script(s: _Word, p: _Word, threshold: float) -> _Pair | None:
+    if not _initials_agree(s, p):
+        return None
+    targets = _skeletons(s.folded, s.script, s.text.isupper() and len(s.text) <= 5)
     best: tuple[float, int, int] | None = None
-    for size in {max(1, n - 1), n, n + 1}:
-        for w in range(len(words) - size + 1):
-            window = words[w:w + size]
-            cand = skeleton(prompt[window[0][0]:window[-1][1]])
-            score = difflib.SequenceMatcher(None, target, cand).ratio()
-            if best is None or score > best[0]:
-                best = (score, window[0][0], window[-1][1])
-    if best is None or best[0] < threshold:
+    for k in _stems(p.folded, p.script):
+        for cand in _skeletons(p.folded[:k], p.script, p.text.isupper() and len(p.text) <= 5):
+            for target in targets:
+                if min(len(target), len(cand)) < 2 and target != cand:
+                    continue  # one consonant against another says nothing
+                ratio = difflib.SequenceMatcher(None, target, cand, autojunk=False).ratio()
+                if ratio >= threshold and (best is None or ratio > best[0]):
+                    best = (ratio, k, min(len(target), len(cand)))
+    if best is None:
         return None
-    score, start, end = best
-    return SubjectMatch(start, end, "translit", round(score, 4), prompt[start:end])
+    ratio, k, consonants = best
+    exact = ratio == 1.0
+    if consonants < 2:  # one consonant each ("Ray" ~ "रे") is weak evidence
+        ratio = min(ratio, (1 + threshold) / 2)
+    shape = _shapes_agree(_cv_shape(s.folded, s.script), _cv_shape(p.folded[:k], p.script))
+    return _Pair(ratio, p.offset(k), True, consonants, shape, exact)
 
 
-def _fuzzy(prompt: str, subject: str, threshold: float) -> SubjectMatch | None:
-    words = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(prompt)]
-    sub_words = _WORD.findall(subject) or [subject]
-    n = len(sub_words)
-    best: tuple[float, int, int] | None = None
-    for w in range(len(words) - n + 1):
-        window = words[w:w + n]
-        scores = [word_similarity(sw, pw[2]) for sw, pw in zip(sub_words, window)]
-        score = sum(s for s, _ in scores) / n
-        end = window[-1][0] + max(1, scores[-1][1])
-        if best is None or score > best[0]:
-            best = (score, window[0][0], end)
-    if best is None or best[0] < threshold:
+def _pair(s: _Word, p: _Word, threshold: float) -> _Pair | None:
+    if not s.script or not p.script or s.script == p.script:
+        return _same_script(s, p, threshold)
+    return _cross_script(s, p, threshold)
+
+
+def _align(sub: list[_Word], window: list[_Word], threshold: float):
+    """(mean score, span start, span end, cross-script?) of one alignment, or None."""
+    scores, start, end, crossed = [], None, None, []
+    anchored = False
+    for i, (s, p) in enumerate(zip(sub, window)):
+        pair = _pair(s, p, threshold)
+        if pair is None:
+            if s.is_function and p.is_function and i < len(sub) - 1:
+                continue  # "Der Betrug" → "im Betrug": articles change in translation
+            return None
+        if start is None:
+            start = p.start  # unmatched leading function words stay out of the span
+        if not s.is_function:
+            scores.append(pair.score)
+            anchored |= pair.score == 1.0 and not pair.cross and len(s.folded) >= 2
+        if pair.cross:
+            crossed.append(pair)
+        end = pair.end
+    if not scores or start is None:
         return None
-    score, start, end = best
-    return SubjectMatch(start, end, "fuzzy", round(score, 4), prompt[start:end])
+    mean = sum(scores) / len(scores)
+    if crossed and not anchored and not _translit_evidence(crossed, mean, len(scores), threshold):
+        return None
+    return mean, start, end, bool(crossed)
+
+
+def _translit_evidence(crossed: list[_Pair], mean: float, n_content: int, threshold: float) -> bool:
+    """Skeletons are short, so near misses are cheap: a transliterated name needs a higher mean
+    similarity, enough consonants or a matching consonant-vowel shape, and a lone transliterated
+    word an identical skeleton of four consonants, or of two or three and a matching shape
+    ("Liminka" is not "मोनाको"; "Cookley" is "कुकली"; "Ufa", one consonant, is too short)."""
+    consonants = sum(p.consonants for p in crossed)
+    shapes = all(p.same_shape for p in crossed)
+    if n_content == 1:
+        return crossed[0].same_skeleton and (consonants >= 4 or consonants >= 2 and shapes)
+    return mean >= (1 + threshold) / 2 - 1e-9 and (consonants >= _MIN_TRANSLIT_CONSONANTS or shapes)

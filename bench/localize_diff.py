@@ -1,0 +1,149 @@
+"""Old vs new subject localisation (``xling_edit/editing/localize.py``) on all of BMIKE-53.
+
+Runs both matchers on every BMIKE-53 CounterFact record in all 7 languages (the ``en`` half from
+the German file, and each language's own half of its file) and prints, per language, how many
+subjects each method found (exact / normalized / fuzzy / translit / none) old vs new, then every
+record whose span changed as (lang, row, case_id, old span, new span). The old matcher is
+``git show <rev>:xling_edit/editing/localize.py``, imported from a temporary file; the new one
+is the working tree's.
+
+    .venv/bin/python bench/localize_diff.py                       # the matcher before issue 14
+    .venv/bin/python bench/localize_diff.py --old HEAD~3 --negative-control
+    .venv/bin/python bench/localize_diff.py --data /path/to/shared/data
+
+``--fixture`` (on by default) also scores both on the hand-labelled fixture
+(tests/fixtures/localize_bmike53.json, scoring from tests/unit/test_localize.py);
+``--negative-control`` counts matches of each subject in other cases' prompts (all wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# The commit before the per-word matcher: the old matcher's last version.
+OLD_REV = "8f5a23973645db221839682d3b9749c371b34aea"
+LANGS = ("en", "de", "fr", "it", "es", "hi", "ta")
+METHODS = ("exact", "normalized", "fuzzy", "translit", "none")
+
+
+def load_module(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def old_matcher(rev: str, tmp: Path):
+    source = subprocess.run(["git", "show", f"{rev}:xling_edit/editing/localize.py"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout
+    path = tmp / "localize_old.py"
+    path.write_text(source, encoding="utf-8")
+    return load_module(path, "localize_old")
+
+
+def halves(data: Path):
+    """(lang, row, record half) of every record: en from the German file, then each language."""
+    for lang in LANGS:
+        file_lang = "de" if lang == "en" else lang
+        rows = json.loads((data / "bmike53" / "counterfact" / f"counterfact_test_{file_lang}.json")
+                          .read_text(encoding="utf-8"))
+        for i, row in enumerate(rows):
+            if lang in row:
+                yield lang, i, row[lang], rows
+
+
+def show(m, prompt: str) -> str:
+    return "None" if m is None else f"{m.method} {prompt[m.start:m.end]!r}"
+
+
+def compare(old, new, data: Path, out) -> None:
+    counts = {lang: (collections.Counter(), collections.Counter()) for lang in LANGS}
+    changed = []
+    for lang, i, half, _ in halves(data):
+        prompt, subject = half["src"], half["subject"]
+        a, b = old.find_subject(prompt, subject), new.find_subject(prompt, subject)
+        counts[lang][0][getattr(a, "method", "none")] += 1
+        counts[lang][1][getattr(b, "method", "none")] += 1
+        if (a and (a.start, a.end)) != (b and (b.start, b.end)):
+            changed.append((lang, i, half["case_id"], show(a, prompt), show(b, prompt)))
+    print("Subjects found per method, old -> new:", file=out)
+    header = "  ".join(f"{m:>15}" for m in METHODS)
+    print(f"{'lang':<5} {'records':>7}  {header}  {'changed':>7}", file=out)
+    by_lang = collections.Counter(c[0] for c in changed)
+    for lang in LANGS:
+        o, n = counts[lang]
+        cells = "  ".join(f"{f'{o[m]} -> {n[m]}':>15}" for m in METHODS)
+        print(f"{lang:<5} {sum(o.values()):>7}  {cells}  {by_lang[lang]:>7}", file=out)
+    print(f"\n{len(changed)} localisations changed (lang, row, case_id, old span, new span):",
+          file=out)
+    for lang, i, case_id, a, b in changed:
+        print(f"{lang}\t{i}\t{case_id}\t{a}\t{b}", file=out)
+
+
+def fixture(old, new, data: Path, out) -> None:
+    sys.path.insert(0, str(ROOT / "tests" / "unit"))
+    from test_localize import fixture_scores  # the test's own scoring
+
+    print("\nHand-labelled fixture (tests/fixtures/localize_bmike53.json):", file=out)
+    for name, module in (("old", old), ("new", new)):
+        s = fixture_scores(module.find_subject, data)
+        print(f"{name}: precision {s['precision']:.3f} ({s['correct']}/{s['returned']}), "
+              f"recall {s['recall']:.3f} ({s['correct']}/{s['present']}) of {s['n']} records",
+              file=out)
+
+
+def negative_control(old, new, data: Path, out, shifts=(1, 7, 31, 101)) -> None:
+    """Each subject against other cases' prompts that do not name the same entity."""
+    print(f"\nNegative control: subjects matched in other cases' prompts (shifts {shifts}):",
+          file=out)
+    by_lang = collections.defaultdict(list)
+    for lang, i, half, rows in halves(data):
+        by_lang[lang].append((i, rows))
+    for lang in LANGS:
+        idx = by_lang[lang]
+        rows = idx[0][1]
+        pairs, found = 0, collections.Counter()
+        for a, (i, _) in enumerate(idx):
+            subject, en = rows[i][lang]["subject"], rows[i]["en"]["subject"]
+            for k in shifts:
+                j = idx[(a + k) % len(idx)][0]
+                if en == rows[j]["en"]["subject"] or en.lower() in rows[j]["en"]["src"].lower() \
+                        or subject in rows[j][lang]["src"]:
+                    continue
+                pairs += 1
+                for name, module in (("old", old), ("new", new)):
+                    found[name] += module.find_subject(rows[j][lang]["src"], subject) is not None
+        print(f"{lang}: old {found['old']}, new {found['new']} of {pairs} pairs", file=out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--old", default=OLD_REV, help="git revision of the old matcher")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--no-fixture", dest="fixture", action="store_false")
+    ap.add_argument("--negative-control", action="store_true")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from xling_edit.editing import localize as new
+
+    with tempfile.TemporaryDirectory() as tmp:
+        old = old_matcher(args.old, Path(tmp))
+        print(f"old: {args.old}:xling_edit/editing/localize.py   new: working tree\n")
+        compare(old, new, args.data, sys.stdout)
+        if args.fixture:
+            fixture(old, new, args.data, sys.stdout)
+        if args.negative_control:
+            negative_control(old, new, args.data, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
