@@ -294,6 +294,7 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
             "dataset_has_true_answer": any(r.target_true for c in ds.cases for r in c.langs.values()),
             "stats_langs": preflight.stats_langs(cfg, eval_langs) if cov is not None else None,
             "covariance": getattr(editor, "covariance_label", None) if mcfg.get("use_covariance") else "off",
+            "covariance_statistics": cov.summary() if cov is not None else None,
             "world_size": ri.world, "resumed_cases": len(ds.cases) - n_todo,
             "seconds": {"load": round(t_loaded - t_start, 2),
                         "total": round(time.perf_counter() - t_start, 2)},

@@ -219,6 +219,8 @@ class MemitEditor(PrefixedEditor):
                            for v in values],
             "per_layer": per_layer, "target_reached": round(reached, 4),
             "covariance": (self.covariance_label or "provided") if use_cov else "identity",
+            "covariance_tokens": {l: (getattr(self.covariance, "tokens", {}) or {}).get(l)
+                                  for l in layers} if use_cov else None,
             "n_context": preps[0].n_prompts,
             "subject": preps[0].match.to_dict() if len(preps) == 1 else None,
             "subjects": [p.match.to_dict() for p in preps],

@@ -108,6 +108,8 @@ class RomeEditor(PrefixedEditor):
             "update_rel_norm": float(dw.norm() / w.double().norm()),
             "covariance": (self.covariance_label or "provided") if cov is not None else "identity",
             "key_form": "consistent" if hp.consistent_key else "original",
+            "covariance_tokens": (getattr(self.covariance, "tokens", {}) or {}).get(hp.layer)
+            if cov is not None else None,
             "n_context": prep.n_prompts, "subject": prep.match.to_dict(),
             "edit_s": round(time.perf_counter() - t0, 3),
         }

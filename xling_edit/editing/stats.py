@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -40,6 +41,10 @@ from xling_edit.evaluation.forward import _StopForward, model_device, pad_right
 from xling_edit.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
+
+#: fewer tokens than this many times the key dimension triggers a warning (C is then dominated by
+#: sampling noise; ROME's u = C⁻¹k amplifies it)
+MIN_TOKENS_PER_DIM = 10
 
 
 def accumulate_second_moment(keys: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
@@ -166,6 +171,8 @@ class CovarianceProvider:
         self.cache_dir = Path(os.path.expanduser(cache_dir)) if cache_dir else None
         self.seed, self.batch_size, self.ridge = seed, batch_size, ridge
         self._mem: dict[int, torch.Tensor] = {}
+        self.tokens: dict[int, int] = {}  # layer -> tokens C was measured on
+        self.dims: dict[int, int] = {}  # layer -> key dimension d_k
         self._factors: dict[int, tuple[str, Any]] = {}  # layer -> ("chol", L) | ("lu", (LU, piv))
         self.last_source: str | None = None  # "memory" | "disk" | "computed"
 
@@ -191,6 +198,19 @@ class CovarianceProvider:
         if self.ridge:
             c = c + self.ridge * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype)
         return c
+
+    def _note_tokens(self, layer: int, n: int, d_k: int) -> None:
+        self.tokens[layer], self.dims[layer] = n, d_k
+        if n and n < MIN_TOKENS_PER_DIM * d_k:
+            log.warning("covariance for layer %d from %d tokens = %.1f x d_k (%d): below %d x d_k, "
+                        "C is poorly estimated; use a larger corpus (stats.per_lang, stats.corpus=hf "
+                        "or files)", layer, n, n / d_k, d_k, MIN_TOKENS_PER_DIM)
+
+    def summary(self) -> dict:
+        """What the statistics were measured on, for results: label, tokens per layer, and
+        tokens / d_k (the key dimension)."""
+        return {"label": self.label, "tokens": dict(self.tokens),
+                "tokens_per_dk": {l: round(n / self.dims[l], 2) for l, n in self.tokens.items()}}
 
     def raw(self, layer: int) -> torch.Tensor:
         """C for ``layer`` as measured (no ridge): what AlphaEdit's null space is taken of."""
@@ -244,6 +264,7 @@ class CovarianceProvider:
                               metadata={"spec": json.dumps(self.spec_dict), "layer": str(layer),
                                         "tokens": str(n)})
             self._mem[layer] = c
+            self._note_tokens(layer, n, c.shape[0])
 
     def _raw(self, layer: int) -> torch.Tensor:
         if layer in self._mem:
@@ -252,6 +273,9 @@ class CovarianceProvider:
             path = self._path(layer)
             self._mem[layer] = load_file(str(path))["second_moment"]
             self.last_source = "disk"
+            with safe_open(str(path), "pt") as fh:
+                n = int((fh.metadata() or {}).get("tokens", 0))
+            self._note_tokens(layer, n, self._mem[layer].shape[0])
             log.info("covariance for layer %d loaded from cache %s", layer, path)
         else:
             self._compute([layer])
