@@ -7,7 +7,7 @@ record whose span changed as (lang, row, case_id, old span, new span). The old m
 ``git show <rev>:xling_edit/editing/localize.py``, imported from a temporary file; the new one
 is the working tree's.
 
-    .venv/bin/python bench/localize_diff.py                       # the matcher before issue 14
+    .venv/bin/python bench/localize_diff.py                       # vs the commit before the rewrite
     .venv/bin/python bench/localize_diff.py --old HEAD~3 --negative-control
     .venv/bin/python bench/localize_diff.py --data /path/to/shared/data
 
