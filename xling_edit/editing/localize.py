@@ -104,7 +104,9 @@ def _boundary_ok(prompt: str, subject: str, start: int, end: int) -> bool:
     if start > 0 and _is_word_char(prompt[start - 1]) and _is_word_char(subject[0]):
         return False
     if end < len(prompt) and _is_word_char(prompt[end]) and _is_word_char(subject[-1]):
-        word = next(m for m in _WORD.finditer(prompt) if m.start() < end < m.end())
+        word = next((m for m in _WORD.finditer(prompt) if m.start() < end < m.end()), None)
+        if word is None:  # the hit ends on a non-word character after all
+            return True
         last = _WORD.findall(subject)[-1]
         begin = max(word.start(), end - len(last))
         return inflection_stem(prompt[begin:end], prompt[begin:word.end()]) is not None
