@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 @dataclass
@@ -604,11 +604,35 @@ class Config:
     abort_after_failures: int = 5
 
 
+def method_default(field_name: str, *, _parent_, _root_):
+    """The ``${hp:<field>}`` resolver of ``conf/method/*.yaml``: the model's value
+    ``model.hparams.<method>.<field>`` if it sets one, else the default written in the method's
+    schema (the published value) — so every default is written once, in the schema."""
+    from xling_edit.editing import discover
+
+    name = _parent_.get("name")
+    schemas = discover(_parent_.get("module"))
+    if name not in schemas:
+        raise ValueError(f"unknown method {name!r}; available: {sorted(schemas)}")
+    hp = _root_.get("model", {}).get("hparams", {}) or {}
+    per_model = hp.get(name) or {}
+    if field_name in per_model:
+        value = per_model[field_name]
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    schema = schemas[name]
+    if field_name not in schema.__dataclass_fields__:
+        raise ValueError(f"${{hp:{field_name}}}: method {name!r} has no field {field_name!r}")
+    return getattr(schema(), field_name)
+
+
 def register_configs() -> None:
     """Store the run schema, the language schema and every registered method's schema (found
-    by :func:`xling_edit.editing.discover`) in Hydra's ConfigStore."""
+    by :func:`xling_edit.editing.discover`) in Hydra's ConfigStore, and register the ``hp``
+    resolver (:func:`method_default`)."""
     from xling_edit.editing import discover  # editing modules import this one: import lazily
 
+    if not OmegaConf.has_resolver("hp"):
+        OmegaConf.register_new_resolver("hp", method_default)
     cs = ConfigStore.instance()
     cs.store(name="xling_edit_config", node=Config)
     for name, schema in discover().items():

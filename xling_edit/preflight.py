@@ -107,7 +107,9 @@ def edit_layers(mcfg) -> tuple[list[int], str]:
     """(the layers the method edits, the option naming them)."""
     if "layers" in mcfg:
         return [int(l) for l in mcfg.layers], "method.layers"
-    return [int(mcfg.layer)], "method.layer"
+    if "layer" in mcfg:
+        return [int(mcfg.layer)], "method.layer"
+    return [], "method (no layers)"  # e.g. a method that edits no weight
 
 
 def stats_langs(cfg: DictConfig, eval_langs) -> list[str]:
