@@ -43,25 +43,43 @@ MODEL, METHOD, DATASET, MERGE = "tiny_llama", "rome", "builtin", "none"
 SHARED = {"en": True, "de": True, "hi": False}
 
 
-def metrics(rel: float, phase: str) -> dict:
+# locality per line: pre-edit the true answer beats target_new (prob 1.0) and is half right;
+# post-edit agreement with the pre-edit argmax is LOC_AGREE, prob LOC_PROB_POST (drop 1 - it)
+LOC_AGREE, LOC_PROB_POST = 0.75, 0.5
+
+
+def metrics(rel: float, phase: str, legacy: bool = False) -> dict:
+    """A line's metrics. ``legacy``: as written before locality's agreement metrics were renamed
+    (``locality.token_acc`` / ``exact``, no pre-edit locality)."""
     d = {"reliability.token_acc": rel, "reliability.exact": float(rel == 1.0),
          "reliability.prob": float(rel >= 0.5),
          "generalization.token_acc": rel, "generalization.exact": float(rel == 1.0),
          "generalization.prob": float(rel >= 0.5),
-         "locality.token_acc": None, "locality.exact": None, "locality.prob": None,
+         "locality.agree_token": None, "locality.agree_exact": None,
+         "locality.answer_token_acc": 0.5, "locality.answer_exact": 0.0, "locality.prob": 1.0,
+         "locality.prob_drop": None,
          "portability.token_acc": 0.5, "portability.exact": 0.0, "portability.prob": None,
          "reliability.nll_new": 3.0, "reliability.nll_true": 2.0}
     if phase == "post":
-        d.update({"locality.token_acc": 1.0, "locality.exact": 1.0, "locality.prob": 1.0})
+        d.update({"locality.agree_token": LOC_AGREE, "locality.agree_exact": 0.0,
+                  "locality.prob": LOC_PROB_POST, "locality.prob_drop": 1.0 - LOC_PROB_POST})
+    if legacy:
+        for k in ("locality.answer_token_acc", "locality.answer_exact", "locality.prob_drop"):
+            del d[k]
+        d["locality.token_acc"] = d.pop("locality.agree_token")
+        d["locality.exact"] = d.pop("locality.agree_exact")
+        if phase == "pre":
+            d["locality.prob"] = None
     return d
 
 
-def _line(edit: str, case: str, ev: str, status: str = "ok", reason=None, rel=None, subject=None):
+def _line(edit: str, case: str, ev: str, status: str = "ok", reason=None, rel=None, subject=None,
+          legacy: bool = False):
     return {
         "model": MODEL, "method": METHOD, "dataset": DATASET, "merge": MERGE, "edit_lang": edit,
         "case_id": case, "eval_lang": ev, "elfi": ev == edit, "status": status, "reason": reason,
-        "pre": metrics(PRE_REL, "pre"),
-        "post": metrics(rel, "post") if rel is not None else None,
+        "pre": metrics(PRE_REL, "pre", legacy),
+        "post": metrics(rel, "post", legacy) if rel is not None else None,
         "target_new": "Berlin" if SHARED[ev] else "बर्लिन",
         "shared_surface": SHARED[ev] and SHARED[edit],
         "target_new_tokens": TARGET_TOKENS[ev],
@@ -70,18 +88,20 @@ def _line(edit: str, case: str, ev: str, status: str = "ok", reason=None, rel=No
     }
 
 
-def fixture_lines() -> list[dict]:
+def fixture_lines(legacy: bool = False) -> list[dict]:
+    """The fixture's lines; ``legacy``: with the metric names of older results files."""
     lines = []
     for edit in EDIT_LANGS:
         for i, case in enumerate(CASES):
             subj = {"start": 0, "end": 5, "method": LOCALISATION[edit][case], "score": 1.0,
                     "matched": "Paris"}
             for ev in EVAL_LANGS:
-                lines.append(_line(edit, case, ev, rel=REL[edit][ev][i], subject=subj))
+                lines.append(_line(edit, case, ev, rel=REL[edit][ev][i], subject=subj, legacy=legacy))
     for ev in EVAL_LANGS:  # must not count
         lines.append(_line("en", "c4", ev, status="skipped",
-                           reason="subject 'Xyz' not found in prompt 'The capital is'"))
-        failed = _line("de", "c5", ev, status="failed", reason="RuntimeError: boom", rel=0.0)
+                           reason="subject 'Xyz' not found in prompt 'The capital is'", legacy=legacy))
+        failed = _line("de", "c5", ev, status="failed", reason="RuntimeError: boom", rel=0.0,
+                       legacy=legacy)
         lines.append(failed)
     return lines
 

@@ -16,10 +16,13 @@ from tests.conftest import ROOT
 from tests.report_fixture import EXPECTED, write_multirun
 from xling_edit.report.cli import main
 
-TABLES = [f"post_{m}_{p}" for m in ("reliability", "generalization", "locality")
+TABLES = [f"post_{m}_{p}" for m in ("reliability", "generalization")
           for p in ("token_acc", "exact", "prob")]
+TABLES += [f"post_locality_{p}" for p in ("agree_token", "agree_exact", "answer_token_acc",
+                                          "answer_exact", "prob", "prob_drop")]
 TABLES += ["post_portability_token_acc", "post_portability_exact",
-           "pre_reliability_token_acc", "pre_reliability_exact", "pre_reliability_prob"]
+           "pre_reliability_token_acc", "pre_reliability_exact", "pre_reliability_prob",
+           "pre_locality_answer_token_acc", "pre_locality_answer_exact", "pre_locality_prob"]
 HEATMAPS = [f"heatmap_tiny_llama_builtin_rome_none_{p}.png" for p in ("token_acc", "exact", "prob")]
 
 
@@ -52,7 +55,8 @@ def test_writes_every_promised_file(sweep_report):
         assert (out / "tables" / f"{stem}.csv").stat().st_size > 0, stem
         assert (out / "tables" / f"{stem}.md").read_text().count("|") > 10, stem
     assert not (out / "tables" / "post_portability_prob.csv").exists()  # no values at all
-    assert not (out / "tables" / "pre_locality_token_acc.csv").exists()
+    assert not (out / "tables" / "pre_locality_agree_token.csv").exists()  # no pre-edit value
+    assert not (out / "tables" / "post_locality_token_acc.csv").exists()  # the old name
     for name in HEATMAPS + ["fertility_vs_success.png"]:
         data = (out / "figures" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name

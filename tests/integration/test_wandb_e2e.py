@@ -53,7 +53,9 @@ def check_job_run(job, edit: str):
     assert [h["progress/cases_done"] for h in streamed] == [1, 2]
     keys = run.history_keys
     assert {f"case/reliability_token_acc/{l}" for l in ("en", "de")} <= keys
-    assert {"ELFI/reliability_token_acc", "ELFO/locality_token_acc", "tables/summary"} <= keys
+    assert {"ELFI/reliability_token_acc", "ELFO/locality_agree_token", "ELFO/locality_prob_drop",
+            "tables/summary"} <= keys
+    assert {f"case/locality_agree_token/{l}" for l in ("en", "de")} <= keys
     assert any(k.startswith("report/figures/heatmap_") for k in keys)
     assert run.summary["status"] == "finished" and "ELFI/reliability_token_acc" in run.summary
     return run

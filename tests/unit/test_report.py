@@ -10,8 +10,8 @@ import types
 import numpy as np
 import pytest
 
-from tests.report_fixture import (CASES, EXPECTED, PRE_REL, fixture_lines, write_multirun,
-                                  write_run)
+from tests.report_fixture import (CASES, EXPECTED, LOC_AGREE, LOC_PROB_POST, PRE_REL,
+                                  fixture_lines, write_multirun, write_run)
 from xling_edit.report import maths
 from xling_edit.report.load import find_run_dirs, language_names, load_results
 
@@ -28,9 +28,12 @@ def post_cells():
 
 
 def test_constants_mirror_the_evaluator():
-    from xling_edit.evaluation.evaluate import METRICS, PROTOCOLS
+    from xling_edit.evaluation import evaluate as ev
 
-    assert maths.METRICS == METRICS and maths.PROTOCOLS == PROTOCOLS
+    assert maths.METRICS == ev.METRICS and maths.PROTOCOLS == ev.PROTOCOLS
+    assert maths.LOCALITY_PROTOCOLS == ev.LOCALITY_PROTOCOLS
+    assert maths.POST_ONLY_KEYS == ev.POST_ONLY_KEYS and maths.RENAMED_KEYS == ev.RENAMED_KEYS
+    assert tuple(maths.metric_keys()) == ev.METRIC_KEYS
 
 
 def test_lang_order_is_the_papers_then_alphabetical():
@@ -53,7 +56,10 @@ def test_aggregate_gives_hand_computed_means_and_elfi_elfo(post_cells):
 def test_pre_edit_values_and_missing_metrics():
     pre = maths.aggregate(fixture_lines(), "pre", KEY, n_boot=50)
     assert {c.mean for c in pre} == {PRE_REL}
-    assert maths.aggregate(fixture_lines(), "pre", "locality.token_acc") == []  # undefined pre-edit
+    assert maths.aggregate(fixture_lines(), "pre", "locality.agree_token") == []  # undefined pre-edit
+    assert {c.mean for c in maths.aggregate(fixture_lines(), "pre", "locality.prob", n_boot=10)} == {1.0}
+    post = maths.aggregate(fixture_lines(), "post", "locality.prob_drop", n_boot=10)
+    assert {c.mean for c in post} == {1.0 - LOC_PROB_POST}
     assert maths.aggregate(fixture_lines(), "post", "portability.prob") == []
 
 
@@ -241,3 +247,38 @@ def test_all_languages_edit_counts_as_elfi_everywhere():
     assert elfi_elfo(V, ["en", "de"], "all")[0] == 0.75
     assert np.isnan(elfi_elfo(V, ["en", "de"], "all")[1])
     assert elfi_elfo(V, ["en", "de"], "en") == (1.0, 0.5)
+
+
+def test_old_results_files_are_read_with_todays_names(tmp_path):
+    """Results written before locality's agreement metrics were renamed (``locality.token_acc`` /
+    ``exact``, no pre-edit locality) load under the new names; nothing else changes."""
+    old = fixture_lines(legacy=True)
+    assert "locality.token_acc" in old[0]["post"] and "locality.agree_token" not in old[0]["post"]
+    write_run(tmp_path / "old", [l for l in old if l["edit_lang"] == "en"], "en")
+    res = load_results(tmp_path / "old")
+    for l in res.lines:
+        for phase in ("pre", "post"):
+            assert not set(maths.RENAMED_KEYS) & set(l.get(phase) or {})
+    cells = cells_by(maths.aggregate(res.lines, "post", "locality.agree_token", n_boot=10))
+    assert cells[("en", "ELFO")].mean == pytest.approx(LOC_AGREE) and cells[("en", "en")].n_cases == 3
+    assert maths.aggregate(res.lines, "pre", "locality.prob") == []  # none was computed then
+    same = cells_by(maths.aggregate(res.lines, "post", KEY, n_boot=10))
+    assert same[("en", "ELFO")].mean == pytest.approx(EXPECTED[("en", "ELFO")])
+
+
+def test_upgrade_line_keeps_a_present_new_key():
+    line = {"pre": None, "post": {"locality.token_acc": 0.1, "locality.agree_token": 0.9,
+                                  "locality.exact": 0.0}}
+    maths.upgrade_line(line)
+    assert line["post"] == {"locality.agree_token": 0.9, "locality.agree_exact": 0.0}
+
+
+def test_report_of_old_results_has_agreement_tables(tmp_path):
+    from xling_edit.report import build_report
+
+    old = fixture_lines(legacy=True)
+    write_run(tmp_path / "old", [l for l in old if l["edit_lang"] == "de"], "de")
+    rep = build_report(tmp_path / "old", out=tmp_path / "rep", n_boot=10, figures=False)
+    assert (tmp_path / "rep" / "tables" / "post_locality_agree_token.csv").is_file()
+    assert not (tmp_path / "rep" / "tables" / "post_locality_token_acc.csv").exists()
+    assert "locality.prob (pre-edit)" in rep.skipped_tables  # old files have no baseline

@@ -74,7 +74,7 @@ def drive(logger, cfg, job, lines, info, rows):
 def test_yaml_matches_schema_and_defaults():
     c = job_cfg()
     assert c.logger.name == "wandb" and c.logger.mode == "auto" and c.logger.group is None
-    assert c.logger.dir is None and c.logger.log_every == 1 and list(c.logger.stream_protocols) == ["token_acc"]
+    assert c.logger.dir is None and c.logger.log_every == 1 and list(c.logger.stream_protocols) == ["token_acc", "agree_token"]
     assert job_cfg("logger=none").logger.name == "none"
 
 
@@ -144,7 +144,9 @@ def test_summary_table_and_headline_numbers(tmp_path):
     assert cell[("ELFI", "post", "reliability.token_acc")]["elfi"] is True
     assert cell[("de", "post", "reliability.token_acc")]["elfi"] is False
     assert cell[("en", "post", "reliability.token_acc")]["n"] == 3  # c4 skipped
-    assert ("en", "pre", "locality.token_acc") not in cell  # undefined before the edit: no row
+    assert ("en", "pre", "locality.agree_token") not in cell  # undefined before the edit: no row
+    assert cell[("en", "pre", "locality.prob")]["value"] == 1.0  # locality's pre-edit baseline
+    assert cell[("en", "post", "locality.prob_drop")]["value"] == pytest.approx(0.5)
     head = wl.headline_summary(info, rows)
     assert head["ELFI/reliability_token_acc"] == pytest.approx(2.5 / 3, abs=1e-4)
     assert head["ELFO/reliability_token_acc"] == pytest.approx(1.75 / 6, abs=1e-4)

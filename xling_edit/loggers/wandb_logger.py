@@ -12,7 +12,10 @@ What is logged (``/`` separates W&B sections; metric keys use ``_`` instead of t
 - ``progress/cases_done`` (the x axis of everything streamed), ``progress/total``,
   ``progress/failed``, ``progress/fraction``;
 - ``case/<metric>_<protocol>/<eval_lang>``: post-edit value of the cases finished since the
-  previous point (one case with ``log_every=1`` in single mode), for ``stream_protocols``;
+  previous point (one case with ``log_every=1`` in single mode), for ``stream_protocols``
+  (locality's protocols are its own: ``agree_token`` / ``agree_exact`` = agreement with the
+  pre-edit argmax, ``answer_*`` = correctness of the true answer, ``prob``, ``prob_drop``; see
+  ``xling_edit.evaluation.evaluate``);
 - ``ELFI/<metric>_<protocol>``, ``ELFO/<metric>_<protocol>``: running post-edit means over every
   finished case (ok lines only, each case-language line weighing one, as in ``summary.csv``);
 - ``time/<timing>``: per-case seconds (pre_eval_s, edit_s, post_eval_s, restore_s);
@@ -36,7 +39,7 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
-from xling_edit.evaluation.evaluate import PROTOCOLS
+from xling_edit.evaluation.evaluate import METRIC_PROTOCOLS
 from xling_edit.languages import ALL_LANGUAGES, is_elfi
 from xling_edit.loggers.base import RunLogger
 from xling_edit.results import SUMMARY_KEYS
@@ -187,9 +190,10 @@ class WandbLogger(RunLogger):
         self.mode = resolve_mode(s.get("mode", "auto"))  # fail at build time on a bad mode
         self.log_every = max(1, int(s.get("log_every") or 1))
         protos = s.get("stream_protocols")
-        unknown = sorted(set(protos or ()) - set(PROTOCOLS))
+        known = list(dict.fromkeys(p for ps in METRIC_PROTOCOLS.values() for p in ps))
+        unknown = sorted(set(protos or ()) - set(known))
         if unknown:
-            raise ValueError(f"logger.stream_protocols {unknown} unknown; one of {list(PROTOCOLS)}")
+            raise ValueError(f"logger.stream_protocols {unknown} unknown; one of {known}")
         self.stream_keys = [k for k in SUMMARY_KEYS if protos is None or k.split(".", 1)[1] in protos]
         self.wandb = import_wandb()
         self.run = None

@@ -25,6 +25,9 @@ from xling_edit.report.load import Results, Run, language_names, load_results, n
 log = logging.getLogger(__name__)
 
 HEATMAP_PROTOCOLS = ("token_acc", "exact", "prob")
+#: the locality key drawn in each protocol's heatmap (locality's protocols are its own; the
+#: panel is titled with the key, so agreement is never shown as accuracy)
+HEATMAP_LOCALITY = {"token_acc": "agree_token", "exact": "agree_exact", "prob": "prob"}
 MANIFEST = ".report_files.json"  # what the last build wrote; stale files of it are removed
 CELL_COLS = list(agg.ROW_KEYS) + ["eval_lang", "phase", "metric", "protocol", "key", "mean",
                                   "ci_lo", "ci_hi", "n_lines", "n_cases"]
@@ -61,7 +64,7 @@ def default_out(paths: Sequence[str | os.PathLike]) -> Path:
 
 def build_report(paths: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike | None = None,
                  n_boot: int = 1000, seed: int = 0, ci: float = 0.95, figures: bool = True,
-                 pre_metrics: Sequence[str] = ("reliability",),
+                 pre_metrics: Sequence[str] = ("reliability", "locality"),
                  heatmap_protocols: Sequence[str] = HEATMAP_PROTOCOLS) -> Report:
     """Load every run under ``paths`` and write the report folder ``out`` (default: ``report/``
     inside the first path)."""
@@ -129,8 +132,9 @@ def build_report(paths: str | os.PathLike | Sequence[str | os.PathLike], out: st
                 edits = agg.lang_order(c.edit_lang for c in gcells)
                 evals = agg.lang_order(c.eval_lang for c in gcells if c.eval_lang not in agg.SUMMARY_COLS)
                 for proto in heatmap_protocols:
-                    per_key = {f"{m}.{proto}": [c for c in gcells if c.key == f"{m}.{proto}"]
-                               for m in agg.METRICS}
+                    keys = [f"{m}.{HEATMAP_LOCALITY.get(proto, proto) if m == 'locality' else proto}"
+                            for m in agg.METRICS]
+                    per_key = {k: [c for c in gcells if c.key == k] for k in keys}
                     if not any(per_key.values()):
                         continue
                     fig = plots.heatmap_figure(per_key, names, plots.group_title(g, f"post-edit, {proto}"),
@@ -258,8 +262,13 @@ def _report_md(rep: Report, names, sections, heatmaps, fert_png, loc_cats, loc_r
           "and ELFO from the same resamples). **ELFI**: evaluation language = edit language (every language for edit `all`); "
           "**ELFO**: all other evaluation languages, pooled over case-language lines. "
           "`token_acc`: share of target tokens predicted (EasyEdit); `exact`: all of them; "
-          "`prob`: P(new) > P(true) (ROME/MEMIT). All cells in one long table: "
-          "[cells.csv](cells.csv).", ""]
+          "`prob`: P(new) > P(true) (ROME/MEMIT). Locality (an unrelated prompt and its true "
+          "answer): `agree_token` / `agree_exact` = the post-edit argmax agrees with the "
+          "pre-edit argmax (stability, EasyEdit's locality; not correctness; older results "
+          "called these `token_acc` / `exact`), `answer_token_acc` / `answer_exact` = the true "
+          "answer is predicted (pre- and post-edit), `prob` = the true answer stays more likely "
+          "than target_new (pre- and post-edit), `prob_drop` = pre-edit `prob` − post-edit "
+          "`prob` per case. All cells in one long table: [cells.csv](cells.csv).", ""]
     L += sections
     if rep.skipped_tables:
         L += ["Tables without any value (not written): " + ", ".join(rep.skipped_tables) + ".", ""]

@@ -23,8 +23,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--ci", type=float, default=0.95, help="confidence level (default 0.95)")
-    p.add_argument("--pre-metrics", default="reliability",
-                   help="comma-separated metrics that also get pre-edit tables (default reliability)")
+    p.add_argument("--pre-metrics", default="reliability,locality",
+                   help="comma-separated metrics that also get pre-edit tables (default "
+                        "reliability,locality; locality's agreement keys have none)")
     p.add_argument("--no-figures", action="store_true", help="tables and report.md only")
     p.add_argument("-q", "--quiet", action="store_true")
     return p

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from xling_edit.report.maths import GROUP_KEYS, LINE_KEYS, field as line_field, ok_lines
+from xling_edit.report.maths import GROUP_KEYS, LINE_KEYS, field as line_field, ok_lines, upgrade_line
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ def read_jsonl(path: Path) -> tuple[list[dict], int]:
 
 
 def load_run(path: str | os.PathLike) -> Run:
-    """Read one run directory (or its ``results.jsonl``)."""
+    """Read one run directory (or its ``results.jsonl``); metric keys of older versions are
+    renamed to today's (``maths.upgrade_line``)."""
     p = Path(path)
     results = p if p.is_file() else p / RESULTS
     d = results.parent
@@ -114,6 +115,7 @@ def load_run(path: str | os.PathLike) -> Run:
         except json.JSONDecodeError:
             log.warning("%s: unreadable run_info.json, ignored", d)
     for l in lines:
+        upgrade_line(l)  # older results: locality.token_acc -> locality.agree_token, ...
         l["run_dir"] = str(d)
     if bad:
         log.warning("%s: %d undecodable line(s) ignored", results, bad)

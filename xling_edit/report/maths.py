@@ -27,10 +27,20 @@ import numpy as np
 
 from xling_edit.languages import is_elfi
 
-# Mirrors xling_edit.evaluation.evaluate.METRICS / PROTOCOLS (not imported from there: that
-# module pulls in torch; tests/unit/test_report.py checks the two agree).
+# Mirrors xling_edit.evaluation.evaluate.METRICS / PROTOCOLS / LOCALITY_PROTOCOLS /
+# POST_ONLY_KEYS / RENAMED_KEYS (not imported from there: that module pulls in torch;
+# tests/unit/test_report.py checks the two agree). Locality's protocols are its own:
+# ``agree_token`` / ``agree_exact`` = agreement of the post-edit with the pre-edit argmax
+# (stability; post-edit only), ``answer_token_acc`` / ``answer_exact`` = correctness of the true
+# answer, ``prob`` = the true answer beats target_new, ``prob_drop`` = pre − post ``prob``.
 METRICS = ("reliability", "generalization", "locality", "portability")
 PROTOCOLS = ("token_acc", "exact", "prob")
+LOCALITY_PROTOCOLS = ("agree_token", "agree_exact", "answer_token_acc", "answer_exact", "prob",
+                      "prob_drop")
+METRIC_PROTOCOLS = {m: LOCALITY_PROTOCOLS if m == "locality" else PROTOCOLS for m in METRICS}
+POST_ONLY_KEYS = ("locality.agree_token", "locality.agree_exact", "locality.prob_drop")
+#: keys of results written before the agreement metrics were renamed -> today's names
+RENAMED_KEYS = {"locality.token_acc": "locality.agree_token", "locality.exact": "locality.agree_exact"}
 PHASES = ("pre", "post")
 
 #: the paper's language order; other languages follow alphabetically
@@ -58,8 +68,26 @@ def lang_order(codes: Iterable[str]) -> list[str]:
     return known + sorted(codes - set(LANG_ORDER))
 
 
-def metric_keys(metrics: Sequence[str] = METRICS, protocols: Sequence[str] = PROTOCOLS) -> list[str]:
-    return [f"{m}.{p}" for m in metrics for p in protocols]
+def metric_keys(metrics: Sequence[str] = METRICS, protocols: Sequence[str] | None = None) -> list[str]:
+    """``<metric>.<protocol>`` for ``metrics``, each with its own protocols
+    (:data:`METRIC_PROTOCOLS`) or, when given, only those of ``protocols`` it has."""
+    return [f"{m}.{p}" for m in metrics for p in METRIC_PROTOCOLS.get(m, PROTOCOLS)
+            if protocols is None or p in protocols]
+
+
+def upgrade_line(line: dict) -> dict:
+    """Rename, in place, the metric keys of a line written by an older version
+    (:data:`RENAMED_KEYS`: ``locality.token_acc`` → ``locality.agree_token``, ...) in its
+    ``pre`` and ``post`` dicts; a line that already has the new key keeps it. Returns ``line``."""
+    for phase in PHASES:
+        d = line.get(phase)
+        if not isinstance(d, dict):
+            continue
+        for old, new in RENAMED_KEYS.items():
+            if old in d:
+                v = d.pop(old)
+                d.setdefault(new, v)
+    return line
 
 
 def field(line: Mapping, key: str):
@@ -288,11 +316,11 @@ def aggregate_many(lines: Iterable[Mapping], specs: Iterable[tuple[str, str]], n
     return [c for s in specs for c in out[s]]
 
 
-def table_specs(pre_metrics: Sequence[str] = ("reliability",)) -> list[tuple[str, str]]:
+def table_specs(pre_metrics: Sequence[str] = ("reliability", "locality")) -> list[tuple[str, str]]:
     """(phase, key) of every table: post-edit for every metric × protocol, pre-edit for
-    ``pre_metrics`` (locality has no pre-edit value)."""
+    ``pre_metrics`` (but not :data:`POST_ONLY_KEYS`, which have no pre-edit value)."""
     specs = [("post", k) for k in metric_keys()]
-    specs += [("pre", k) for k in metric_keys(tuple(m for m in pre_metrics if m != "locality"))]
+    specs += [("pre", k) for k in metric_keys(tuple(pre_metrics)) if k not in POST_ONLY_KEYS]
     return specs
 
 
