@@ -5,6 +5,7 @@ throughput and peak memory on one model, each fast path against the plain path i
     python -m xling_edit.bench --quick                 # 1 repeat, MEMIT batch 4: a first look
     python -m xling_edit.bench --model tiny_llama      # seconds; the smoke test uses it
     python -m xling_edit.bench --override stats.per_lang=10 --out my.json
+    python -m xling_edit.bench --only stats --stats-tokens 50000   # the statistics item alone
 
 Fast and plain paths run interleaved in the same process on the same cases (the value
 optimisation takes the same steps on both), so each ratio compares like with like even when
@@ -19,7 +20,11 @@ straightforward implementation does, each reached by a config flag (``eval.*`` a
   (``method.v_head_at_targets``);
 - covariance: a fresh solve with C at every edit (``method.cache_factorization``);
 - restoration: a copy of every parameter instead of the edited tensors only;
-- statistics: the whole model per batch instead of stopping after the statistics layer.
+- statistics (``layer_second_moments`` arguments, benchmark only): each batch's KᵀK in float64
+  after a hook on the projection ran, against float32 batch products added to the float64
+  total with the forward ended by a pre-hook before the projection (the two run on the same
+  documents in alternating rounds, and their covariances are compared); and the whole model per
+  batch (on every third round, at most ~10k tokens).
 
 Peak memory is read in a fresh subprocess that runs only the fast paths (``ru_maxrss`` is a
 high-water mark, and the plain paths' full logits would set it).
@@ -69,7 +74,7 @@ def compose(model: str, overrides: list[str], model_conf: str | None = None):
 class Setup:
     """Model, data, statistics and editors, built the way ``xling_edit.pipeline`` builds them."""
 
-    def __init__(self, cfg, edit_lang: str = "en", quiet: bool = True):
+    def __init__(self, cfg, edit_lang: str = "en", quiet: bool = True, prefetch: bool = True):
         from xling_edit import pipeline as P
         from xling_edit.data import load_dataset
         from xling_edit.languages import PROJECT_ROOT, load_languages, resolve_eval_langs
@@ -96,7 +101,7 @@ class Setup:
         self.method_cfgs = {name: compose_method(cfg, name) for name in ("rome", "memit")}
         layers = sorted({int(self.method_cfgs["rome"].layer), *map(int, self.method_cfgs["memit"].layers)})
         t0 = time.perf_counter()
-        if self.cov is not None:
+        if self.cov is not None and prefetch:  # (--only stats needs no cached C)
             self.cov.prefetch(layers)
         self.stats_prefetch_s = time.perf_counter() - t0
         self.param_bytes_fp32 = sum(p.numel() for p in self.model.parameters()) * 4
@@ -298,6 +303,12 @@ def bench_memit(s: Setup, repeats: int, batch: int, log: Callable, plain_batch: 
 
 
 def bench_stats(s: Setup, repeats: int, tokens: int, log: Callable) -> dict:
+    """Covariance statistics for the ROME layer on ~``tokens`` tokens of the built-in corpus
+    (languages round-robin), split into rounds of consecutive documents: every round runs the
+    fast path and the float64 path (the path before float32 batch products and the pre-hook
+    stop) on the same documents, in alternating order, so load swings on a shared machine hit
+    both; every third round also the whole model (until ~10k tokens). The covariances of the
+    full corpus from the fast and the float64 path are compared (relative Frobenius norm)."""
     from xling_edit.editing.stats import builtin_corpus, layer_second_moments
 
     layer = int(s.method_cfgs["rome"].layer)
@@ -310,23 +321,41 @@ def bench_stats(s: Setup, repeats: int, tokens: int, log: Callable) -> dict:
         n += len(chosen[-1])
         if n >= tokens:
             break
-    # the plain path runs on a third of the documents (it is ~3x slower; throughput is per token)
-    subsets = {"fast": chosen, "plain": chosen[: max(1, len(chosen) // 3)]}
-    out: dict[str, Any] = {"tokens": {}, "times": {}, "tok_s": {}}
-    for _ in range(max(repeats, 1)):
-        for key, docs in subsets.items():
+    n_rounds = max(1, min(len(chosen), max(repeats, round(n / 5000))))  # ~5k tokens a round
+    bounds = [round(i * len(chosen) / n_rounds) for i in range(n_rounds + 1)]
+    paths = {  # name -> layer_second_moments arguments
+        "fast": {},
+        "float64": {"stop_before_projection": False, "batch_float32": False},
+        "whole_model": {"stop_early": False, "stop_before_projection": False, "batch_float32": False},
+    }
+    out: dict[str, Any] = {"tokens": {}, "times": {}, "tok_s": {}, "round_ratio": [], "layer": layer,
+                           "rounds": n_rounds}
+    sums: dict[str, torch.Tensor] = {}
+    for r in range(n_rounds):
+        docs = chosen[bounds[r]: bounds[r + 1]]
+        names = ["fast", "float64"] if r % 2 == 0 else ["float64", "fast"]
+        if r % 3 == 0 and out["tokens"].get("whole_model", 0) < 10_000:
+            names.append("whole_model")
+        for key in names:
             t0 = time.perf_counter()
-            _, ntok = layer_second_moments(s.model, s.tok, s.spec, [layer], docs,
+            m, ntok = layer_second_moments(s.model, s.tok, s.spec, [layer], docs,
                                            batch_size=st.batch_size, max_length=st.max_length,
-                                           desc=f"stats ({key})", stop_early=key == "fast",
-                                           texts_are_ids=True)
+                                           desc=f"stats ({key})", texts_are_ids=True, **paths[key])
             dt = time.perf_counter() - t0
             out["times"].setdefault(key, []).append(dt)
             out["tok_s"].setdefault(key, []).append(ntok / dt)
-            out["tokens"][key] = ntok
-        log(f"  statistics: fast {out['tokens']['fast']} tokens in {out['times']['fast'][-1]:.1f}s, "
-            f"plain {out['tokens']['plain']} tokens in {out['times']['plain'][-1]:.1f}s")
-    out["layer"] = layer
+            out["tokens"][key] = out["tokens"].get(key, 0) + ntok
+            if key != "whole_model":
+                sums[key] = m[layer] * ntok + sums[key] if key in sums else m[layer] * ntok
+        out["round_ratio"].append(out["tok_s"]["fast"][-1] / out["tok_s"]["float64"][-1])
+        log(f"  statistics round {r + 1}/{n_rounds}: fast {out['tok_s']['fast'][-1]:,.0f} tokens/s, "
+            f"float64 {out['tok_s']['float64'][-1]:,.0f} tokens/s (ratio {out['round_ratio'][-1]:.2f}), "
+            f"load average {_loadavg()}")
+    for key, ts in out["times"].items():
+        out.setdefault("overall_tok_s", {})[key] = out["tokens"][key] / sum(ts)
+    c_fast, c_ref = sums["fast"] / out["tokens"]["fast"], sums["float64"] / out["tokens"]["float64"]
+    out["max_rel_diff"] = float((c_fast - c_ref).norm() / c_ref.norm())
+    log(f"  statistics: fast = float64 path to {out['max_rel_diff']:.1e} (relative Frobenius)")
     return out
 
 
@@ -384,8 +413,8 @@ def _row(name, fast, plain=None, note=""):
     return {"figure": name, "fast": fast, "plain": plain, "ratio": ratio, "note": note}
 
 
-def summarise(res: dict) -> list[dict]:
-    ro, me, st = res["rome"]["times"], res["memit"]["times"], res["stats"]
+def _rome_memit_rows(res: dict) -> list[dict]:
+    ro, me = res["rome"]["times"], res["memit"]["times"]
     rows = [
         _row("edit + 8-language evaluation, one case (s) [ROME]", med(ro["case_fast"]), med(ro["case_plain"]),
              "pre-edit pass + edit + post-edit pass + restore; all fast paths vs all plain"),
@@ -426,15 +455,36 @@ def summarise(res: dict) -> list[dict]:
              "edited tensors only vs a copy of every parameter"),
         _row("tokenise a case's rows, once (s)", med(ro["tokenise_rows"]), None, "reused by pre and post passes"),
     ]
-    tok_s_fast, tok_s_plain = med(st["tok_s"]["fast"]), med(st["tok_s"]["plain"])
-    rows += [
-        _row("statistics throughput (tokens/s)", tok_s_fast, tok_s_plain,
-             f"layer {st['layer']}, {st['tokens']['fast']} / {st['tokens']['plain']} tokens; "
-             f"stop after the layer vs whole model"),
-        _row("statistics, 1M tokens, one layer (min, implied)", 1e6 / tok_s_fast / 60, 1e6 / tok_s_plain / 60,
+    return rows
+
+
+def _stats_rows(st: dict) -> list[dict]:
+    fast, f64 = st["overall_tok_s"]["fast"], st["overall_tok_s"]["float64"]
+    ratio = med(st["round_ratio"])
+    rows = [
+        _row("statistics throughput (tokens/s)", fast, f64,
+             f"layer {st['layer']}, {st['tokens']['fast']} tokens, {st['rounds']} alternating rounds; "
+             f"float32 batch products + stop before the projection vs float64 after it; gain = median "
+             f"of per-round ratios; C equal to {st['max_rel_diff']:.0e} (relative Frobenius)"),
+        _row("statistics, 1M tokens, one layer (min, implied)", 1e6 / fast / 60, 1e6 / f64 / 60,
              "extrapolated from the throughput above"),
     ]
-    rows[-2]["ratio"] = tok_s_fast / tok_s_plain  # higher is better here
+    rows[0]["ratio"] = ratio  # higher is better here
+    rows[1]["ratio"] = ratio
+    whole = st["overall_tok_s"].get("whole_model")
+    if whole:
+        rows.append(_row("  - whole model per batch (tokens/s)", fast, whole,
+                         f"{st['tokens']['whole_model']} tokens, every third round; gain = fast / whole"))
+        rows[-1]["ratio"] = fast / whole
+    return rows
+
+
+def summarise(res: dict) -> list[dict]:
+    rows: list[dict] = []
+    if "rome" in res:
+        rows += _rome_memit_rows(res)
+    if "stats" in res:
+        rows += _stats_rows(res["stats"])
     mem = res.get("memory")
     if mem:
         w = mem["param_bytes_fp32"]
@@ -480,7 +530,11 @@ def parse_args(argv):
     p.add_argument("--repeats", type=int, default=3, help="runs per figure; medians are reported")
     p.add_argument("--quick", action="store_true", help="1 repeat, MEMIT batch 4, 10k statistics tokens")
     p.add_argument("--memit-batch", type=int, default=16, help="the larger MEMIT batch size")
-    p.add_argument("--stats-tokens", type=int, default=10000, help="tokens per statistics throughput run")
+    p.add_argument("--stats-tokens", type=int, default=10000,
+                   help="tokens of the statistics item (fast and float64 paths each run all of them)")
+    p.add_argument("--only", choices=["stats"], default=None,
+                   help="run one item alone: stats = the statistics throughput (no memory probe, "
+                        "no cached C needed)")
     p.add_argument("--full", action="store_true",
                    help="also time the plain path at the large MEMIT batch (minutes more)")
     p.add_argument("--edit-lang", default="en")
@@ -511,20 +565,21 @@ def main(argv=None) -> int:
     load_start = _loadavg()
     log(f"bench {a.model}: repeats {a.repeats}, MEMIT batch {a.memit_batch}, load average {load_start}")
     res: dict[str, Any] = {"model": a.model, "argv": sys.argv[1:] if argv is None else list(argv)}
-    if not a.no_memory:
+    if not a.no_memory and a.only is None:
         log("peak memory (fresh process, fast paths only) ...")
         res["memory"] = run_memory_probe(a.model, a.override, log)
-    s = Setup(compose(a.model, a.override), edit_lang=a.edit_lang)
+    s = Setup(compose(a.model, a.override), edit_lang=a.edit_lang, prefetch=a.only is None)
     res["load_s"] = s.load_s
     res["stats_prefetch_s"] = s.stats_prefetch_s
     need = max(a.repeats, a.memit_batch)
     if len(s.cases) < need:
         log(f"only {len(s.cases)} cases with {a.edit_lang}; using fewer")
     log(f"loaded in {s.load_s:.1f}s; {len(s.cases)} cases, {len(s.langs)} languages")
-    log("ROME and evaluation ...")
-    res["rome"] = bench_rome_and_eval(s, a.repeats, log)
-    log("MEMIT ...")
-    res["memit"] = bench_memit(s, a.repeats, a.memit_batch, log, plain_batch=a.full)
+    if a.only is None:
+        log("ROME and evaluation ...")
+        res["rome"] = bench_rome_and_eval(s, a.repeats, log)
+        log("MEMIT ...")
+        res["memit"] = bench_memit(s, a.repeats, a.memit_batch, log, plain_batch=a.full)
     log("covariance statistics ...")
     res["stats"] = bench_stats(s, a.repeats, a.stats_tokens, log)
     res["summary"] = summarise(res)
@@ -538,19 +593,24 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1, default=str))
     print()
-    print(f"== {a.model} | {res['rome']['rows']} rows/case over {len(s.langs)} languages | "
+    rows_note = f"{res['rome']['rows']} rows/case over " if "rome" in res else ""
+    print(f"== {a.model} | {rows_note}{len(s.langs)} languages | "
           f"{torch.get_num_threads()} threads | medians of {a.repeats} | load average "
           f"{load_start} -> {_loadavg()}")
     print(format_table(res["summary"]))
-    same = res["rome"]["same_metrics"]
+    same = res["rome"]["same_metrics"] if "rome" in res else []
     n = len(same)
-    print(f"\nequivalence, fast vs plain: evaluation on the same weights, every metric identical "
-          f"(NLLs to 1e-4): {sum(x['eval_identical'] for x in same)}/{n} cases; value optimisation, "
-          f"same NLL trajectory: {sum(x['same_trajectory'] for x in same)}/{n}, |dW_fast - dW_plain| / "
-          f"|dW_plain| <= {max(x['edit_rel_diff'] for x in same):.1e}; end to end (each path's own "
-          f"edit), token_acc/exact/prob metrics identical: "
-          f"{sum(x['end_to_end_argmax_and_prob_identical'] for x in same)}/{n}, mean NLLs within "
-          f"{max(x['end_to_end_max_nll_diff'] for x in same):.1e}")
+    if same:
+        print(f"\nequivalence, fast vs plain: evaluation on the same weights, every metric identical "
+              f"(NLLs to 1e-4): {sum(x['eval_identical'] for x in same)}/{n} cases; value optimisation, "
+              f"same NLL trajectory: {sum(x['same_trajectory'] for x in same)}/{n}, |dW_fast - dW_plain| / "
+              f"|dW_plain| <= {max(x['edit_rel_diff'] for x in same):.1e}; end to end (each path's own "
+              f"edit), token_acc/exact/prob metrics identical: "
+              f"{sum(x['end_to_end_argmax_and_prob_identical'] for x in same)}/{n}, mean NLLs within "
+              f"{max(x['end_to_end_max_nll_diff'] for x in same):.1e}")
+    if "stats" in res:
+        print(f"statistics: the fast path's C equals the float64 path's to "
+              f"{res['stats']['max_rel_diff']:.1e} (relative Frobenius, {res['stats']['tokens']['fast']} tokens)")
     print(f"total {time.perf_counter() - t_start:.0f}s; JSON: {out}")
     return 0
 

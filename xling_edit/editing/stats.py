@@ -16,8 +16,10 @@ English keys only. Here the corpus is a config choice:
   ``hf_path=wikimedia/wikipedia hf_name=20231101.{lang}``), streamed, ``per_lang`` documents
   per language; needs the ``datasets`` package and, unless cached, network access.
 
-Accumulation is in float64 over non-special tokens; results are cached on disk keyed by model,
-layer, corpus spec and sample count (safetensors, written to a temporary file then renamed).
+Over non-special tokens, each batch's product in float32 and the total in float64
+(:class:`SecondMoment`); the forward pass ends before the highest statistics layer's projection.
+Results are cached on disk keyed by model, layer, corpus spec and sample count (safetensors,
+written to a temporary file then renamed).
 """
 
 from __future__ import annotations
@@ -47,41 +49,93 @@ log = logging.getLogger(__name__)
 MIN_TOKENS_PER_DIM = 10
 
 
-def accumulate_second_moment(keys: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
-    """Add Σ k kᵀ over the rows of ``keys`` ([n, d]) to ``acc`` (float64)."""
-    k = keys.double()
-    s = k.T @ k
-    return s if acc is None else acc + s
+class SecondMoment:
+    """Σ k kᵀ over the rows of every ``add(keys)`` ([n, d]), totalled in float64.
+
+    Fast path (``batch_float32``, the default): each batch's KᵀK is computed in float32, the
+    keys' own precision (summing one batch's few hundred rows loses ~1e-7 relative), as its upper
+    triangle only — KᵀK is symmetric, so row strip i of ``SYM_STRIPS`` needs only the columns from
+    its own diagonal on, 5/8 of the multiply-adds — into a preallocated float32 buffer, then
+    added to the float64 total through a preallocated float64 buffer (a fresh d × d allocation or
+    a mixed-precision add per batch costs a third of the product itself on a CPU). The plain
+    path (``batch_float32=False``, for the benchmark) converts the keys to float64 and adds their
+    full product."""
+
+    #: row strips of the upper-triangle product (1 = one full product)
+    SYM_STRIPS = 4
+
+    def __init__(self, batch_float32: bool = True):
+        self.batch_float32 = batch_float32
+        self.acc: torch.Tensor | None = None
+        self._b32: torch.Tensor | None = None
+        self._b64: torch.Tensor | None = None
+
+    def add(self, keys: torch.Tensor) -> None:
+        if not self.batch_float32:
+            k = keys.double()
+            s = k.T @ k
+            self.acc = s if self.acc is None else self.acc.add_(s)
+            return
+        k = keys.float()
+        d = k.shape[1]
+        if self.acc is None:
+            self.acc = torch.zeros(d, d, dtype=torch.float64, device=k.device)
+            self._b32 = torch.zeros(d, d, dtype=torch.float32, device=k.device)
+            self._b64 = torch.zeros(d, d, dtype=torch.float64, device=k.device)
+        strips = min(self.SYM_STRIPS, d)
+        edges = [round(i * d / strips) for i in range(strips + 1)]
+        for lo, hi in zip(edges, edges[1:]):  # strip [lo:hi) × columns [lo:d)
+            torch.mm(k[:, lo:hi].T, k[:, lo:], out=self._b32[lo:hi, lo:])
+        self.acc.add_(self._b64.copy_(self._b32))
+
+    def total(self) -> torch.Tensor:
+        """Σ k kᵀ (float64, exactly symmetric)."""
+        if self.acc is None:
+            raise ValueError("no keys were added")
+        if self.batch_float32:  # only the upper triangle is meaningful: mirror it
+            return torch.triu(self.acc) + torch.triu(self.acc, 1).T
+        return self.acc
 
 
 @torch.inference_mode()
 def layer_second_moments(model, tok, spec: ModelSpec, layers: Sequence[int], texts: Sequence[str],
                          batch_size: int = 8, max_length: int = 128,
                          desc: str = "covariance", stop_early: bool = True,
-                         texts_are_ids: bool = False) -> tuple[dict[int, torch.Tensor], int]:
+                         texts_are_ids: bool = False, stop_before_projection: bool = True,
+                         batch_float32: bool = True) -> tuple[dict[int, torch.Tensor], int]:
     """({layer: C}, number of tokens): C = mean over non-special tokens of k kᵀ, float64.
 
-    The forward pass ends after the highest requested block's projection (``stop_early``; False
-    runs the whole model, the plain path, for the benchmark). ``texts_are_ids``: ``texts`` are
-    already token-id lists."""
+    The forward pass ends at the highest requested block's projection (``stop_early``; False
+    runs the whole model). ``stop_before_projection``: a forward pre-hook takes the keys and ends
+    the pass before that projection's own product (False: a hook after it, the path before this
+    option). ``batch_float32``: see :class:`SecondMoment`. The three False settings
+    are the plain paths the benchmark compares; callers leave them at their defaults.
+    ``texts_are_ids``: ``texts`` are already token-id lists."""
     device = model_device(model)
-    sums: dict[int, torch.Tensor | None] = {l: None for l in layers}
+    sums = {l: SecondMoment(batch_float32) for l in layers}
     captured: dict[int, torch.Tensor] = {}
     last = max(layers)
 
-    def grab(_m, inp, _o, layer):
+    def grab(layer, inp):
         captured[layer] = inp[0]
         if layer == last and stop_early:  # nothing above the last statistics layer is needed
             raise _StopForward
 
-    hooks = [spec.module(model, "down_proj", l).register_forward_hook(
-        lambda m, i, o, l=l: grab(m, i, o, l)) for l in layers]
+    hooks = []
+    for l in layers:
+        mod = spec.module(model, "down_proj", l)
+        if stop_before_projection:
+            hooks.append(mod.register_forward_pre_hook(lambda m, i, l=l: grab(l, i)))
+        else:
+            hooks.append(mod.register_forward_hook(lambda m, i, o, l=l: grab(l, i)))
     special = torch.tensor(sorted(set(tok.all_special_ids)), device=device)
     n_tokens = 0
     t0 = time.perf_counter()
     try:
-        encoded = [list(t)[:max_length] if texts_are_ids else
-                   tok(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+        if texts_are_ids:
+            encoded = [list(t)[:max_length] for t in texts]
+        else:  # one call: the fast tokenizer batches it
+            encoded = tok(list(texts), truncation=True, max_length=max_length)["input_ids"] if texts else []
         encoded = sorted((e for e in encoded if len(e) > 1), key=len)  # less padding
         bar = tqdm(range(0, len(encoded), batch_size), desc=desc, unit="batch", dynamic_ncols=True)
         for b in bar:
@@ -93,14 +147,14 @@ def layer_second_moments(model, tok, spec: ModelSpec, layers: Sequence[int], tex
             keep = mask.bool() & ~torch.isin(ids, special)
             n_tokens += int(keep.sum())
             for l in layers:
-                sums[l] = accumulate_second_moment(captured[l][keep], sums[l])
+                sums[l].add(captured.pop(l)[keep])
             bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
     finally:
         for h in hooks:
             h.remove()
     if n_tokens == 0:
         raise ValueError("the statistics corpus produced no tokens")
-    return {l: s / n_tokens for l, s in sums.items()}, n_tokens
+    return {l: s.total() / n_tokens for l, s in sums.items()}, n_tokens
 
 
 @torch.no_grad()
