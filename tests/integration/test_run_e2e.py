@@ -31,8 +31,9 @@ def test_single_run_writes_results(tmp_path, model):
     assert ok[0]["subject"]["method"] == "exact"
     assert "edit_s" in ok[0]["timings"] and ok[0]["edit"]["covariance"].startswith("builtin")
     summary = (out / "summary.csv").read_text().splitlines()
-    assert summary[0].startswith("edit_lang,eval_lang,phase,n,reliability.token_acc")
-    assert any(row.startswith("en,ELFO,post") for row in summary)
+    assert summary[0].startswith("method,variant,edit_lang,eval_lang,phase,n,reliability.token_acc")
+    assert summary[1].startswith("rome,published,")  # which configuration made the numbers
+    assert any(row.startswith("rome,published,en,ELFO,post") for row in summary)
     info = json.loads((out / "run_info.json").read_text())
     assert info["case_status"] == {"ok": 2}
     assert "reliability.token_acc (post-edit)" in r.stdout
