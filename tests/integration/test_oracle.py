@@ -151,7 +151,12 @@ def test_rome_matches_oracle(tiny, consistent, cov_kind):
     assert_trajectory(t["loss_trajectory"], ref.value.losses, "loss")
     assert_trajectory(t["nll_trajectory"], ref.value.nlls, "nll")
     assert rel(t["delta"], ref.value.delta) < DW_REL, f"delta {rel(t['delta'], ref.value.delta):.2e}"
-    assert rel(t["k_star"], ref.k_bar if consistent else ref.keys[0]) < KEY_REL
+    assert rel(t["k_bar"], ref.k_bar) < KEY_REL, f"mean key {rel(t['k_bar'], ref.k_bar):.2e}"
+    k_star = ref.k_bar if consistent else ref.keys[0]
+    assert rel(t["k_star"], k_star) < KEY_REL, f"k* {rel(t['k_star'], k_star):.2e}"
+    c = spd(len(ref.k_bar), ROME_HP["layer"]) if cov_kind != "identity" else None
+    u = ref.k_bar if c is None else torch.linalg.solve(c, ref.k_bar)  # u = C⁻¹k̄
+    assert rel(t["u"], u) < KEY_REL, f"u {rel(t['u'], u):.2e}"
     (d,) = out.deltas
     down = spec.module(model, "down_proj", ROME_HP["layer"])
     assert d.param == spec.down_proj_weight_name(ROME_HP["layer"])
@@ -237,6 +242,8 @@ def test_memit_matches_oracle(tiny, case):
     t = out.tensors
     for i, f in enumerate(facts):
         assert len(f.prefixes) == len(groups_of(templates))
+        assert t["prompts"][i] == [p + records[i][0].prompt for p in f.prefixes] + \
+            [f.kl_prompt.format(subject=records[i][0].subject)]
         assert t["subj_pos"][i] == [p.subj for p in ref.prompts[i]] + [ref.kls[i].subj]
         assert_trajectory(t["loss_trajectories"][i], ref.values[i].losses, f"request {i} loss")
     assert rel(t["z"], ref.z) < DW_REL, f"z rel err {rel(t['z'], ref.z):.2e}"
