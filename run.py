@@ -43,5 +43,12 @@ if __name__ == "__main__":
     # `python run.py merge=ties_demo -m edit_lang=en,hi` works as well as `run.py -m ...`.
     multirun = [a for a in sys.argv[1:] if a in ("-m", "--multirun")]
     sys.argv[1:] = multirun + [a for a in sys.argv[1:] if a not in ("-m", "--multirun")]
+    # an unknown group option (edit_lang=xx) in one line too, unless the traceback is wanted
+    from xling_edit.preflight import unknown_group_option
+
+    unknown = unknown_group_option(sys.argv[1:], os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf"))
+    if unknown and os.environ.get("HYDRA_FULL_ERROR") != "1":
+        print(f"error: {unknown}", file=sys.stderr, flush=True)
+        sys.exit(2)
     main()
     sys.exit(max(_exit_codes, default=0))

@@ -161,3 +161,32 @@ def _check_stats(cfg, langs: list[str], registry: dict, edit_code: str, used: bo
                     "builtin corpus in %s (stats.langs), not from %s text: %s. To add it: put a "
                     "text in stats_corpus/%s.txt and %s in stats.langs, or use stats.corpus="
                     "files/hf", edit_code, "+".join(with_text), edit_code, why, edit_code, edit_code)
+
+
+def unknown_group_option(argv, conf_dir) -> str | None:
+    """The one-line message for a command-line ``group=option`` whose file does not exist
+    (``edit_lang=xx``, ``model=tamil_lama``), found before Hydra composes; None when every plain
+    option exists. Only the simple forms are checked (``group=a`` / ``group=a,b``, a group being
+    a folder of ``conf_dir``); anything else (``+``/``~``, ``@package``, nested groups, sweep
+    functions, another config directory) is left to Hydra's own message."""
+    import re
+    from pathlib import Path
+
+    conf_dir = Path(conf_dir)
+    if any(a.startswith(("--config-path", "--config-dir", "-cp", "-cd", "--config-name", "-cn"))
+           for a in argv):
+        return None
+    for arg in argv:
+        if arg.startswith(("-", "+", "~")) or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        if not re.fullmatch(r"[a-z_]+", key) or key == "hydra" or not (conf_dir / key).is_dir():
+            continue
+        values = value.split(",")
+        if not all(re.fullmatch(r"[A-Za-z0-9_\-]+", v) for v in values):
+            continue  # glob(...), range(...), quoted values: Hydra's business
+        for v in values:
+            if v != "null" and not (conf_dir / key / f"{v}.yaml").exists():
+                options = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
+                return f"{key}={v}: no such option (no conf/{key}/{v}.yaml); available: {', '.join(options)}"
+    return None

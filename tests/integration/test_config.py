@@ -41,8 +41,13 @@ def test_unknown_language_error_lists_available():
     import sys
 
     r = subprocess.run([sys.executable, "run.py", "edit_lang=xx"], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode != 0
-    assert "Available options in 'edit_lang'" in r.stderr and "\tta" in r.stderr
+    assert r.returncode == 2
+    assert r.stderr == ("error: edit_lang=xx: no such option (no conf/edit_lang/xx.yaml); available: "
+                        "de, en, es, fr, hi, it, kn, ta\n")  # one line (issue 14)
+    # HYDRA_FULL_ERROR=1: Hydra's own message, with the config search path
+    r = subprocess.run([sys.executable, "run.py", "edit_lang=xx"], cwd=ROOT, capture_output=True, text=True,
+                       env={**__import__("os").environ, "HYDRA_FULL_ERROR": "1"})
+    assert r.returncode != 0 and "Could not find 'edit_lang/xx'" in r.stderr
 
 
 @pytest.mark.parametrize("override", ["method.layer=abc", "data.max_cases=many", "seed=x"])

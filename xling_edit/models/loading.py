@@ -45,7 +45,8 @@ def load_model(cfg: Mapping[str, Any], seed: int = 0):
         model, tok = _from_pretrained(path, dtype, local_only=True)
     elif source in ("hub", "local"):
         if not cfg.get("path"):
-            raise ConfigError(f"model.path is required for source={source!r}")
+            raise ConfigError(f"model.path is required for source={source!r}: a hub id or a local "
+                              f"checkpoint directory (model.path=...)")
         path = str(cfg["path"])
         if source == "local" and not Path(path).is_dir():
             raise ConfigError(f"model.path {path!r} is not a directory (model.source=local)")
@@ -119,7 +120,8 @@ def model_config(cfg: Mapping[str, Any]):
         raise ConfigError(f"unknown model.source {source!r}; one of gguf_package, hub, local, random")
     path = cfg.get("path")
     if not path:
-        raise ConfigError(f"model.path is required for source={source!r}")
+        raise ConfigError(f"model.path is required for source={source!r}: a hub id or a local "
+                          f"checkpoint directory (model.path=...)")
     trust = bool(cfg.get("trust_remote_code", False))
     if source == "local" or Path(os.path.expanduser(str(path))).is_dir():
         d = Path(os.path.expanduser(str(path)))

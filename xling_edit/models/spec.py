@@ -85,7 +85,7 @@ class ModelSpec:
             raise ConfigError(f"model.templates do not match {name}: " + "; ".join(problems))
         bad = sorted({int(l) for l in layers if not 0 <= int(l) < n})
         if bad:
-            shown = list(layers) if len(layers) != 1 else int(list(layers)[0])
+            shown = int(list(layers)[0]) if layers_option.endswith(".layer") else list(layers)
             raise ConfigError(f"{layers_option}={shown}: {name} has {n} layers (0-{n - 1}); layer(s) "
                               f"{bad} out of range")
 
