@@ -8,14 +8,22 @@ import io
 import json
 import math
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from statistics import mean
 from typing import Iterable, Mapping, Sequence
 
 from xling_edit.atomic import write_text_atomic
-from xling_edit.evaluation.evaluate import METRIC_KEYS
+from xling_edit.evaluation.evaluate import METRIC_KEYS, POST_ONLY_KEYS
 from xling_edit.languages import is_elfi
+
+
+# prob metrics comparing target_new with the true answer: n/a on data without one (zsRE)
+NEEDS_TRUE_ANSWER = ("reliability.prob", "generalization.prob")
+# locality.agree_token: agreement of post- with pre-edit argmax (stability); locality.prob: the
+# true answer beats target_new (correctness, pre and post)
+TABLE_KEYS = ("reliability.token_acc", "generalization.token_acc", "locality.agree_token",
+              "locality.prob", "portability.token_acc", "reliability.prob", "reliability.exact")
 
 
 class ResultsWriter:
@@ -96,3 +104,101 @@ def format_table(rows: Sequence[Mapping], key: str, phase: str = "post",
         lines.append(f"{e:<10}" + " ".join(f"{v:>{width}.3f}" if v is not None else f"{'-':>{width}}"
                                             for v in vals))
     return "\n".join(lines)
+
+
+#: MEMIT: a case whose edit moves the top layer's residual less than this share of the way to its
+#: target z is reported (log, run_info.json ``targets_not_reached``, the printed header).
+TARGET_REACHED_WARN = 0.9
+
+
+def unreached_targets(lines) -> list[dict]:
+    """Cases (one entry each) whose ``edit.target_reached`` is below :data:`TARGET_REACHED_WARN`."""
+    out, seen = [], set()
+    for line in lines:
+        reached = (line.get("edit") or {}).get("target_reached")
+        if reached is None or line["case_id"] in seen or reached >= TARGET_REACHED_WARN:
+            continue
+        seen.add(line["case_id"])
+        out.append({"case_id": line["case_id"], "target_reached": reached})
+    return out
+
+
+def case_counts(lines, edit_code, eval_langs, mode):
+    counts: Counter = Counter()
+    localisation: Counter = Counter()
+    failures = []
+    first = edit_code if mode != "all_languages" else eval_langs[0]
+    for line in lines:
+        if line["eval_lang"] != first:
+            continue
+        counts[line["status"]] += 1
+        method_used = (line.get("subject") or {}).get("method")
+        localisation[method_used or ("skipped" if line["status"] == "skipped" else "n/a")] += 1
+        if line["status"] in ("failed", "skipped"):
+            failures.append({"case_id": line["case_id"], "status": line["status"],
+                             "reason": line.get("reason")})
+    return counts, localisation, failures
+
+
+def case_lines(ev, ctx, common: dict) -> list[dict]:
+    """The results lines of one evaluated case (``modes.CaseEval``): one per evaluation
+    language, with pre/post metrics, status, the edit's info and the case's timings."""
+    case = ev.case
+    info = dict(ev.edit_info)
+    subject = info.pop("subject", None)
+    subjects = info.pop("subjects", None)
+    edited = [l for l in ctx.eval_langs if l in case.langs] if ctx.mode == "all_languages" else []
+    rec_edit = case.langs.get(ctx.edit_code)
+    lines = []
+    for lang in ctx.eval_langs:
+        rec = case.langs.get(lang)
+        # all_languages: each language's own localisation
+        line_subject = subjects[edited.index(lang)] if (subjects and lang in edited) else subject
+        line = {**common, "case_id": case.case_id, "eval_lang": lang,
+                "elfi": is_elfi(common["edit_lang"], lang),
+                "answer_prefix": ctx.answer_prefix.get(lang, ""),
+                "status": ev.status, "reason": ev.reason}
+        if rec is None:
+            line.update(status="missing_eval_lang", reason=f"case has no {lang!r} version")
+        elif lang in ev.tok_errors:
+            line.update(status="failed", reason=ev.tok_errors[lang])
+        else:
+            rel = next(r for r in ev.rows if r.lang == lang and r.kind == "rel" and r.role == "new")
+            line.update(
+                pre=ev.pre.get(lang), post=ev.post.get(lang) if ev.status == "ok" else None,
+                target_new=rec.target_new,
+                shared_surface=rec_edit is not None and rec.target_new == rec_edit.target_new,
+                target_new_tokens=len(rel.enc.target_ids),
+                subject_tokens=len(ctx.tok(rec.subject, add_special_tokens=False)["input_ids"]),
+                subject_words=len(rec.subject.split()),
+            )
+        line.update(subject=line_subject, edit=info, timings=ev.timings)
+        lines.append(line)
+    return lines
+
+
+def print_report(rows, info, eval_langs, out: Path) -> None:
+    print()
+    print(f"== {info['model']} | {info['method']} ({info.get('variant', 'published')}) | {info['dataset']} | edit in {info['edit_lang']} "
+          f"| {info['n_cases']} cases | status {info['case_status']}")
+    print(f"   subject localisation ({info['edit_lang']}): {info['subject_localisation']}")
+    if info["missing_languages"]:
+        print(f"   cases lacking a language: {info['missing_languages']}")
+    if info.get("targets_not_reached"):
+        print(f"   WARNING: {len(info['targets_not_reached'])} case(s) reached less than "
+              f"{TARGET_REACHED_WARN:.0%} of their MEMIT target (edit.target_reached; "
+              f"run_info.json targets_not_reached)")
+    invalid = info.get("invalid_records") or {}
+    if invalid.get("count"):
+        print(f"   invalid records left out (data.on_invalid=skip): {invalid['count']}, reasons in "
+              f"run_info.json; first: {invalid['records'][0]}")
+    for key in TABLE_KEYS:
+        for phase in ("pre", "post"):
+            if key in POST_ONLY_KEYS and phase == "pre":
+                continue
+            print()
+            if key in NEEDS_TRUE_ANSWER and not info.get("dataset_has_true_answer", True):
+                print(f"{key} ({phase}-edit): n/a: dataset has no true answer")
+                continue
+            print(format_table(rows, key, phase, eval_langs))
+    print(f"\nresults: {out / 'results.jsonl'}\nsummary: {out / 'summary.csv'}")

@@ -185,3 +185,35 @@ class ShardTail:
             return []
         self.offset += end + 1
         return [json.loads(raw) for raw in data[:end].split(b"\n") if raw.strip()]
+
+
+def resume_dir(cfg: DictConfig, out: Path, fp: str) -> Path:
+    """Where the job writes. ``resume=<path>``: that directory. ``resume=true``: the latest job
+    directory under ``resume_roots`` with the same config fingerprint (or ``out`` when there is
+    none). Otherwise ``out`` — which is resumed too if it already holds a run of the same config
+    (``fp``: :func:`xling_edit.fingerprint` of ``cfg``)."""
+    r = cfg.get("resume")
+    target = out
+    if isinstance(r, str) and r.lower() not in ("true", "false", ""):
+        target = Path(r)
+        if not (target / JOB_FILE).exists() and not (target / RESULTS).exists():
+            raise FileNotFoundError(f"resume={r!r}: no job directory there (no job.json / results.jsonl)")
+    elif r is True or (isinstance(r, str) and r.lower() == "true"):
+        from xling_edit.languages import PROJECT_ROOT
+
+        roots = [Path(p) if Path(p).is_absolute() else PROJECT_ROOT / p for p in cfg.resume_roots]
+        prev = find_previous(roots + [Path.cwd() / p for p in cfg.resume_roots], fp, exclude=out)
+        if prev is None:
+            log.info("resume=true: no earlier job with fingerprint %s under %s; starting fresh",
+                     fp, list(cfg.resume_roots))
+        else:
+            target = prev
+    job = target / JOB_FILE
+    if job.exists():
+        old = json.loads(job.read_text()).get("fingerprint")
+        if old != fp:
+            raise ValueError(f"{target} holds a job with another config (fingerprint {old}, this "
+                             f"one {fp}); choose another output directory")
+    if target != out:
+        log.info("resuming into %s (this invocation's own directory %s keeps only its log)", target, out)
+    return target

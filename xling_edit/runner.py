@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -184,3 +185,34 @@ def rank_threads(threads: int | None, world: int, accelerator: str) -> int | Non
     if world > 1 and accelerator == "cpu":
         return max(1, (os.cpu_count() or 1) // world)
     return None
+
+
+def units(lines: list[dict]) -> list[list[dict]]:
+    """``lines`` grouped into the units that are written together (a case, or a batch)."""
+    from xling_edit import resume
+
+    units: dict[tuple, list[dict]] = {}
+    for l in lines:
+        units.setdefault(resume.unit_key(l), []).append(l)
+    return list(units.values())
+
+
+def wait_for_ranks(ri: RankInfo, shard_dir: Path, forward, timeout_s: float) -> None:
+    """Rank zero: keep forwarding the other ranks' lines until every rank has finished."""
+    if ri.world == 1:
+        return
+    last_change, seen = time.monotonic(), -1
+    while True:
+        forward()
+        finished = [r for r in range(1, ri.world) if (shard_dir / f"rank{r}.done").exists()]
+        if len(finished) == ri.world - 1:
+            forward()
+            return
+        size = sum(p.stat().st_size for p in shard_dir.glob("rank*.jsonl")) if shard_dir.is_dir() else 0
+        if size != seen:
+            last_change, seen = time.monotonic(), size
+        elif time.monotonic() - last_change > timeout_s:
+            raise TimeoutError(f"no results from ranks {sorted(set(range(1, ri.world)) - set(finished))} "
+                               f"for {timeout_s:.0f} s (runner.timeout_min); their shards are kept "
+                               f"for a resume")
+        time.sleep(1.0)

@@ -113,3 +113,33 @@ def test_published_memit_records_its_settings(tiny):
         model, tok, EditRequest("0", language("en"), FACTS[0])).info
     assert gem["deviations"]["z_space"] == "mlp_out"
     assert gem["invert_out_norm"] is bool(spec.mlp_out_norm)
+
+
+def test_batched_value_optimisation_equals_separate_runs(tiny):
+    """All requests' deltas optimised in one padded batch (issue 15) give each request the
+    delta, trajectory and step count of its own optimisation (early stops differ per request)."""
+    from xling_edit.editing.value import optimise_value, optimise_values, prepare
+
+    name, model, tok, spec, cfg = tiny
+    ed = editor(cfg, v_steps=8, v_lr=0.3, v_loss_stop=0.0, kl_factor=0.0625, weight_decay=1e-3,
+                clamp_norm_factor=4.0)
+    preps = [prepare(tok, EditRequest(str(i), language("en"), f), ed.prefixes(model, tok, language("en")),
+                     0.6, torch.device("cpu")) for i, f in enumerate(FACTS)]
+    for space in ("residual", "mlp_out"):
+        opts = dict(steps=8, lr=0.3, loss_stop=0.0, clamp_norm_factor=4.0, kl_factor=0.0625,
+                    weight_decay=1e-3, space=space)
+        alone = [optimise_value(model, spec, 1, p, **opts) for p in preps]
+        # a stop threshold between the requests' losses makes them finish at different steps
+        first = min(a.loss_trajectory[0] for a in alone)
+        lows = sorted(min(a.loss_trajectory[1:]) for a in alone)
+        if lows[0] < first:
+            opts["loss_stop"] = (lows[0] + min(lows[-1], first)) / 2
+            alone = [optimise_value(model, spec, 1, p, **opts) for p in preps]
+        together = optimise_values(model, spec, 1, preps, **opts)
+        if opts["loss_stop"] > 0:
+            assert len({a.steps for a in alone}) > 1, "want requests that stop at different steps"
+        for a, t in zip(alone, together):
+            assert a.steps == t.steps
+            assert torch.allclose(a.delta, t.delta, rtol=1e-4, atol=1e-5), (space, (a.delta - t.delta).abs().max())
+            assert max(abs(x - y) for x, y in zip(a.loss_trajectory, t.loss_trajectory)) < 1e-4
+            assert torch.allclose(a.keys, t.keys, atol=1e-5) and torch.allclose(a.v0, t.v0, atol=1e-5)

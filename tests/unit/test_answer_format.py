@@ -13,7 +13,8 @@ from xling_edit.data.schema import QA, EditCase, LangRecord
 from xling_edit.evaluation.evaluate import answer_prefixes, build_rows
 from xling_edit.languages import load_languages
 from xling_edit.models.tokenizers import byte_level_tokenizer
-from xling_edit.pipeline import _CaseEval, _Ctx, _lines, _requests
+from xling_edit.modes import CaseEval as _CaseEval, Ctx as _Ctx, requests_for as _requests
+from xling_edit.results import case_lines as _lines
 
 REG = load_languages(ROOT / "conf")
 CUES = {"en": " Answer:", "de": " Antwort:", "fr": " Réponse :", "it": " Risposta:",

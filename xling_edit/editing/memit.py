@@ -31,7 +31,7 @@ from xling_edit.editing.base import (
 from xling_edit.config import MemitConfig, published_deviations, schema_from_mapping
 from xling_edit.editing.context import PrefixedEditor
 from xling_edit.editing.value import (
-    Prepared, average_keys, optimise_value, prepare, probe_at_subject, value_options,
+    Prepared, average_keys, optimise_values, prepare, probe_at_subject, value_options,
 )
 from xling_edit.evaluation.forward import model_device
 from xling_edit.models.spec import ModelSpec, is_transposed, weight_as_out_in
@@ -162,7 +162,8 @@ class MemitEditor(PrefixedEditor):
 
         # 1. targets z at the top layer, in residual-stream units
         space = hp.z_space
-        values = [optimise_value(model, spec, top, p, **value_options(hp, space)) for p in preps]
+        # every request's delta in one padded batch per step (each still gets its own trajectory)
+        values = optimise_values(model, spec, top, preps, **value_options(hp, space))
         with torch.no_grad():
             if space == "residual":  # v0 is h_L at the bare prompt's subject: z = h + delta
                 resid_target = torch.stack([v.delta.double() for v in values])

@@ -164,12 +164,81 @@ class ValueResult:
 SPACES = ("mlp_out", "residual")
 
 
-def optimise_value(model, spec: ModelSpec, layer: int, prep: Prepared, *, steps: int, lr: float,
-                   loss_stop: float, clamp_norm_factor: float, kl_factor: float,
-                   weight_decay: float, space: str = "mlp_out", from_layer: bool = True,
-                   head_at_targets: bool = True) -> ValueResult:
-    """Optimise delta at block ``layer`` (see the module docstring); ``space`` is ``mlp_out``
-    (the down-projection's output) or ``residual`` (the block's output).
+def optimise_value(model, spec: ModelSpec, layer: int, prep: Prepared, **options) -> ValueResult:
+    """Optimise delta for one request (:func:`optimise_values` with a single request)."""
+    return optimise_values(model, spec, layer, [prep], **options)[0]
+
+
+@dataclass
+class _Stack:
+    """Several requests' prompts (context prompts, then the KL prompt, per request) as one
+    right-padded batch."""
+
+    ids: torch.Tensor  # [R, T]
+    mask: torch.Tensor
+    row_req: torch.Tensor  # [R] request (local index) of each row
+    subj_pos: torch.Tensor  # [R] subject's last token of each row
+    bare_row: torch.Tensor  # [n] each request's bare-prompt row
+    prompt_rows: list[torch.Tensor]  # per request: its context-prompt rows
+    rows: torch.Tensor  # logit rows: every target position, then one KL row per request
+    pos: torch.Tensor
+    tgt: torch.Tensor  # target ids at the target positions
+    seg: torch.Tensor  # global prompt index of each target position
+    n_tok: torch.Tensor  # [P] target tokens per prompt
+    prompt_req: torch.Tensor  # [P] request of each prompt
+    n_prompts: torch.Tensor  # [n] prompts per request
+
+
+def _stack(preps: Sequence[Prepared]) -> _Stack:
+    device = preps[0].ids.device
+    seqs, row_req, subj, bare, prompt_rows = [], [], [], [], []
+    rows, pos, tgt, seg, n_tok, prompt_req, kl_rows, kl_pos = [], [], [], [], [], [], [], []
+    r0 = p0 = 0
+    for i, p in enumerate(preps):
+        n_rows = p.ids.shape[0]  # prompts + the KL prompt
+        lengths = p.mask.sum(1).tolist()
+        seqs += [p.ids[r, :int(lengths[r])].tolist() for r in range(n_rows)]
+        row_req += [i] * n_rows
+        subj += p.subj_pos.tolist()
+        bare.append(r0)
+        prompt_rows.append(torch.arange(r0, r0 + p.n_prompts, device=device))
+        n_t = len(p.tgt)
+        rows += (p.rows[:n_t] + r0).tolist()
+        pos += p.pos[:n_t].tolist()
+        tgt += p.tgt.tolist()
+        seg += (p.seg + p0).tolist()
+        n_tok += p.n_tok.tolist()
+        prompt_req += [i] * p.n_prompts
+        kl_rows.append(int(p.rows[-1]) + r0)
+        kl_pos.append(int(p.pos[-1]))
+        r0 += n_rows
+        p0 += p.n_prompts
+    ids, mask = pad_right(seqs, 0, device)  # padding is masked: any id serves
+    t = lambda x, **kw: torch.tensor(x, device=device, **kw)  # noqa: E731
+    return _Stack(ids, mask, t(row_req), t(subj), t(bare), prompt_rows, t(rows + kl_rows),
+                  t(pos + kl_pos), t(tgt), t(seg), t(n_tok, dtype=torch.float32), t(prompt_req),
+                  t([p.n_prompts for p in preps], dtype=torch.float32))
+
+
+def _per_request_nll(logits: torch.Tensor, st: _Stack) -> torch.Tensor:
+    """[n] mean over each request's prompts of the mean token NLL of its target."""
+    lp = torch.log_softmax(logits, dim=-1).gather(1, st.tgt[:, None])[:, 0]
+    per_prompt = torch.zeros_like(st.n_tok).index_add(0, st.seg, -lp) / st.n_tok
+    return torch.zeros_like(st.n_prompts).index_add(0, st.prompt_req, per_prompt) / st.n_prompts
+
+
+def optimise_values(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *, steps: int,
+                    lr: float, loss_stop: float, clamp_norm_factor: float, kl_factor: float,
+                    weight_decay: float, space: str = "mlp_out", from_layer: bool = True,
+                    head_at_targets: bool = True) -> list[ValueResult]:
+    """Optimise every request's delta at block ``layer`` (module docstring) in one padded
+    forward/backward per step; ``space`` is ``mlp_out`` (the down-projection's output) or
+    ``residual`` (the block's output).
+
+    The requests' rows are independent sequences and the loss is the sum of the requests'
+    losses, so each delta gets exactly its own gradient, and Adam, being elementwise, gives each
+    the trajectory of a separate optimisation. A request stops on its own (total loss below
+    ``loss_stop``, or its last forward): its delta is frozen and its rows leave the batch.
 
     Fast paths (same loss trajectory; the oracle tests compare them with a plain form):
 
@@ -181,67 +250,105 @@ def optimise_value(model, spec: ModelSpec, layer: int, prep: Prepared, *, steps:
     """
     if space not in SPACES:
         raise ValueError(f"value space {space!r} unknown; one of {list(SPACES)}")
+    n = len(preps)
     down = spec.module(model, "down_proj", layer)
     site = down if space == "mlp_out" else spec.module(model, "layer", layer)
+    st = _stack(preps)
     cap: dict = {}
     hk = down.register_forward_hook(lambda m, i, o: cap.update(k=i[0]))
     hv = site.register_forward_hook(lambda m, i, o: cap.update(v=o[0] if isinstance(o, tuple) else o))
     below = capture_output(spec.module(model, "layer", layer - 1)) if (from_layer and layer > 0) else None
     try:
         with torch.no_grad(), (below if below is not None else nullcontext()) as low:
-            logits0 = _logits(model, spec, prep, head_at_targets)
+            logits0 = _stack_logits(model, spec, st, head_at_targets)
     finally:
         hk.remove()
         hv.remove()
     lower = low["out"].detach() if below is not None else None
-    n = prep.n_prompts
-    keys = cap["k"][torch.arange(n, device=prep.ids.device), prep.subj_pos[:n]].detach().float()
-    v0 = cap["v"][0, prep.subj_pos[0]].detach().float()
-    kl_before = torch.log_softmax(logits0[-1:], dim=-1)
-    nll0 = float(target_nll(logits0[:-1], prep))
+    keys = [cap["k"][r, st.subj_pos[r]].detach().float() for r in st.prompt_rows]
+    v0 = cap["v"][st.bare_row, st.subj_pos[st.bare_row]].detach().float()  # [n, d]
+    n_t = len(st.tgt)
+    kl_before = torch.log_softmax(logits0[n_t:], dim=-1)  # [n, V]
+    nll0 = _per_request_nll(logits0[:n_t], st).tolist()
     del logits0
     cap.clear()
 
-    sel = torch.zeros(*prep.ids.shape, 1, device=prep.ids.device, dtype=v0.dtype)
-    sel[torch.arange(n + 1, device=prep.ids.device), prep.subj_pos] = 1.0
     delta = torch.zeros_like(v0, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
-    v0_norm = v0.norm()
-    radius = clamp_norm_factor * float(v0_norm)
+    v0_norm = v0.norm(dim=1)
+    radius = clamp_norm_factor * v0_norm
+    trajectory: list[list[float]] = [[] for _ in range(n)]
+    losses: list[list[float]] = [[] for _ in range(n)]
+    done_steps = [0] * n
+    active = list(range(n))  # global indices of the requests still optimised
+    cur = {"st": st, "lower": lower, "ids": torch.arange(n, device=v0.device)}
 
     def add_delta(_m, _i, o):
-        if isinstance(o, tuple):
-            return (o[0] + sel.to(o[0].dtype) * delta.to(o[0].dtype),) + tuple(o[1:])
-        return o + sel.to(o.dtype) * delta.to(o.dtype)
+        s = cur["st"]
+        h = o[0] if isinstance(o, tuple) else o
+        add = torch.zeros(h.shape[0], h.shape[1], h.shape[2], dtype=h.dtype, device=h.device)
+        rows = torch.arange(h.shape[0], device=h.device)
+        add = add.index_put((rows, s.subj_pos), delta[cur["ids"][s.row_req]].to(h.dtype))
+        return (h + add,) + tuple(o[1:]) if isinstance(o, tuple) else h + add
 
-    h = site.register_forward_hook(add_delta)
-    trajectory: list[float] = []
-    losses: list[float] = []
-    step = 0
+    handle = site.register_forward_hook(add_delta)
     try:
-        with skip_below(model, spec, layer if lower is not None else 0, lower):
-            for step in range(1, steps + 1):
-                logits = _logits(model, spec, prep, head_at_targets)
-                nll = target_nll(logits[:-1], prep)
-                kl_now = torch.log_softmax(logits[-1:], dim=-1)
-                # F.kl_div(input, target) = KL(target || input): KL(p_now || p_before), as published
-                kl = F.kl_div(kl_before, kl_now, log_target=True, reduction="batchmean")
-                loss = nll + kl_factor * kl + weight_decay * delta.norm() / v0_norm ** 2
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite value loss at step {step}")
-                trajectory.append(float(nll.detach()))
-                losses.append(float(loss.detach()))
-                if losses[-1] < loss_stop or step == steps:
-                    break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                with torch.no_grad():
-                    delta.copy_(project_to_ball(delta, radius))
-                del logits, nll, kl, loss
+        for step in range(1, steps + 1):
+            s, ids = cur["st"], cur["ids"]
+            with skip_below(model, spec, layer if cur["lower"] is not None else 0, cur["lower"]):
+                logits = _stack_logits(model, spec, s, head_at_targets)
+            m = len(s.tgt)
+            nll = _per_request_nll(logits[:m], s)
+            kl_now = torch.log_softmax(logits[m:], dim=-1)
+            # KL(p_now || p_before) per request, as published (F.kl_div's target is p_now)
+            kl = F.kl_div(kl_before[ids], kl_now, log_target=True, reduction="none").sum(-1)
+            loss = nll + kl_factor * kl + weight_decay * delta[ids].norm(dim=1) / v0_norm[ids] ** 2
+            if not torch.isfinite(loss).all():
+                bad = [preps[int(ids[j])] for j in range(len(ids)) if not torch.isfinite(loss[j])]
+                raise FloatingPointError(f"non-finite value loss at step {step} "
+                                         f"({len(bad)} of {len(ids)} requests)")
+            vals, nlls = loss.detach().tolist(), nll.detach().tolist()
+            keep = []
+            for j, g in enumerate(ids.tolist()):
+                trajectory[g].append(nlls[j])
+                losses[g].append(vals[j])
+                done_steps[g] = step
+                if not (vals[j] < loss_stop or step == steps):
+                    keep.append(j)
+            if not keep:
+                break
+            upd = ids[keep]
+            opt.zero_grad(set_to_none=True)
+            loss[keep].sum().backward()
+            saved = delta.detach().clone()
+            opt.step()
+            with torch.no_grad():
+                frozen = torch.ones(n, dtype=torch.bool, device=delta.device)
+                frozen[upd] = False
+                delta[frozen] = saved[frozen]  # finished requests keep their delta
+                norms = delta[upd].norm(dim=1)
+                scale = torch.where(norms > radius[upd], radius[upd] / norms, torch.ones_like(norms))
+                delta[upd] = delta[upd] * scale[:, None]
+            del logits, nll, kl, loss
+            if len(keep) < len(ids):  # some requests finished: their rows leave the batch
+                sub = [int(ids[j]) for j in keep]
+                cur["st"] = _stack([preps[g] for g in sub])
+                cur["ids"] = torch.tensor(sub, device=v0.device)
+                if lower is not None:
+                    rows = torch.cat([st.prompt_rows[g].new_tensor(
+                        list(range(int(st.bare_row[g]), int(st.bare_row[g]) + preps[g].ids.shape[0])))
+                        for g in sub])
+                    cur["lower"] = lower[rows, :cur["st"].ids.shape[1]]
     finally:
-        h.remove()
-    return ValueResult(delta.detach(), v0, keys, nll0, trajectory, step, losses, space)
+        handle.remove()
+    return [ValueResult(delta[i].detach().clone(), v0[i], keys[i], nll0[i], trajectory[i],
+                        done_steps[i], losses[i], space) for i in range(n)]
+
+
+def _stack_logits(model, spec: ModelSpec, st: _Stack, head_at_targets: bool) -> torch.Tensor:
+    if head_at_targets:
+        return logits_at(model, spec, st.ids, st.mask, st.rows, st.pos)
+    return full_logits_at(model, st.ids, st.mask, st.rows, st.pos)
 
 
 def value_options(hp, space: str = "mlp_out") -> dict:
@@ -250,12 +357,6 @@ def value_options(hp, space: str = "mlp_out") -> dict:
                 clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor,
                 weight_decay=hp.weight_decay, space=space, from_layer=hp.v_from_layer,
                 head_at_targets=hp.v_head_at_targets)
-
-
-def _logits(model, spec: ModelSpec, prep: Prepared, head_at_targets: bool) -> torch.Tensor:
-    if head_at_targets:
-        return logits_at(model, spec, prep.ids, prep.mask, prep.rows, prep.pos)
-    return full_logits_at(model, prep.ids, prep.mask, prep.rows, prep.pos)
 
 
 def project_to_ball(x: torch.Tensor, radius: float) -> torch.Tensor:

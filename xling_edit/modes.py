@@ -1,0 +1,180 @@
+"""What the editing modes mean, for any method (``method.mode``):
+
+- ``single``: one case per edit; its deltas are applied, every evaluation language scored, and
+  the weights restored before the next case;
+- ``all_languages``: one edit holding the case's request in every evaluation language
+  (``edit_batch``; methods with ``batched = True``);
+- ``batch``: ``num_edits`` cases in one update (``edit_batch``), all evaluated, then restored;
+- ``sequential``: ``num_edits`` cases edited one after another without restoring, each edit
+  computed on the already-edited model; every ``eval_every`` edits (and after the last) the
+  edits so far and a fixed set of held-out unedited cases are scored (the stability curve,
+  ``curve.jsonl``), and the final lines compare every case with its cached pre-edit scores.
+
+:func:`run_group` takes one group of cases through pre-evaluation, the mode's edits, post-
+evaluation and restoration, and returns its results lines (:func:`xling_edit.results.case_lines`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from xling_edit.config import MODES
+from xling_edit.editing.base import EditRequest, SkipCase, applied
+from xling_edit.editing.localize import find_subject
+from xling_edit.evaluation.evaluate import build_rows, lang_metrics, score_rows
+from xling_edit.models import ModelSpec
+from xling_edit.results import case_lines
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ctx:
+    model: Any
+    tok: Any
+    spec: ModelSpec
+    editor: Any
+    registry: dict
+    edit_code: str
+    eval_langs: list
+    word_seps: dict
+    answer_prefix: dict  # {lang: appended to every prompt before its answer} (answer_prefixes)
+    batch_size: Any  # EvalOptions (eval.*)
+    mode: str
+
+
+@dataclass
+class CaseEval:
+    case: Any
+    rows: list
+    tok_errors: dict
+    pre_scores: list
+    pre: dict
+    timings: dict = field(default_factory=dict)
+    post: dict = field(default_factory=dict)
+    status: str = "ok"
+    reason: str | None = None
+    edit_info: dict = field(default_factory=dict)
+
+
+def check_mode(mode: str, group_size: int, editor) -> None:
+    if mode not in MODES:
+        raise ValueError(f"method.mode={mode!r} unknown; one of {list(MODES)}")
+    if mode in ("batch", "all_languages") and not getattr(editor, "batched", False):
+        raise ValueError(f"method.mode={mode} needs a method that edits many facts at once (memit)")
+    if group_size < 1:
+        raise ValueError(f"method.num_edits must be >= 1, got {group_size}")
+
+
+def requests_for(ev: CaseEval, ctx: Ctx) -> list[EditRequest]:
+    """The case's edit requests: one in the edit language, or one per language (all_languages).
+    Sets the case to skipped when it has none."""
+    langs = ctx.eval_langs if ctx.mode == "all_languages" else [ctx.edit_code]
+    reqs = [EditRequest(ev.case.case_id, ctx.registry[l], ev.case.langs[l], ctx.answer_prefix[l])
+            for l in langs if l in ev.case.langs]
+    if not reqs:
+        ev.status, ev.reason = "skipped", f"case has no {'/'.join(langs)} version"
+    return reqs
+
+
+def fail(evs, exc) -> None:
+    status = "skipped" if isinstance(exc, SkipCase) else "failed"
+    if status == "failed":
+        log.warning("case(s) %s failed: %s: %s", [e.case.case_id for e in evs], type(exc).__name__, exc)
+        if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    for ev in evs:
+        ev.status, ev.reason = status, (str(exc) if status == "skipped" else f"{type(exc).__name__}: {exc}")
+
+
+# What a case may raise without stopping the run (torch's OutOfMemoryError is a RuntimeError).
+EDIT_ERRORS = (SkipCase, FloatingPointError, ValueError, RuntimeError, MemoryError)
+
+
+def run_group(cases, ctx: Ctx, common: dict) -> list[dict]:
+    """Pre-evaluate, edit (per mode), post-evaluate and restore one group of cases."""
+    begin = getattr(ctx.editor, "begin_group", None)
+    if begin is not None:  # stateful methods (AlphaEdit's earlier-edit keys) start afresh
+        begin()
+    evs = []
+    for case in cases:
+        rows, tok_errors = build_rows(case, ctx.eval_langs, ctx.tok, ctx.word_seps, ctx.answer_prefix)
+        t0 = time.perf_counter()
+        try:
+            pre_scores = score_rows(ctx.model, ctx.tok, ctx.spec, rows, ctx.batch_size,
+                                    keep_from=min(getattr(ctx.editor, "edit_layers", None) or [0]))
+        except EDIT_ERRORS as exc:  # e.g. out of memory on a long prompt: record, go on
+            ev = CaseEval(case, rows, tok_errors, [], {})
+            fail([ev], exc)
+            evs.append(ev)
+            continue
+        evs.append(CaseEval(case, rows, tok_errors, pre_scores, lang_metrics(rows, pre_scores, None),
+                             {"pre_eval_s": round(time.perf_counter() - t0, 3)}))
+    reqs = {id(ev): requests_for(ev, ctx) for ev in evs}
+    live = [ev for ev in evs if ev.status == "ok"]
+    ed = ctx.editor
+
+    def post_eval(targets, deltas):
+        t = time.perf_counter()
+        with applied(ctx.model, deltas):
+            for ev in targets:
+                scores = score_rows(ctx.model, ctx.tok, ctx.spec, ev.rows, ctx.batch_size,
+                                    reuse=ev.pre_scores, deltas=deltas)
+                ev.post = lang_metrics(ev.rows, scores, ev.pre_scores)
+            t_restore = time.perf_counter()
+        t_end = time.perf_counter()
+        for ev in targets:
+            ev.timings["post_eval_s"] = round((t_restore - t) / len(targets), 3)
+            ev.timings["restore_s"] = round((t_end - t_restore) / len(targets), 4)
+
+    if ctx.mode in ("single", "all_languages"):
+        for ev in live:
+            try:
+                t1 = time.perf_counter()
+                r = reqs[id(ev)]
+                out = ed.edit(ctx.model, ctx.tok, r[0]) if len(r) == 1 else ed.edit_batch(ctx.model, ctx.tok, r)
+                ev.timings["edit_s"] = round(time.perf_counter() - t1, 3)
+                ev.edit_info = out.info
+                post_eval([ev], out.deltas)
+            except EDIT_ERRORS as exc:
+                fail([ev], exc)
+    elif ctx.mode == "batch":
+        ok = []
+        for ev in live:  # a case whose subject cannot be found is skipped, not the whole batch
+            rec = reqs[id(ev)][0].record
+            if find_subject(rec.prompt, rec.subject, ed.hp.subject_match_threshold) is None:
+                fail([ev], SkipCase(f"subject {rec.subject!r} not found in prompt {rec.prompt!r}"))
+            else:
+                ok.append(ev)
+        if ok:
+            try:
+                t1 = time.perf_counter()
+                out = ed.edit_batch(ctx.model, ctx.tok, [reqs[id(ev)][0] for ev in ok])
+                for i, ev in enumerate(ok):
+                    ev.timings["edit_s"] = round((time.perf_counter() - t1) / len(ok), 3)
+                    ev.edit_info = {**out.info, "subject": out.info["subjects"][i]}
+                post_eval(ok, out.deltas)
+            except EDIT_ERRORS as exc:
+                fail(ok, exc)
+    elif ctx.mode == "sequential":
+        deltas: list = []
+        done = []
+        for ev in live:
+            try:
+                t1 = time.perf_counter()
+                with applied(ctx.model, deltas):  # each edit sees the ones before it
+                    out = ed.edit(ctx.model, ctx.tok, reqs[id(ev)][0])
+                deltas.extend(out.deltas)
+                ev.timings["edit_s"] = round(time.perf_counter() - t1, 3)
+                ev.edit_info = {**out.info, "position": len(done)}
+                done.append(ev)
+            except EDIT_ERRORS as exc:
+                fail([ev], exc)
+        if done:
+            post_eval(done, deltas)  # all edits in place; compared with cached pre-edit scores
+    return [line for ev in evs for line in case_lines(ev, ctx, common)]
