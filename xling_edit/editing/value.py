@@ -280,7 +280,6 @@ def optimise_values(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared
     trajectory: list[list[float]] = [[] for _ in range(n)]
     losses: list[list[float]] = [[] for _ in range(n)]
     done_steps = [0] * n
-    active = list(range(n))  # global indices of the requests still optimised
     cur = {"st": st, "lower": lower, "ids": torch.arange(n, device=v0.device)}
 
     def add_delta(_m, _i, o):
