@@ -328,31 +328,39 @@ def bench_stats(s: Setup, repeats: int, tokens: int, log: Callable) -> dict:
         "float64": {"stop_before_projection": False, "batch_float32": False},
         "whole_model": {"stop_early": False, "stop_before_projection": False, "batch_float32": False},
     }
-    out: dict[str, Any] = {"tokens": {}, "times": {}, "tok_s": {}, "round_ratio": [], "layer": layer,
-                           "rounds": n_rounds}
+    out: dict[str, Any] = {"tokens": {}, "times": {}, "cpu_times": {}, "tok_s": {}, "round_ratio": [],
+                           "layer": layer, "rounds": n_rounds, "load_average": [_loadavg()]}
     sums: dict[str, torch.Tensor] = {}
+    for key, kw in paths.items():  # warm-up, untimed (first-call costs would land on round 1)
+        layer_second_moments(s.model, s.tok, s.spec, [layer], chosen[: st.batch_size],
+                             batch_size=st.batch_size, desc="warm-up", texts_are_ids=True, **kw)
     for r in range(n_rounds):
         docs = chosen[bounds[r]: bounds[r + 1]]
         names = ["fast", "float64"] if r % 2 == 0 else ["float64", "fast"]
         if r % 3 == 0 and out["tokens"].get("whole_model", 0) < 10_000:
             names.append("whole_model")
         for key in names:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             m, ntok = layer_second_moments(s.model, s.tok, s.spec, [layer], docs,
                                            batch_size=st.batch_size, max_length=st.max_length,
                                            desc=f"stats ({key})", texts_are_ids=True, **paths[key])
             dt = time.perf_counter() - t0
             out["times"].setdefault(key, []).append(dt)
+            out["cpu_times"].setdefault(key, []).append(time.process_time() - c0)  # all threads
             out["tok_s"].setdefault(key, []).append(ntok / dt)
             out["tokens"][key] = out["tokens"].get(key, 0) + ntok
             if key != "whole_model":
                 sums[key] = m[layer] * ntok + sums[key] if key in sums else m[layer] * ntok
         out["round_ratio"].append(out["tok_s"]["fast"][-1] / out["tok_s"]["float64"][-1])
+        out["load_average"].append(_loadavg())
         log(f"  statistics round {r + 1}/{n_rounds}: fast {out['tok_s']['fast'][-1]:,.0f} tokens/s, "
             f"float64 {out['tok_s']['float64'][-1]:,.0f} tokens/s (ratio {out['round_ratio'][-1]:.2f}), "
             f"load average {_loadavg()}")
     for key, ts in out["times"].items():
         out.setdefault("overall_tok_s", {})[key] = out["tokens"][key] / sum(ts)
+        out.setdefault("tokens_per_cpu_s", {})[key] = out["tokens"][key] / sum(out["cpu_times"][key])
+    log(f"  statistics: tokens per CPU-second (all threads) "
+        + ", ".join(f"{k} {v:,.0f}" for k, v in out["tokens_per_cpu_s"].items()))
     c_fast, c_ref = sums["fast"] / out["tokens"]["fast"], sums["float64"] / out["tokens"]["float64"]
     out["max_rel_diff"] = float((c_fast - c_ref).norm() / c_ref.norm())
     log(f"  statistics: fast = float64 path to {out['max_rel_diff']:.1e} (relative Frobenius)")

@@ -56,8 +56,9 @@ class SecondMoment:
     keys' own precision (summing one batch's few hundred rows loses ~1e-7 relative), as its upper
     triangle only — KᵀK is symmetric, so row strip i of ``SYM_STRIPS`` needs only the columns from
     its own diagonal on, 5/8 of the multiply-adds — into a preallocated float32 buffer, then
-    added to the float64 total through a preallocated float64 buffer (a fresh d × d allocation or
-    a mixed-precision add per batch costs a third of the product itself on a CPU). The plain
+    added to the float64 total through a preallocated float64 buffer, strip by strip (a fresh
+    d × d allocation or a mixed-precision add per batch costs a third of the product itself on
+    a CPU). The plain
     path (``batch_float32=False``, for the benchmark) converts the keys to float64 and adds their
     full product."""
 
@@ -84,9 +85,9 @@ class SecondMoment:
             self._b64 = torch.zeros(d, d, dtype=torch.float64, device=k.device)
         strips = min(self.SYM_STRIPS, d)
         edges = [round(i * d / strips) for i in range(strips + 1)]
-        for lo, hi in zip(edges, edges[1:]):  # strip [lo:hi) × columns [lo:d)
+        for lo, hi in zip(edges, edges[1:]):  # strip [lo:hi) × columns [lo:d), then its float64 add
             torch.mm(k[:, lo:hi].T, k[:, lo:], out=self._b32[lo:hi, lo:])
-        self.acc.add_(self._b64.copy_(self._b32))
+            self.acc[lo:hi, lo:].add_(self._b64[lo:hi, lo:].copy_(self._b32[lo:hi, lo:]))
 
     def total(self) -> torch.Tensor:
         """Σ k kᵀ (float64, exactly symmetric)."""
