@@ -218,12 +218,11 @@ def with_blocks(tiny, n: int):
     return _DEEPER[name, n]
 
 
-@pytest.mark.parametrize("case", list(MEMIT_CASES))
-def test_memit_matches_oracle(tiny, case):
-    records, layers, cov_kind, templates, blocks = MEMIT_CASES[case]
+def memit_case(tiny, records, layers, cov_kind, templates, blocks, **kw):
+    """Production's MEMIT batch and the oracle's result for the same inputs."""
     tiny = with_blocks(tiny, blocks)
     name, model, tok, spec, cfg = tiny
-    hp = hparams(MemitConfig, cfg.hparams.memit, **MEMIT_HP, layers=layers,
+    hp = hparams(MemitConfig, cfg.hparams.memit, **{**MEMIT_HP, **kw}, layers=layers,
                  context_templates=templates)
     prod_cov, ref_cov = covariance(cov_kind, tiny)
     editor = build_editor("memit", hparams=hp, spec=spec, seed=0, covariance=prod_cov)
@@ -239,6 +238,11 @@ def test_memit_matches_oracle(tiny, case):
                    loss_stop=hp.v_loss_stop, clamp_norm_factor=hp.clamp_norm_factor,
                    kl_factor=hp.kl_factor, weight_decay=hp.weight_decay)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    return tiny, out, ref, facts
+
+
+def assert_memit_agrees(tiny, out, ref, facts, records, layers, templates, case):
+    name, model, tok, spec, cfg = tiny
     t = out.tensors
     for i, f in enumerate(facts):
         assert len(f.prefixes) == len(groups_of(templates))
@@ -258,6 +262,44 @@ def test_memit_matches_oracle(tiny, case):
         down = spec.module(model, "down_proj", layer)
         err = rel(by_param[spec.down_proj_weight_name(layer)], pe.stored_layout(down, ref.dw[layer]))
         assert err < DW_REL, f"layer {layer} ΔW rel err {err:.2e} ({name}, {case})"
+
+
+@pytest.mark.parametrize("case", list(MEMIT_CASES))
+def test_memit_matches_oracle(tiny, case):
+    records, layers, cov_kind, templates, blocks = MEMIT_CASES[case]
+    tiny, out, ref, facts = memit_case(tiny, records, layers, cov_kind, templates, blocks)
+    assert_memit_agrees(tiny, out, ref, facts, records, layers, templates, case)
+
+
+def stop_lengths(trajectories, thr):
+    """Forwards each request runs when it stops once its total loss is below ``thr``."""
+    return [next((i + 1 for i, x in enumerate(tr) if x < thr), len(tr)) for tr in trajectories]
+
+
+def test_memit_requests_stop_on_their_own(tiny):
+    """Two requests in one batch, a ``v_loss_stop`` at which one stops after some updates and the
+    other does not: each must follow its own published loop (the finished one keeps its δ).
+    Without the KL and weight-decay terms the losses fall, so such a threshold exists."""
+    records, layers, templates = [(EIFFEL, "en"), (DARRIEUX, "en")], [0, 1], [[10, 2]]
+    quiet = dict(kl_factor=0.0, weight_decay=0.0)
+    _, _, full, _ = memit_case(tiny, records, layers, "identity", templates, 3, **quiet)
+    trs = [v.losses for v in full.values]
+    values = sorted({x for tr in trs for x in tr})
+    best = None  # (margin, threshold)
+    for a, b in zip(values, values[1:]):
+        thr = 0.5 * (a + b)
+        n = stop_lengths(trs, thr)
+        if n[0] != n[1] and min(n) >= 2:  # one stops after an update, the other goes on
+            if best is None or (b - a) > best[0]:
+                best = (b - a, thr)
+    assert best is not None, f"no threshold separates the requests: {trs}"
+    thr = best[1]
+    assert best[0] / thr > 2e-5, "threshold too close to a loss: the comparison would be flaky"
+    tiny2, out, ref, facts = memit_case(tiny, records, layers, "identity", templates, 3,
+                                        v_loss_stop=thr, **quiet)
+    lengths = [len(v.losses) for v in ref.values]
+    assert lengths == stop_lengths(trs, thr) and lengths[0] != lengths[1]
+    assert_memit_agrees(tiny2, out, ref, facts, records, layers, templates, "early stop")
 
 
 @pytest.fixture(autouse=True, scope="module")
