@@ -17,10 +17,11 @@ The editor returns deltas only; the pipeline applies them (:func:`xling_edit.edi
 
 from __future__ import annotations
 
-import logging
+import inspect
 import time
 import zlib
 from contextlib import contextmanager
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, List, Mapping, Optional
 
@@ -33,8 +34,6 @@ from xling_edit.editing.base import EditOutcome, EditRequest, WeightDelta, regis
 from xling_edit.evaluation.forward import model_device
 from xling_edit.evaluation.text import Encoded, encode
 from xling_edit.models.spec import ModelSpec, is_transposed
-
-log = logging.getLogger(__name__)
 
 KINDS = ("lora", "full")
 ADAPTER = "xling_edit"  # the peft adapter name used while an edit trains
@@ -111,10 +110,22 @@ def clip_linf(delta: torch.Tensor, radius: float) -> torch.Tensor:
 
 def target_nll(model: nn.Module, ids: torch.Tensor, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean NLL of the target tokens, their logits [n_target, vocab]); teacher forced: the
-    logits at position p - 1 predict the token at p, for every target position p."""
-    logits = model(input_ids=ids, use_cache=False).logits[0, enc.n_prompt - 1: len(enc.input_ids) - 1]
+    logits at position p - 1 predict the token at p, for every target position p. Only those
+    positions go through the LM head when the model takes ``logits_to_keep`` (with a 262k
+    vocabulary the head costs more than the blocks)."""
+    keep = len(enc.input_ids) - enc.n_prompt + 1  # the last `keep` positions, the final one unused
+    kwargs = {"logits_to_keep": keep} if _takes_logits_to_keep(type(model)) else {}
+    logits = model(input_ids=ids, use_cache=False, **kwargs).logits[0, -keep:-1]
     tgt = ids[0, enc.n_prompt:]
     return F.cross_entropy(logits.float(), tgt), logits
+
+
+@lru_cache(maxsize=None)
+def _takes_logits_to_keep(cls: type) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @contextmanager
