@@ -129,6 +129,12 @@ class EditMethodConfig:
             language). ``batch`` and ``all_languages`` need a method that edits many facts at
             once (MEMIT).
         num_edits: cases per group in ``batch`` and ``sequential`` modes.
+        eval_every: ``sequential`` only: after every ``eval_every`` edits (and after the last)
+            score the edits made so far and the held-out cases with all edits in place, in
+            every evaluation language: the stability curve (``curve.jsonl``, drawn by the
+            report). 0: no curve.
+        heldout: ``sequential`` only: the last ``heldout`` cases of the dataset are never
+            edited; the curve tracks their locality and their own facts (``fact.*``).
         v_from_layer: fast path: the value optimisation computes the blocks below the edited
             one once and runs only the edited block and up at each step (same trajectory);
             false runs the full depth every step (the plain path, for benchmarks).
@@ -153,6 +159,8 @@ class EditMethodConfig:
     subject_match_threshold: float = 0.8
     mode: str = "single"
     num_edits: int = 1
+    eval_every: int = 0
+    heldout: int = 0
     v_from_layer: bool = True
     v_head_at_targets: bool = True
     cache_factorization: bool = True
@@ -650,6 +658,7 @@ def method_schemas(extra_module: str | None = None) -> dict[str, type]:
 # Fields that are per-model choices in the papers too (which layers, λ), the editing mode, or
 # fast paths with identical results: not deviations from the published algorithm.
 _NOT_ALGORITHM = {"name", "variant", "layer", "layers", "mom2_update_weight", "mode", "num_edits",
+                  "eval_every", "heldout",
                   "subject_match_threshold", "v_from_layer", "v_head_at_targets",
                   "cache_factorization"}
 

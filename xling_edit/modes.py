@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from statistics import mean
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ import torch
 from xling_edit.config import MODES
 from xling_edit.editing.base import EditRequest, SkipCase, applied
 from xling_edit.editing.localize import find_subject
+from xling_edit.evaluation import scorers
 from xling_edit.evaluation.evaluate import build_rows, lang_metrics, score_rows
 from xling_edit.models import ModelSpec
 from xling_edit.results import case_lines
@@ -46,6 +48,12 @@ class Ctx:
     answer_prefix: dict  # {lang: appended to every prompt before its answer} (answer_prefixes)
     batch_size: Any  # EvalOptions (eval.*)
     mode: str
+    # sequential mode's stability curve: every `eval_every` edits, score the edits so far and
+    # the held-out cases, and hand the lines to `curve` (None: no curve)
+    eval_every: int = 0
+    heldout: list = field(default_factory=list)  # EditCases never edited
+    curve: Any = None
+    _heldout_evals: list | None = None
 
 
 @dataclass
@@ -173,8 +181,72 @@ def run_group(cases, ctx: Ctx, common: dict) -> list[dict]:
                 ev.timings["edit_s"] = round(time.perf_counter() - t1, 3)
                 ev.edit_info = {**out.info, "position": len(done)}
                 done.append(ev)
+                if ctx.curve is not None and ctx.eval_every and len(done) % ctx.eval_every == 0:
+                    curve_point(ctx, done, deltas, common)
             except EDIT_ERRORS as exc:
                 fail([ev], exc)
         if done:
+            if ctx.curve is not None and not (ctx.eval_every and len(done) % ctx.eval_every == 0):
+                curve_point(ctx, done, deltas, common)  # the last point of the curve
             post_eval(done, deltas)  # all edits in place; compared with cached pre-edit scores
     return [line for ev in evs for line in case_lines(ev, ctx, common)]
+
+
+# ------------------------------------------------------------------ sequential stability curve
+def pre_evaluate(case, ctx: Ctx) -> CaseEval:
+    """Rows and pre-edit scores of one case (raises what scoring raises)."""
+    rows, tok_errors = build_rows(case, ctx.eval_langs, ctx.tok, ctx.word_seps, ctx.answer_prefix)
+    scores = score_rows(ctx.model, ctx.tok, ctx.spec, rows, ctx.batch_size,
+                        keep_from=min(getattr(ctx.editor, "edit_layers", None) or [0]))
+    return CaseEval(case, rows, tok_errors, scores, lang_metrics(rows, scores, None))
+
+
+def fact_metrics(rows, scores) -> dict[str, dict[str, float]]:
+    """{lang: {"fact.true_token_acc", "fact.true_exact"}}: whether the model still produces a
+    case's own true answer (teacher forced, on its edit prompt): what a held-out, unedited case
+    must keep through a sequence of other edits."""
+    out: dict[str, dict[str, list]] = {}
+    for r, s in zip(rows, scores):
+        if r.kind == "rel" and r.role == "true":
+            d = out.setdefault(r.lang, {"fact.true_token_acc": [], "fact.true_exact": []})
+            d["fact.true_token_acc"].append(scorers.token_accuracy(s.argmax, s.target_ids))
+            d["fact.true_exact"].append(scorers.exact_match(s.argmax, s.target_ids))
+    return {l: {k: mean(v) for k, v in d.items()} for l, d in out.items()}
+
+
+def curve_point(ctx: Ctx, done: list[CaseEval], deltas: list, common: dict) -> None:
+    """Score the edits so far (``edited``) and the held-out cases (``heldout``) with ``deltas``
+    applied; hand one line per (set, eval language) with the mean metrics to ``ctx.curve``."""
+    if ctx._heldout_evals is None:  # pre-edit scores of the held-out cases, once per rank
+        ctx._heldout_evals = []
+        for case in ctx.heldout:
+            try:
+                ctx._heldout_evals.append(pre_evaluate(case, ctx))
+            except EDIT_ERRORS as exc:
+                log.warning("held-out case %s left out of the curve: %s", case.case_id, exc)
+    t0 = time.perf_counter()
+    lines = []
+    with applied(ctx.model, deltas):
+        for name, evs in (("edited", done), ("heldout", ctx._heldout_evals)):
+            post: dict[str, dict[str, list]] = {}
+            pre: dict[str, dict[str, list]] = {}
+            for ev in evs:
+                scores = score_rows(ctx.model, ctx.tok, ctx.spec, ev.rows, ctx.batch_size,
+                                    reuse=ev.pre_scores, deltas=deltas)
+                for target, metrics in ((post, lang_metrics(ev.rows, scores, ev.pre_scores)),
+                                        (post, fact_metrics(ev.rows, scores)),
+                                        (pre, ev.pre), (pre, fact_metrics(ev.rows, ev.pre_scores))):
+                    for lang, vals in metrics.items():
+                        for k, v in vals.items():
+                            if v is not None:
+                                target.setdefault(lang, {}).setdefault(k, []).append(v)
+            for lang in ctx.eval_langs:
+                if lang not in post:
+                    continue
+                lines.append({**common, "n_edits": len(done), "set": name, "eval_lang": lang,
+                              "n_cases": len(evs),
+                              "post": {k: round(mean(v), 4) for k, v in post[lang].items()},
+                              "pre": {k: round(mean(v), 4) for k, v in pre.get(lang, {}).items()}})
+    log.info("stability curve: %d edits, %d edited + %d held-out cases scored in %.1fs", len(done),
+             len(done), len(ctx._heldout_evals), time.perf_counter() - t0)
+    ctx.curve(lines)

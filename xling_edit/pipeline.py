@@ -177,7 +177,13 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
               "variant": str(mcfg.get("variant", "published")),
               "edit_lang": ALL_LANGUAGES if mode == "all_languages" else edit_code}
     size = group_size if mode in ("batch", "sequential") else 1
-    groups = [ds.cases[i: i + size] for i in range(0, len(ds.cases), size)]
+    cases, heldout = ds.cases, []
+    n_held = int(mcfg.get("heldout", 0) or 0) if mode == "sequential" else 0
+    if n_held:  # the last cases are never edited: the stability curve's held-out set
+        if n_held >= len(cases):
+            raise ValueError(f"method.heldout={n_held} leaves no case to edit ({len(cases)} cases)")
+        cases, heldout = cases[:-n_held], cases[-n_held:]
+    groups = [cases[i: i + size] for i in range(0, len(cases), size)]
     done = {(l["case_id"], l["edit_lang"]) for l in done_lines}
     todo = [(g, grp) for g, grp in enumerate(groups)
             if not all((c.case_id, common["edit_lang"]) in done for c in grp)]
@@ -185,7 +191,7 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
     n_todo = sum(len(grp) for _, grp in todo)
     if ri.is_zero and done_lines:
         log.info("resuming %s: %d of %d cases already done, %d to run", out,
-                 len(ds.cases) - n_todo, len(ds.cases), n_todo)
+                 len(cases) - n_todo, len(cases), n_todo)
 
     shard_dir = out / resume.SHARDS
     if ri.is_zero:
@@ -194,6 +200,10 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
     else:
         shard_dir.mkdir(exist_ok=True)
         writer = ResultsWriter(shard_dir / f"rank{ri.rank}.jsonl")
+    if mode == "sequential" and int(mcfg.get("eval_every", 0) or 0) or n_held:
+        curve_writer = ResultsWriter(out / ("curve.jsonl" if ri.is_zero else f"curve.rank{ri.rank}.jsonl"))
+        ctx.eval_every = int(mcfg.get("eval_every", 0) or 0)
+        ctx.heldout, ctx.curve = heldout, curve_writer.write_many
     bar = tqdm(total=n_todo, desc=f"{mcfg.name} {common['edit_lang']}", unit="case",
                dynamic_ncols=True, disable=not ri.is_zero)
     progress = Counter()
@@ -259,7 +269,8 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
             "stats_langs": preflight.stats_langs(cfg, eval_langs) if cov is not None else None,
             "covariance": getattr(editor, "covariance_label", None) if mcfg.get("use_covariance") else "off",
             "covariance_statistics": cov.summary() if cov is not None else None,
-            "world_size": ri.world, "resumed_cases": len(ds.cases) - n_todo,
+            "heldout_cases": [c.case_id for c in heldout],
+            "world_size": ri.world, "resumed_cases": len(cases) - n_todo,
             "seconds": {"load": round(t_loaded - t_start, 2),
                         "total": round(time.perf_counter() - t_start, 2)},
             "config": OmegaConf.to_container(cfg, resolve=True),

@@ -117,6 +117,13 @@ def build_report(paths: str | os.PathLike | Sequence[str | os.PathLike], out: st
     rep.files.append(tb.write_csv(diag / "non_ok.csv", non_ok,
                                   list(agg.ROW_KEYS) + ["status", "reason", "lines"]))
 
+    # ---- sequential stability curves (curve.jsonl), when runs have them
+    from xling_edit.report import curve as curves
+
+    curve_rows = curves.load_curves([r.path for r in results.runs])
+    if curve_rows:
+        rep.files.append(tb.write_csv(out / "curves.csv", curve_rows, curves.CSV_COLS))
+
     # ---- figures
     heatmaps: list[tuple[str, Path]] = []
     fert_png = None
@@ -141,6 +148,12 @@ def build_report(paths: str | os.PathLike | Sequence[str | os.PathLike], out: st
                                                edits, evals)
                     p = plots.save(fig, out / "figures" / f"heatmap_{slug(g)}_{proto}.png")
                     heatmaps.append((f"{' / '.join(str(x) for x in g if x != '')}, {proto}", p))
+                    rep.files.append(p)
+            for set_name, metric in curves.CURVE_METRICS if curve_rows else ():
+                fig = curves.curve_figure(curve_rows, set_name, metric, names)
+                if fig is not None:
+                    p = plots.save(fig, out / "figures" / f"curve_{set_name}_{metric.replace('.', '_')}.png")
+                    heatmaps.append((f"stability curve: {metric} of the {set_name} cases vs edits", p))
                     rep.files.append(p)
             if fert_rows:
                 fert_png = plots.save(plots.fertility_figure(fert_rows, names),
