@@ -321,7 +321,7 @@ def bench_stats(s: Setup, repeats: int, tokens: int, log: Callable) -> dict:
         n += len(chosen[-1])
         if n >= tokens:
             break
-    n_rounds = max(1, min(len(chosen), max(repeats, round(n / 5000))))  # ~5k tokens a round
+    n_rounds = max(1, min(len(chosen), max(repeats, round(n / 2000))))  # ~2k tokens a round
     bounds = [round(i * len(chosen) / n_rounds) for i in range(n_rounds + 1)]
     paths = {  # name -> layer_second_moments arguments
         "fast": {},
@@ -603,7 +603,8 @@ def main(argv=None) -> int:
     print()
     rows_note = f"{res['rome']['rows']} rows/case over " if "rome" in res else ""
     print(f"== {a.model} | {rows_note}{len(s.langs)} languages | "
-          f"{torch.get_num_threads()} threads | medians of {a.repeats} | load average "
+          f"{torch.get_num_threads()} threads | "
+          f"{'statistics in alternating rounds' if a.only else f'medians of {a.repeats}'} | load average "
           f"{load_start} -> {_loadavg()}")
     print(format_table(res["summary"]))
     same = res["rome"]["same_metrics"] if "rome" in res else []
