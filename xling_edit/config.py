@@ -255,6 +255,9 @@ class LanguageConfig:
             base models, which otherwise tend to start an answer with a blank line). It
             includes its leading space (e.g. ``" Answer:"``, French ``" Réponse :"``); the
             answer follows after ``word_sep``. Empty: none (an error under ``cue``).
+        ike_fact: how in-context editing (``method=ike``) states a new fact in this language,
+            before the demonstrations' questions and the evaluation prompt; ``{prompt}`` and
+            ``{target}`` are the edit prompt and the new answer.
     """
 
     code: str = MISSING
@@ -265,6 +268,7 @@ class LanguageConfig:
     context_seeds: List[str] = field(default_factory=lambda: ["The", "Therefore", "Because", "I", "You"])
     context_join: str = ". "
     answer_cue: str = ""
+    ike_fact: str = "New fact: {prompt} {target}"
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """What the editing modes mean, for any method (``method.mode``):
 
-- ``single``: one case per edit; its deltas are applied, every evaluation language scored, and
-  the weights restored before the next case;
+- ``single``: one case per edit; its deltas are applied (a context edit: its context is put
+  before every evaluation prompt), every evaluation language scored, and the weights restored
+  before the next case;
 - ``all_languages``: one edit holding the case's request in every evaluation language
   (``edit_batch``; methods with ``batched = True``);
 - ``batch``: ``num_edits`` cases in one update (``edit_batch``), all evaluated, then restored;
@@ -77,6 +78,9 @@ def check_mode(mode: str, group_size: int, editor) -> None:
         raise ValueError(f"method.mode={mode} needs a method that edits many facts at once (memit)")
     if group_size < 1:
         raise ValueError(f"method.num_edits must be >= 1, got {group_size}")
+    if getattr(editor, "kind", "weights") == "context" and mode not in ("single",):
+        raise ValueError(f"method.mode={mode}: a context edit (the fact stated in the prompt) "
+                         f"has no weights to combine; use mode=single")
 
 
 def requests_for(ev: CaseEval, ctx: Ctx) -> list[EditRequest]:
@@ -127,13 +131,23 @@ def run_group(cases, ctx: Ctx, common: dict) -> list[dict]:
     live = [ev for ev in evs if ev.status == "ok"]
     ed = ctx.editor
 
-    def post_eval(targets, deltas):
+    def post_eval(targets, deltas, context=None):
         t = time.perf_counter()
         with applied(ctx.model, deltas):
             for ev in targets:
-                scores = score_rows(ctx.model, ctx.tok, ctx.spec, ev.rows, ctx.batch_size,
-                                    reuse=ev.pre_scores, deltas=deltas)
-                ev.post = lang_metrics(ev.rows, scores, ev.pre_scores)
+                if context is None:  # weight edit: same rows, lower layers reused
+                    scores = score_rows(ctx.model, ctx.tok, ctx.spec, ev.rows, ctx.batch_size,
+                                        reuse=ev.pre_scores, deltas=deltas)
+                    ev.post = lang_metrics(ev.rows, scores, ev.pre_scores)
+                    continue
+                # context edit: every prompt, in every language, now follows the context
+                rows, _ = build_rows(ev.case, ctx.eval_langs, ctx.tok, ctx.word_seps,
+                                     ctx.answer_prefix, context=context)
+                if [(r.lang, r.kind, r.index, r.role) for r in rows] != \
+                        [(r.lang, r.kind, r.index, r.role) for r in ev.rows]:
+                    raise ValueError("the context edit changed which rows can be scored")
+                scores = score_rows(ctx.model, ctx.tok, ctx.spec, rows, ctx.batch_size)
+                ev.post = lang_metrics(rows, scores, ev.pre_scores)
             t_restore = time.perf_counter()
         t_end = time.perf_counter()
         for ev in targets:
@@ -147,8 +161,8 @@ def run_group(cases, ctx: Ctx, common: dict) -> list[dict]:
                 r = reqs[id(ev)]
                 out = ed.edit(ctx.model, ctx.tok, r[0]) if len(r) == 1 else ed.edit_batch(ctx.model, ctx.tok, r)
                 ev.timings["edit_s"] = round(time.perf_counter() - t1, 3)
-                ev.edit_info = out.info
-                post_eval([ev], out.deltas)
+                ev.edit_info = {**out.info, "edit_kind": out.kind}
+                post_eval([ev], out.deltas, out.context)
             except EDIT_ERRORS as exc:
                 fail([ev], exc)
     elif ctx.mode == "batch":
@@ -165,7 +179,8 @@ def run_group(cases, ctx: Ctx, common: dict) -> list[dict]:
                 out = ed.edit_batch(ctx.model, ctx.tok, [reqs[id(ev)][0] for ev in ok])
                 for i, ev in enumerate(ok):
                     ev.timings["edit_s"] = round((time.perf_counter() - t1) / len(ok), 3)
-                    ev.edit_info = {**out.info, "subject": out.info["subjects"][i]}
+                    ev.edit_info = {**out.info, "subject": out.info["subjects"][i],
+                                    "edit_kind": out.kind}
                 post_eval(ok, out.deltas)
             except EDIT_ERRORS as exc:
                 fail(ok, exc)
@@ -179,7 +194,7 @@ def run_group(cases, ctx: Ctx, common: dict) -> list[dict]:
                     out = ed.edit(ctx.model, ctx.tok, reqs[id(ev)][0])
                 deltas.extend(out.deltas)
                 ev.timings["edit_s"] = round(time.perf_counter() - t1, 3)
-                ev.edit_info = {**out.info, "position": len(done)}
+                ev.edit_info = {**out.info, "position": len(done), "edit_kind": out.kind}
                 done.append(ev)
                 if ctx.curve is not None and ctx.eval_every and len(done) % ctx.eval_every == 0:
                     curve_point(ctx, done, deltas, common)

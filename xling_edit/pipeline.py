@@ -165,6 +165,8 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
     editor = build_editor(mcfg.name, hparams=mcfg, spec=spec, seed=cfg.seed, covariance=cov,
                           covariance_label=cov.label if cov else "identity")
     modes.check_mode(mode, group_size, editor)
+    if hasattr(editor, "use_dataset"):  # methods that learn from other cases (IKE's demonstrations)
+        editor.use_dataset(ds.cases)
     if cov is not None and ri.world > 1:
         with ri.zero_first():  # rank zero computes and caches; the others load
             cov.prefetch(list(editor.edit_layers))

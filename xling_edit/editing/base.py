@@ -36,9 +36,19 @@ class WeightDelta:
 
 @dataclass
 class EditOutcome:
+    """What an edit returns. A **weight edit** returns ``deltas`` (applied by the pipeline and
+    restored bit for bit). A **context edit** returns no delta and a ``context``: text shown
+    before every evaluation prompt (in every evaluation language) while the edit is in force."""
+
     deltas: list[WeightDelta]
     info: dict = field(default_factory=dict)  # JSON-able, written to results
     tensors: dict = field(default_factory=dict)  # e.g. k_star, v_star: for tests, not written
+    context: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """``weights`` or ``context`` (in every results line as ``edit_kind``)."""
+        return "context" if self.context is not None else "weights"
 
 
 class Editor(Protocol):

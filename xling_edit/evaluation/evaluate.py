@@ -91,10 +91,13 @@ def answer_prefixes(data: Mapping, languages: Mapping[str, Mapping],
 
 
 def build_rows(case: EditCase, langs: Sequence[str], tok, word_seps: Mapping[str, str],
-               answer_prefix: str | Mapping[str, str] = "") -> tuple[list[Row], dict[str, str]]:
+               answer_prefix: str | Mapping[str, str] = "", context: str = "",
+               ) -> tuple[list[Row], dict[str, str]]:
     """Rows to score for ``case`` in ``langs``; also {lang: error} for languages that failed.
     ``answer_prefix`` (one string, or one per language: :func:`answer_prefixes`) is appended
-    to every prompt before its continuation."""
+    to every prompt before its continuation; ``context`` (a context edit, e.g. IKE's stated
+    fact and demonstrations) is put before every prompt. The rows' order does not depend on
+    either, so post-edit rows pair with the pre-edit ones by position."""
     rows: list[Row] = []
     errors: dict[str, str] = {}
     for lang in langs:
@@ -103,17 +106,17 @@ def build_rows(case: EditCase, langs: Sequence[str], tok, word_seps: Mapping[str
             continue
         try:
             ap = answer_prefix if isinstance(answer_prefix, str) else answer_prefix.get(lang, "")
-            rows.extend(_rows_for(rec, lang, tok, word_seps.get(lang, " "), ap))
+            rows.extend(_rows_for(rec, lang, tok, word_seps.get(lang, " "), ap, context))
         except ValueError as exc:
             errors[lang] = f"tokenisation: {exc}"
     return rows, errors
 
 
-def _rows_for(rec: LangRecord, lang: str, tok, sep: str, ap: str) -> list[Row]:
+def _rows_for(rec: LangRecord, lang: str, tok, sep: str, ap: str, context: str = "") -> list[Row]:
     out = []
 
     def add(kind, i, role, prompt, target):
-        out.append(Row(lang, kind, i, role, encode(tok, prompt + ap, target, sep)))
+        out.append(Row(lang, kind, i, role, encode(tok, context + prompt + ap, target, sep)))
 
     add("rel", 0, "new", rec.prompt, rec.target_new)
     if rec.target_true:
