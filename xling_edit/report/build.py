@@ -1,7 +1,10 @@
 """Writing a report folder: tables (CSV + Markdown), heatmaps, diagnostics and ``report.md``.
 
     paths ─► load_results ─► aggregate (per table) ─► tables/*.csv|md, cells.csv
-                                                 └─► figures/heatmap_*.png
+                                                 ├─► figures/heatmap_*.png
+                                                 └─► sweeps over methods: tables/methods_*,
+                                                     figures/methods_*.png
+                          ─► ELFO split by shared_surface ─► tables/elfo_shared_surface.*
                           ─► diagnostics (localisation, fertility) ─► diagnostics/*, figures/fertility_*.png
                           ─► report.md (what was run, statuses, tables, links)
 """
@@ -28,6 +31,12 @@ HEATMAP_PROTOCOLS = ("token_acc", "exact", "prob")
 #: the locality key drawn in each protocol's heatmap (locality's protocols are its own; the
 #: panel is titled with the key, so agreement is never shown as accuracy)
 HEATMAP_LOCALITY = {"token_acc": "agree_token", "exact": "agree_exact", "prob": "prob"}
+#: the locality key of a method heatmap's pre-edit panel (agreement has no pre-edit value)
+PRE_HEATMAP_LOCALITY = {"token_acc": "answer_token_acc", "exact": "answer_exact", "prob": "prob"}
+#: metrics whose method × eval-language tables report.md shows in full (the others are linked)
+METHOD_TABLES_SHOWN = ("reliability",)
+SHARED_SURFACE = "elfo_shared_surface"  # tables/<this>.csv|md
+SHARED_SURFACE_PROTOCOLS = ("token_acc", "exact")
 MANIFEST = ".report_files.json"  # what the last build wrote; stale files of it are removed
 CELL_COLS = list(agg.ROW_KEYS) + ["eval_lang", "phase", "metric", "protocol", "key", "mean",
                                   "ci_lo", "ci_hi", "n_lines", "n_cases"]
@@ -102,6 +111,44 @@ def build_report(paths: str | os.PathLike | Sequence[str | os.PathLike], out: st
                         f"\n\n{md}\n")
     rep.files.append(tb.write_csv(out / "cells.csv", [c.to_dict() for c in rep.cells], CELL_COLS))
 
+    # ---- sweeps over methods: method × eval-language tables (the cells above, regrouped)
+    sweeps = agg.method_sweeps({c.row for c in rep.cells})
+    kinds = agg.edit_kinds(ok)
+    method_shown: list[str] = []
+    method_links: list[str] = []
+    for phase, key in specs if sweeps else ():
+        cols, rows = agg.method_rows([c for c in rep.cells if c.phase == phase and c.key == key],
+                                     eval_langs, kinds)
+        if not rows:
+            continue
+        stem = "methods_" + table_stem(phase, key)
+        title = f"{key} ({phase}-edit), methods × evaluation languages"
+        md = tb.method_markdown(cols, rows)
+        csv_path = tb.write_csv(out / "tables" / f"{stem}.csv", rows, tb.method_csv_columns(cols))
+        md_path = out / "tables" / f"{stem}.md"
+        md_path.write_text(f"## {title}\n\nmean [{ci:.0%} bootstrap CI over cases, {n_boot} "
+                           f"resamples]\n\n{md}\n", encoding="utf-8")
+        rep.files += [csv_path, md_path]
+        links = f"[CSV](tables/{stem}.csv) · [Markdown](tables/{stem}.md)"
+        if key.split(".")[0] in METHOD_TABLES_SHOWN:
+            method_shown.append(f"### {title}\n\n{links}\n\n{md}\n")
+        else:
+            method_links.append(f"- {key} ({phase}-edit): {links}")
+
+    # ---- ELFO reliability split by shared surface form (target spelled as in the edit language)
+    surf_cols, surf_rows = agg.shared_surface_table(ok, protocols=SHARED_SURFACE_PROTOCOLS,
+                                                    n_boot=n_boot, ci=ci, seed=seed)
+    surf_md = None
+    if surf_rows:
+        surf_md = tb.shared_surface_markdown(surf_rows, SHARED_SURFACE_PROTOCOLS)
+        rep.files.append(tb.write_csv(out / "tables" / f"{SHARED_SURFACE}.csv", surf_rows,
+                                      tb.shared_surface_csv_columns(surf_cols)))
+        md_path = out / "tables" / f"{SHARED_SURFACE}.md"
+        md_path.write_text(f"## ELFO reliability by shared surface form (post-edit)\n\nmean "
+                           f"[{ci:.0%} bootstrap CI over cases, {n_boot} resamples]\n\n"
+                           f"{surf_md}\n", encoding="utf-8")
+        rep.files.append(md_path)
+
     # ---- diagnostics
     diag = out / "diagnostics"
     loc_cats, loc_rows = agg.localisation_table(results.lines)
@@ -126,6 +173,7 @@ def build_report(paths: str | os.PathLike | Sequence[str | os.PathLike], out: st
 
     # ---- figures
     heatmaps: list[tuple[str, Path]] = []
+    method_maps: list[tuple[str, Path]] = []
     fert_png = None
     if figures:
         try:
@@ -149,6 +197,10 @@ def build_report(paths: str | os.PathLike | Sequence[str | os.PathLike], out: st
                     p = plots.save(fig, out / "figures" / f"heatmap_{slug(g)}_{proto}.png")
                     heatmaps.append((f"{' / '.join(str(x) for x in g if x != '')}, {proto}", p))
                     rep.files.append(p)
+            for sweep, methods in sweeps.items():
+                p = _method_heatmaps(plots, rep, sweep, methods, heatmap_protocols, names, out)
+                method_maps += p
+                rep.files += [x for _, x in p]
             for set_name, metric in curves.CURVE_METRICS if curve_rows else ():
                 fig = curves.curve_figure(curve_rows, set_name, metric, names)
                 if fig is not None:
@@ -165,11 +217,42 @@ def build_report(paths: str | os.PathLike | Sequence[str | os.PathLike], out: st
 
     # ---- report.md
     md = _report_md(rep, names, sections, heatmaps, fert_png, loc_cats, loc_rows, fert_rows,
-                    corr_rows, non_ok, n_boot=n_boot, seed=seed, ci=ci)
+                    corr_rows, non_ok, n_boot=n_boot, seed=seed, ci=ci,
+                    methods=(sweeps, method_shown, method_links, method_maps), surface_md=surf_md)
     (out / "report.md").write_text(md, encoding="utf-8")
     rep.files.append(out / "report.md")
     _remove_stale(out, rep.files)
     return rep
+
+
+def _method_heatmaps(plots, rep: Report, sweep: tuple, methods: Sequence[tuple[str, str]],
+                     protocols: Sequence[str], names, out: Path) -> list[tuple[str, Path]]:
+    """One figure per protocol for one sweep over methods: methods × (eval languages, ELFI,
+    ELFO), a panel per metric post-edit, then per metric with a pre-edit value pre-edit."""
+    cells = [c for c in rep.cells if agg.sweep_of(c.row) == sweep]
+    cols = agg.lang_order(c.eval_lang for c in cells if c.eval_lang not in agg.SUMMARY_COLS)
+    cols += list(agg.SUMMARY_COLS)
+    labels = [agg.method_label(m, v, methods) for m, v in methods]
+    s = dict(zip(agg.SWEEP_KEYS, sweep))
+    done = []
+    for proto in protocols:
+        panels = {}
+        for phase, loc in (("post", HEATMAP_LOCALITY), ("pre", PRE_HEATMAP_LOCALITY)):
+            for m in agg.METRICS:
+                key = f"{m}.{loc.get(proto, proto) if m == 'locality' else proto}"
+                kc = [c for c in cells if c.phase == phase and c.key == key]
+                if kc:
+                    panels[f"{key} ({phase}-edit)"] = agg.method_matrix(kc, methods, cols)
+        if not panels:
+            continue
+        where = (f"{s['model']} / {s['dataset']} / merge={s['merge']}, edit language "
+                 f"{name_of(s['edit_lang'], names)} ({s['edit_lang']})")
+        fig = plots.method_heatmap_figure(panels, labels, cols, names,
+                                          f"{where}\nmethods × evaluation languages, {proto}",
+                                          framed=s["edit_lang"])
+        p = plots.save(fig, out / "figures" / f"methods_{slug(sweep)}_{proto}.png")
+        done.append((f"{where}, {proto}", p))
+    return done
 
 
 def _remove_stale(out: Path, written: Sequence[Path]) -> None:
@@ -223,7 +306,8 @@ def _runs_table(runs: Sequence[Run], out: Path) -> str:
 
 
 def _report_md(rep: Report, names, sections, heatmaps, fert_png, loc_cats, loc_rows, fert_rows,
-               corr_rows, non_ok, n_boot, seed, ci) -> str:
+               corr_rows, non_ok, n_boot, seed, ci, methods=({}, [], [], []),
+               surface_md: str | None = None) -> str:
     res, out = rep.results, rep.out
     lines_all = res.lines
     st = agg.status_counts(lines_all)
@@ -285,6 +369,43 @@ def _report_md(rep: Report, names, sections, heatmaps, fert_png, loc_cats, loc_r
     L += sections
     if rep.skipped_tables:
         L += ["Tables without any value (not written): " + ", ".join(rep.skipped_tables) + ".", ""]
+
+    sweeps, method_shown, method_links, method_maps = methods
+    if sweeps:
+        L += ["## Methods compared", "",
+              "Sweeps over methods: runs with the same model, dataset, merge and edit language "
+              "whose method (or variant) differs. Rows are methods, columns evaluation languages, "
+              "ELFI and ELFO; the cells are those of the tables above (same bootstrap). "
+              "`edit_kind`: `weights` (the edit changes parameters) or `context` (the new fact "
+              "is stated in the prompt, e.g. IKE).", "",
+              tb.markdown(["model", "dataset", "merge", "edit", "methods"],
+                          [[tb.fmt(x) for x in sweep]
+                           + [", ".join(agg.method_label(m, v, mv) for m, v in mv)]
+                           for sweep, mv in sweeps.items()]), ""]
+        L += method_shown
+        if method_links:
+            L += ["Other metrics:", ""] + method_links + [""]
+        if rep.figure_error:
+            L += [f"_{rep.figure_error}_", ""]
+        if method_maps:
+            L += ["Heatmaps: methods (rows) × evaluation languages, ELFI and ELFO (columns), "
+                  "one figure per sweep and protocol, a panel per metric post-edit and, where "
+                  "the metric has one, pre-edit; the edit language's column is framed; colour "
+                  "scale fixed to 0..1.", ""]
+        for title, p in method_maps:
+            L += [f"### {title}", "", f"![{title}]({_rel(p, out)})", ""]
+
+    if surface_md:
+        L += ["## ELFO reliability by shared surface form", "",
+              "Post-edit reliability of the lines whose evaluation language was not edited, "
+              "split by `shared_surface`: *shared* = the target in that language is the same "
+              "string as in the edit language (\"Berlin\" in English and German), *different* = "
+              "it is spelled otherwise. Transfer that appears only in the *shared* half may be "
+              "the edited target's tokens, not the fact. `lines (cases)`: ok lines and cases of each "
+              "half; `ELFO` pools the languages. Each half is its own mean over its cases with its own "
+              "bootstrap interval.", "",
+              f"[CSV](tables/{SHARED_SURFACE}.csv) · [Markdown](tables/{SHARED_SURFACE}.md)", "",
+              surface_md, ""]
 
     L += ["## Heatmaps", "",
           "Post-edit, edit language (rows) × evaluation language (columns), one figure per "

@@ -511,3 +511,147 @@ def split_by(lines: Iterable[Mapping], key: str) -> dict:
     for l in lines:
         out[l.get(key)].append(l)
     return dict(out)
+
+
+# ------------------------------------------------------------------------ method comparison
+
+#: a sweep over methods: runs that agree on these and differ in (method, variant)
+SWEEP_KEYS = ("model", "dataset", "merge", "edit_lang")
+#: the method families in the order the report lists them; others follow alphabetically
+METHOD_ORDER = ("rome", "memit", "alphaedit", "lora", "ike")
+#: columns that identify one row of a method × eval-language table
+METHOD_ROW_KEYS = SWEEP_KEYS + ("method", "variant", "edit_kind")
+
+
+def sweep_of(row: Sequence) -> tuple:
+    """(model, dataset, merge, edit_lang) of a row (a :data:`ROW_KEYS` tuple)."""
+    d = dict(zip(ROW_KEYS, row))
+    return tuple(d[k] for k in SWEEP_KEYS)
+
+
+def method_sort_key(method_variant: tuple[str, str]):
+    """Known families first (:data:`METHOD_ORDER`), then by name; the published variant (or
+    none) before the others of the same method."""
+    m, v = (str(x) for x in method_variant)
+    rank = {x: i for i, x in enumerate(METHOD_ORDER)}
+    return (rank.get(m, len(rank)), m, v not in ("", "published"), v)
+
+
+def method_sweeps(rows: Iterable[Sequence]) -> dict[tuple, list[tuple[str, str]]]:
+    """{sweep (:data:`SWEEP_KEYS`): its (method, variant) pairs in report order} for the sweeps
+    with at least two of them: same model, dataset, merge and edit language, different method
+    or variant. ``rows`` are :data:`ROW_KEYS` tuples (e.g. ``Cell.row``)."""
+    found: dict[tuple, set] = defaultdict(set)
+    for row in rows:
+        d = dict(zip(ROW_KEYS, row))
+        found[sweep_of(row)].add((str(d["method"]), str(d["variant"])))
+    return {s: sorted(mv, key=method_sort_key)
+            for s, mv in sorted(found.items(), key=lambda kv: _row_sort(kv[0]))
+            if len(mv) >= 2}
+
+
+def method_label(method: str, variant: str, methods: Sequence[tuple[str, str]] = ()) -> str:
+    """``rome``, or ``rome · fast`` when ``methods`` (the sweep's pairs) hold the method with
+    more than one variant."""
+    several = sum(1 for m, _ in methods if m == method) > 1
+    return f"{method} · {variant}" if several and variant else str(method)
+
+
+def edit_kinds(lines: Iterable[Mapping]) -> dict[tuple, str]:
+    """{row: ``weights`` | ``context``} from the ok lines' ``edit.edit_kind`` (the most common
+    one; rows whose lines predate the field are absent)."""
+    cnt: dict[tuple, Counter] = defaultdict(Counter)
+    for l in ok_lines(lines):
+        kind = (l.get("edit") or {}).get("edit_kind") if isinstance(l.get("edit"), Mapping) else None
+        if kind:
+            cnt[row_of(l)][str(kind)] += 1
+    return {row: c.most_common(1)[0][0] for row, c in cnt.items()}
+
+
+def method_rows(cells: Sequence[Cell], eval_langs: Sequence[str] | None = None,
+                kinds: Mapping[tuple, str] | None = None) -> tuple[list[str], list[dict]]:
+    """The method × eval-language table of one (phase, key): ``wide_rows`` of the cells of the
+    method sweeps only (see :func:`method_sweeps`), ordered by sweep, then method
+    (:data:`METHOD_ORDER`), with ``edit_kind`` from ``kinds`` (:func:`edit_kinds`). Returns
+    (value columns, rows); no rows when no sweep compares methods."""
+    sweeps = method_sweeps({c.row for c in cells})
+    keep = [c for c in cells if sweep_of(c.row) in sweeps]
+    if not keep:
+        return [], []
+    cols, rows = wide_rows(keep, eval_langs)
+    kinds = kinds or {}
+    for r in rows:
+        r["edit_kind"] = kinds.get(tuple(r[k] for k in ROW_KEYS), "")
+    sweep_rank = {s: i for i, s in enumerate(sweeps)}
+    rows.sort(key=lambda r: (sweep_rank[tuple(r[k] for k in SWEEP_KEYS)],
+                             method_sort_key((r["method"], r["variant"]))))
+    return cols, rows
+
+
+def method_matrix(cells: Sequence[Cell], methods: Sequence[tuple[str, str]],
+                  cols: Sequence[str]) -> np.ndarray:
+    """means[n_methods, n_cols] of the cells of ONE sweep and key: rows the (method, variant)
+    pairs, columns eval languages and/or ELFI / ELFO; NaN where missing."""
+    M = np.full((len(methods), len(cols)), np.nan)
+    mi = {tuple(map(str, mv)): i for i, mv in enumerate(methods)}
+    ci = {c: j for j, c in enumerate(cols)}
+    for c in cells:
+        i, j = mi.get((str(c.method), str(c.variant))), ci.get(c.eval_lang)
+        if i is not None and j is not None:
+            M[i, j] = c.mean
+    return M
+
+
+#: the two halves of the shared-surface split (``line["shared_surface"]``)
+SURFACE_SPLITS = ((True, "shared"), (False, "different"))
+
+
+def shared_surface_table(lines: Iterable[Mapping], metric: str = "reliability",
+                         protocols: Sequence[str] = ("token_acc", "exact"), n_boot: int = 1000,
+                         ci: float = 0.95, seed: int = 0) -> tuple[list[str], list[dict]]:
+    """Post-edit ELFO ``metric`` split by whether the target is spelled as in the edit language
+    (``shared_surface`` true: "shared", false: "different"), per row (model, dataset, method,
+    merge, variant, edit language) and ELFO evaluation language, plus the pooled ``ELFO``.
+
+    Only ok ELFO lines (eval language not edited) with a boolean ``shared_surface`` count. Each
+    half is aggregated like the main tables (mean over its cases, percentile bootstrap over its
+    cases). Each returned row holds the row keys, ``eval_lang`` and, for each half ``s``:
+    ``s_n_lines`` / ``s_n_cases`` (ok lines and cases of that half, whatever their values) and
+    ``s_<protocol>`` with ``_ci_lo`` / ``_ci_hi``. Returns (value columns, rows)."""
+    cross = [l for l in ok_lines(lines) if isinstance(l.get("shared_surface"), bool)
+             and not is_elfi(str(l.get("edit_lang")), str(l.get("eval_lang")))]
+    if not cross:
+        return [], []
+    specs = [("post", f"{metric}.{p}") for p in protocols]
+    counts: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    means: dict[tuple, Cell] = {}
+    for flag, name in SURFACE_SPLITS:
+        part = [l for l in cross if l["shared_surface"] is flag]
+        for l in part:
+            for col in (l["eval_lang"], "ELFO"):
+                counts[(row_of(l), col)][name].append(str(l.get("case_id")))
+        for c in aggregate_many(part, specs, n_boot=n_boot, ci=ci, seed=seed):
+            means[(c.row, c.eval_lang, name, c.key)] = c
+    cols = []
+    for _, name in SURFACE_SPLITS:
+        cols += [f"{name}_n_lines", f"{name}_n_cases"]
+        for p in protocols:
+            cols += [f"{name}_{p}", f"{name}_{p}_ci_lo", f"{name}_{p}_ci_hi"]
+    rows_langs: dict[tuple, set] = defaultdict(set)
+    for row, col in counts:
+        rows_langs[row].add(col)
+    out = []
+    for row in sorted(rows_langs, key=lambda r: (_row_sort(sweep_of(r)),
+                                                 method_sort_key((r[2], r[4])))):
+        for col in lang_order(rows_langs[row] - {"ELFO"}) + ["ELFO"]:
+            d: dict = {**dict(zip(ROW_KEYS, row)), "eval_lang": col}
+            for _, name in SURFACE_SPLITS:
+                ids = counts[(row, col)].get(name, [])
+                d[f"{name}_n_lines"], d[f"{name}_n_cases"] = len(ids), len(set(ids))
+                for p in protocols:
+                    c = means.get((row, col, name, f"{metric}.{p}"))
+                    d[f"{name}_{p}"] = c.mean if c else None
+                    d[f"{name}_{p}_ci_lo"] = c.ci_lo if c else None
+                    d[f"{name}_{p}_ci_hi"] = c.ci_hi if c else None
+            out.append(d)
+    return cols, out

@@ -158,3 +158,58 @@ def bar_compare_figure(series: Mapping[str, Sequence[tuple[str, float, float, fl
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+def method_heatmap_figure(panels: Mapping[str, np.ndarray], row_labels: Sequence[str],
+                          cols: Sequence[str], names: Mapping[str, str] | None = None,
+                          title: str = "", framed: str | None = None, vmin: float = 0.0,
+                          vmax: float = 1.0, cmap: str = "viridis"):
+    """Methods (rows) × evaluation languages and ELFI / ELFO (columns), one panel per entry of
+    ``panels`` ({panel title: means[n_rows, n_cols]}, e.g. from ``maths.method_matrix``), on one
+    fixed colour scale with one colour bar. A white rule separates the languages from the pooled
+    columns; the column of the edit language ``framed`` is framed in red."""
+    import matplotlib
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Rectangle
+
+    names = names or {}
+    keys = list(panels)
+    n = max(len(keys), 1)
+    ncols = min(2, n)
+    nrows = math.ceil(n / ncols)
+    pw, ph = 1.6 + 0.7 * max(len(cols), 1), 1.2 + 0.42 * max(len(row_labels), 1)
+    fig = _figure(ncols * pw + 1.2, nrows * ph + 0.6)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    norm = Normalize(vmin=vmin, vmax=vmax)
+    cmap_obj = matplotlib.colormaps[cmap].with_extremes(bad="#dddddd")
+    n_lang = sum(1 for c in cols if c not in ("ELFI", "ELFO"))
+    cm = None
+    for i, ax in enumerate(axes.flat):
+        if i >= len(keys):
+            ax.set_visible(False)
+            continue
+        M = np.asarray(panels[keys[i]], dtype=float)
+        cm = ax.imshow(np.ma.masked_invalid(M), cmap=cmap_obj, norm=norm, aspect="auto")
+        for r in range(M.shape[0]):
+            for c in range(M.shape[1]):
+                v = M[r, c]
+                dark = not np.isnan(v) and norm(v) < 0.55
+                ax.text(c, r, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
+                        fontsize=8, color="white" if dark else "black")
+        if 0 < n_lang < len(cols):
+            ax.axvline(n_lang - 0.5, color="white", lw=3)
+        if framed in cols:
+            j = list(cols).index(framed)
+            ax.add_patch(Rectangle((j - 0.5, -0.5), 1, M.shape[0], fill=False, lw=1.5,
+                                   clip_on=False, edgecolor="red"))
+        ax.set_xticks(range(len(cols)), [_name(c, names) for c in cols], rotation=45, ha="right",
+                      fontsize=8)
+        ax.set_yticks(range(len(row_labels)), list(row_labels), fontsize=8)
+        ax.set_xlabel("evaluation language", fontsize=8)
+        ax.set_title(keys[i] if np.isfinite(M).any() else f"{keys[i]} (no values)", fontsize=9)
+    if cm is not None:
+        fig.colorbar(cm, ax=axes.ravel().tolist(), shrink=0.8,
+                     label=f"fixed scale {vmin:g}–{vmax:g}")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

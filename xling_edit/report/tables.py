@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from xling_edit.atomic import write_text_atomic
-from xling_edit.report.maths import ROW_KEYS
+from xling_edit.report.maths import METHOD_ROW_KEYS, ROW_KEYS, SURFACE_SPLITS
 
 
 def fmt(v, digits: int = 3) -> str:
@@ -106,3 +106,47 @@ def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     with open(path, newline="", encoding="utf-8") as f:
         r = list(csv.reader(f))
     return (r[0], r[1:]) if r else ([], [])
+
+
+def method_csv_columns(cols: Sequence[str]) -> list[str]:
+    """Columns of a method × eval-language CSV (``maths.method_rows``)."""
+    out = list(METHOD_ROW_KEYS) + ["n_cases"]
+    for c in cols:
+        out += [c, f"{c}_ci_lo", f"{c}_ci_hi"]
+    return out
+
+
+def method_markdown(cols: Sequence[str], rows: Sequence[Mapping], digits: int = 3) -> str:
+    """A method × eval-language table: sweep keys, method, variant (when any), edit kind, n,
+    then 'mean [lo, hi]' per eval language, ELFI, ELFO; an unknown edit kind (results written
+    before it was recorded) reads '–'."""
+    keys = key_columns(rows, METHOD_ROW_KEYS)
+    header = [HEADER_NAMES.get(k, k) for k in keys] + ["n"] + list(cols)
+    return markdown(header, [[fmt(r.get(k) or None) if k == "edit_kind" else fmt(r.get(k))
+                              for k in keys] + [fmt(r.get("n_cases"))]
+                             + [fmt_ci(r.get(c), r.get(f"{c}_ci_lo"), r.get(f"{c}_ci_hi"), digits)
+                                for c in cols] for r in rows])
+
+
+def shared_surface_csv_columns(value_cols: Sequence[str]) -> list[str]:
+    return list(ROW_KEYS) + ["eval_lang"] + list(value_cols)
+
+
+def shared_surface_markdown(rows: Sequence[Mapping], protocols: Sequence[str] = ("token_acc", "exact"),
+                            digits: int = 3) -> str:
+    """The ELFO shared-surface split (``maths.shared_surface_table``): row keys, eval language,
+    then per half (shared / different spelling) its lines (cases) and 'mean [lo, hi]' per
+    protocol."""
+    keys = key_columns(rows)
+    header = [HEADER_NAMES.get(k, k) for k in keys] + ["eval"]
+    for _, name in SURFACE_SPLITS:
+        header += [f"{name}: lines (cases)"] + [f"{name}: {p}" for p in protocols]
+    body = []
+    for r in rows:
+        cells = [fmt(r.get(k)) for k in keys] + [fmt(r.get("eval_lang"))]
+        for _, name in SURFACE_SPLITS:
+            cells.append(f"{fmt(r.get(f'{name}_n_lines'))} ({fmt(r.get(f'{name}_n_cases'))})")
+            cells += [fmt_ci(r.get(f"{name}_{p}"), r.get(f"{name}_{p}_ci_lo"),
+                             r.get(f"{name}_{p}_ci_hi"), digits) for p in protocols]
+        body.append(cells)
+    return markdown(header, body)
