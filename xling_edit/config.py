@@ -484,6 +484,10 @@ class EvalConfig:
         inference_mode: fast path: score under ``torch.inference_mode``; false: plain grad mode.
         head_chunk: scored positions per LM-head product (bounds the [positions, vocab]
             logits' memory).
+        pre_cache: keep the unedited model's scores of every case on disk
+            (``model.cache_dir/pre_scores``, keyed by the model, the rows' token ids and these
+            options) and reuse them in every later job: a sweep over methods and edit languages
+            scores each case before the edit once (``xling_edit/evaluation/pre_cache.py``).
     The plain settings exist for ``python -m xling_edit.bench``, which times both in one
     process; results are the same (argmax metrics identical, NLLs equal to float rounding).
     """
@@ -494,6 +498,7 @@ class EvalConfig:
     reuse_lower_layers: bool = True
     inference_mode: bool = True
     head_chunk: int = 32
+    pre_cache: bool = True
 
 
 @dataclass

@@ -55,6 +55,7 @@ class Ctx:
     heldout: list = field(default_factory=list)  # EditCases never edited
     curve: Any = None
     _heldout_evals: list | None = None
+    pre_cache: Any = None  # evaluation.pre_cache.PreScoreCache, or None
 
 
 @dataclass
@@ -118,8 +119,7 @@ def run_group(cases, ctx: Ctx, common: dict) -> list[dict]:
         rows, tok_errors = build_rows(case, ctx.eval_langs, ctx.tok, ctx.word_seps, ctx.answer_prefix)
         t0 = time.perf_counter()
         try:
-            pre_scores = score_rows(ctx.model, ctx.tok, ctx.spec, rows, ctx.batch_size,
-                                    keep_from=min(getattr(ctx.editor, "edit_layers", None) or [0]))
+            pre_scores = _pre_scores(rows, ctx)
         except EDIT_ERRORS as exc:  # e.g. out of memory on a long prompt: record, go on
             ev = CaseEval(case, rows, tok_errors, [], {})
             fail([ev], exc)
@@ -211,9 +211,24 @@ def run_group(cases, ctx: Ctx, common: dict) -> list[dict]:
 def pre_evaluate(case, ctx: Ctx) -> CaseEval:
     """Rows and pre-edit scores of one case (raises what scoring raises)."""
     rows, tok_errors = build_rows(case, ctx.eval_langs, ctx.tok, ctx.word_seps, ctx.answer_prefix)
+    scores = _pre_scores(rows, ctx)
+    return CaseEval(case, rows, tok_errors, scores, lang_metrics(rows, scores, None))
+
+
+def _pre_scores(rows, ctx: Ctx):
+    """The unedited model's scores of ``rows``: from the pre-edit cache when every language of
+    the case is there (``eval.pre_cache``), else computed (keeping the lower layers' states for
+    the post-edit pass) and stored."""
+    cache = ctx.pre_cache
+    if cache is not None:
+        hit = cache.get(rows)
+        if hit is not None:
+            return hit
     scores = score_rows(ctx.model, ctx.tok, ctx.spec, rows, ctx.batch_size,
                         keep_from=min(getattr(ctx.editor, "edit_layers", None) or [0]))
-    return CaseEval(case, rows, tok_errors, scores, lang_metrics(rows, scores, None))
+    if cache is not None:
+        cache.put(rows, scores)
+    return scores
 
 
 def fact_metrics(rows, scores) -> dict[str, dict[str, float]]:

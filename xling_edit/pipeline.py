@@ -71,6 +71,16 @@ def method_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(schemas[name]), resolved)
 
 
+def model_identity(cfg, m) -> str:
+    """What identifies the weights in cache keys (statistics, pre-edit scores): name, source,
+    path or package (a merge's path carries its hash), revision, dtype; a random model's init
+    and seed."""
+    key = f"{m.name}:{m.source}:{m.path or m.gguf_package}:{m.revision}:{m.dtype}"
+    if m.source == "random":
+        key += ":" + json.dumps(OmegaConf.to_container(m.random_init), sort_keys=True) + f":{cfg.seed}"
+    return key
+
+
 def covariance_provider(cfg, model_cfg, model, tok, spec, registry, eval_langs):
     """Statistics for the methods that use them, or None when ``stats.corpus=none``."""
     st = cfg.stats
@@ -81,11 +91,8 @@ def covariance_provider(cfg, model_cfg, model, tok, spec, registry, eval_langs):
     if unknown and st.corpus == "generated":  # generated samples start from context_seeds
         raise ValueError(f"stats.langs {unknown} unknown; available: {sorted(registry)}")
     m = model_cfg
-    model_key = f"{m.name}:{m.source}:{m.path or m.gguf_package}:{m.revision}:{m.dtype}"
-    if m.source == "random":
-        model_key += ":" + json.dumps(OmegaConf.to_container(m.random_init), sort_keys=True) + f":{cfg.seed}"
     return CovarianceProvider(
-        model, tok, spec, model_key=model_key, corpus=st.corpus,
+        model, tok, spec, model_key=model_identity(cfg, m), corpus=st.corpus,
         langs={c: list(registry[c].context_seeds) if c in registry else [] for c in langs}, per_lang=st.per_lang,
         length=st.length, files=list(st.files), max_length=st.max_length,
         cache_dir=m.cache_dir if st.cache else None, seed=cfg.seed, batch_size=st.batch_size,
@@ -172,8 +179,18 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
             cov.prefetch(list(editor.edit_layers))
 
     word_seps = {c: registry[c].word_sep for c in eval_langs}
+    eval_opts = EvalOptions.from_config(cfg.eval)
+    pre_cache = None
+    if eval_opts.pre_cache:
+        from dataclasses import asdict
+
+        from xling_edit.evaluation.pre_cache import PreScoreCache
+
+        opts = {k: v for k, v in asdict(eval_opts).items() if k not in ("pre_cache", "reuse_lower_layers")}
+        pre_cache = PreScoreCache(Path(os.path.expanduser(model_cfg.cache_dir)) / "pre_scores",
+                                  f"{model_identity(cfg, model_cfg)}:{ri.device.split(':')[0]}", opts)
     ctx = modes.Ctx(model, tok, spec, editor, registry, edit_code, eval_langs, word_seps,
-               prefixes, EvalOptions.from_config(cfg.eval), mode)
+               prefixes, eval_opts, mode, pre_cache=pre_cache)
     common = {"model": cfg.model.name, "method": mcfg.name, "dataset": ds.name,
               "merge": cfg.merge.name, "mode": mode, "answer_format": answer_format,
               "variant": str(mcfg.get("variant", "published")),
@@ -241,6 +258,9 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
                 record(lines)
                 guard.update(lines)
                 forward_shards()
+            if pre_cache is not None:
+                log.info("pre-edit scores: %d case(s) read from the cache, %d computed (%s)",
+                         pre_cache.hits, pre_cache.misses, pre_cache.dir)
             if not ri.is_zero:
                 (shard_dir / f"rank{ri.rank}.done").write_text("done")
                 return None
@@ -271,6 +291,7 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
             "stats_langs": preflight.stats_langs(cfg, eval_langs) if cov is not None else None,
             "covariance": getattr(editor, "covariance_label", None) if mcfg.get("use_covariance") else "off",
             "covariance_statistics": cov.summary() if cov is not None else None,
+            "pre_cache": pre_cache.summary() if pre_cache is not None else None,
             "heldout_cases": [c.case_id for c in heldout],
             "world_size": ri.world, "resumed_cases": len(cases) - n_todo,
             "seconds": {"load": round(t_loaded - t_start, 2),
