@@ -62,6 +62,9 @@ class LoraEditConfig:
         lr: Adam learning rate.
         loss_stop: stop once the target NLL (mean per token) is below this (ROME's FT
             baseline: 1e-2); 0 always runs ``steps`` updates.
+        stop_at_argmax: also stop once every target token is the model's top prediction
+            (teacher forced): the smallest change that makes the edit prompt's greedy answer
+            the target, which leaves more of the unrelated prompts alone.
         norm_constraint: L∞ bound on the weight change, enforced after every step; null: none.
             FT-L clips each entry of W − W₀ to [−c, c]. LoRA cannot clip a low-rank product
             entrywise, so B is scaled down until max |scaling · B A| ≤ c.
@@ -80,6 +83,7 @@ class LoraEditConfig:
     steps: int = 30
     lr: float = 5.0e-3
     loss_stop: float = 1.0e-2
+    stop_at_argmax: bool = False
     norm_constraint: Optional[float] = None
     mode: str = "single"
     num_edits: int = 1
@@ -118,6 +122,11 @@ def target_nll(model: nn.Module, ids: torch.Tensor, enc: Encoded) -> tuple[torch
     logits = model(input_ids=ids, use_cache=False, **kwargs).logits[0, -keep:-1]
     tgt = ids[0, enc.n_prompt:]
     return F.cross_entropy(logits.float(), tgt), logits
+
+
+def _all_top(logits: torch.Tensor, ids: torch.Tensor, enc: Encoded) -> bool:
+    """Every target token is the argmax at its position (``logits`` from :func:`target_nll`)."""
+    return bool((logits.detach().argmax(-1) == ids[0, enc.n_prompt:]).all())
 
 
 @lru_cache(maxsize=None)
@@ -245,7 +254,7 @@ class LoraEditor:
                 nlls.append(value)
                 if value != value or value in (float("inf"), float("-inf")):
                     raise FloatingPointError(f"target NLL is {value} after {steps} steps")
-                if value < hp.loss_stop:
+                if value < hp.loss_stop or (hp.stop_at_argmax and _all_top(logits, ids, enc)):
                     final = logits.detach()
                     break
                 opt.zero_grad(set_to_none=True)
