@@ -6,15 +6,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
-from statistics import mean
 from typing import Iterable, Mapping, Sequence
 
 from xling_edit.atomic import write_text_atomic
 from xling_edit.evaluation.evaluate import METRIC_KEYS, POST_ONLY_KEYS
+from xling_edit.aggregate import SCOPES, ok_lines, pool_lines
 from xling_edit.languages import is_elfi
 
 
@@ -55,26 +54,22 @@ SUMMARY_KEYS = list(METRIC_KEYS)
 
 
 def summarize(records: Sequence[Mapping]) -> list[dict]:
-    """Mean of every metric per (edit_lang, eval_lang, phase), plus ELFI/ELFO rows per edit_lang.
-
-    ELFI averages the lines whose eval language was edited (eval_lang == edit_lang; every
-    language in ``all_languages`` mode), ELFO the others (each case-language line weighs one)."""
-    groups: dict[tuple, list[Mapping]] = defaultdict(list)
-    for r in records:
-        if r.get("status") != "ok":
-            continue
-        groups[(r["edit_lang"], r["eval_lang"])].append(r)
-        groups[(r["edit_lang"], "ELFI" if is_elfi(r["edit_lang"], r["eval_lang"]) else "ELFO")].append(r)
+    """Mean of every metric per (edit_lang, eval_lang, phase), plus ELFI/ELFO rows per edit_lang:
+    the pooled means of :func:`xling_edit.aggregate.pool_lines` (each case-language line weighs
+    one), rounded to 4 decimals."""
+    records = ok_lines(records)
+    first = {}
+    for r in records:  # which configuration made the numbers: the method and its variant
+        first.setdefault(str(r["edit_lang"]), r)
     rows = []
-    for (edit, ev), recs in sorted(groups.items()):
+    for (edit, ev), pooled in pool_lines(records, SUMMARY_KEYS).items():
+        r0 = first[edit]
         for phase in ("pre", "post"):
-            # which configuration made the numbers: the method and its variant (published, fast, ...)
-            row = {"method": recs[0].get("method"), "variant": recs[0].get("variant", "published"),
-                   "edit_lang": edit, "eval_lang": ev, "phase": phase, "n": len(recs)}
+            row = {"method": r0.get("method"), "variant": r0.get("variant", "published"),
+                   "edit_lang": edit, "eval_lang": ev, "phase": phase, "n": pooled["n"]}
             for k in SUMMARY_KEYS:
-                vals = [r[phase].get(k) for r in recs if r.get(phase)]
-                vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
-                row[k] = round(mean(vals), 4) if vals else None
+                v = pooled[phase][k]
+                row[k] = round(v, 4) if v is not None else None
             rows.append(row)
     return rows
 
@@ -94,8 +89,8 @@ def format_table(rows: Sequence[Mapping], key: str, phase: str = "post",
     """An edit_lang × eval_lang text table for one metric key (ELFI/ELFO columns last)."""
     cells = {(r["edit_lang"], r["eval_lang"]): r.get(key) for r in rows if r["phase"] == phase}
     edits = sorted({e for e, _ in cells})
-    cols = [c for c in (col_order or sorted({v for _, v in cells})) if c not in ("ELFI", "ELFO")]
-    cols += ["ELFI", "ELFO"]
+    cols = [c for c in (col_order or sorted({v for _, v in cells})) if c not in SCOPES]
+    cols += list(SCOPES)
     width = 6
     lines = [f"{key} ({phase}-edit)",
              "edit\\eval " + " ".join(f"{c:>{width}}" for c in cols)]

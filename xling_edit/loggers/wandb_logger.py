@@ -40,6 +40,7 @@ from urllib.parse import urlparse
 from omegaconf import DictConfig, OmegaConf
 
 from xling_edit.evaluation.evaluate import METRIC_PROTOCOLS
+from xling_edit.aggregate import RunningMeans, scope
 from xling_edit.languages import ALL_LANGUAGES, is_elfi
 from xling_edit.loggers.base import RunLogger
 from xling_edit.results import SUMMARY_KEYS
@@ -202,7 +203,7 @@ class WandbLogger(RunLogger):
         self._reset_stream()
 
     def _reset_stream(self) -> None:
-        self._running: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+        self._running = RunningMeans()  # (scope, key) -> pooled mean, as in summary.csv
         self._pending: dict[str, list[float]] = defaultdict(list)
         self._pending_time: dict[str, list[float]] = defaultdict(list)
         self._last_progress: dict = {}
@@ -259,14 +260,12 @@ class WandbLogger(RunLogger):
             post = line.get("post")
             if line.get("status") != "ok" or not post:
                 continue
-            scope = "ELFI" if is_elfi(str(line.get("edit_lang")), str(line.get("eval_lang"))) else "ELFO"
+            where = scope(str(line.get("edit_lang")), str(line.get("eval_lang")))
             for key in SUMMARY_KEYS:
                 v = _number(post.get(key))
                 if v is None:
                     continue
-                acc = self._running[(scope, key)]
-                acc[0] += v
-                acc[1] += 1
+                self._running.add(where, key, v)
                 if key in self.stream_keys:
                     self._pending[f"case/{wandb_key(key)}/{line.get('eval_lang')}"].append(v)
 
@@ -281,7 +280,7 @@ class WandbLogger(RunLogger):
                                 "progress/fraction": done / total if total else 0.0}
         data.update({k: sum(v) / len(v) for k, v in self._pending.items() if v})
         data.update({f"time/{k}": sum(v) / len(v) for k, v in self._pending_time.items() if v})
-        data.update({f"{scope}/{wandb_key(key)}": s / n for (scope, key), (s, n) in self._running.items() if n})
+        data.update({f"{where}/{wandb_key(key)}": m for where, key, m in self._running.items()})
         self.run.log(data)
         self._pending.clear()
         self._pending_time.clear()

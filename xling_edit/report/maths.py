@@ -25,6 +25,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from xling_edit.aggregate import ELFI, SCOPES, ok_lines, scope, value_of
 from xling_edit.languages import is_elfi
 
 # Mirrors xling_edit.evaluation.evaluate.METRICS / PROTOCOLS / LOCALITY_PROTOCOLS /
@@ -53,7 +54,7 @@ GROUP_KEYS = ("model", "dataset", "method", "merge", "variant")
 ROW_KEYS = GROUP_KEYS + ("edit_lang",)
 #: lines with the same identity from two runs are duplicates (the later run wins, see load.py)
 LINE_KEYS = ROW_KEYS + ("case_id", "eval_lang")
-SUMMARY_COLS = ("ELFI", "ELFO")
+SUMMARY_COLS = SCOPES
 #: known subject-localisation methods, in the order of xling_edit.editing.localize
 LOCALISATION_METHODS = ("exact", "normalized", "fuzzy", "translit")
 
@@ -106,23 +107,9 @@ def group_of(line_or_row) -> tuple:
     return tuple(line_or_row[: len(GROUP_KEYS)])
 
 
-def ok_lines(lines: Iterable[Mapping]) -> list[Mapping]:
-    return [l for l in lines if l.get("status") == "ok"]
-
-
 def value(line: Mapping, phase: str, key: str) -> float | None:
     """``line[phase][key]`` as a float, or None when absent, null or NaN."""
-    d = line.get(phase)
-    if not d:
-        return None
-    v = d.get(key)
-    if v is None:
-        return None
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
+    return value_of((line.get(phase) or {}).get(key))
 
 
 # ----------------------------------------------------------------------- case matrix + split
@@ -163,7 +150,7 @@ def selectors(eval_langs: Sequence[str], edit_lang: str) -> tuple[list[str], np.
     sel = np.zeros((n + 2, n))
     sel[:n, :n] = np.eye(n)
     for j, c in enumerate(eval_langs):
-        sel[n if is_elfi(edit_lang, c) else n + 1, j] = 1.0
+        sel[n if scope(edit_lang, c) == ELFI else n + 1, j] = 1.0
     return list(eval_langs) + list(SUMMARY_COLS), sel
 
 
