@@ -95,3 +95,26 @@ def _env():
     import os
 
     return dict(os.environ)
+
+
+def test_bench_configs_only(tmp_path):
+    """`--only configs`: ROME published vs rome_fast (each its own context prompts) and MEMIT per
+    fact at batch N vs 1, on the same cases."""
+    out = tmp_path / "bench.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "xling_edit.bench", "--model", "tiny_llama", "--only", "configs",
+         "--memit-batch", "2", "--out", str(out),
+         "--override", f"model.cache_dir={tmp_path / 'cache'}", "--override", "stats.per_lang=4",
+         "--override", "threads=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env={"TQDM_DISABLE": "1", **_env()})
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    c = res["configs"]
+    assert c["batch"] == 2 and len(c["times"]["rome"]) == len(c["times"]["rome_fast"]) == 2
+    assert len(c["steps"]["memit_batch"]) == 2  # one value trajectory per fact in the batch
+    assert c["n_context"]["rome_fast"] == 5  # the bare prompt + rome_fast's 4 prefixes
+    figures = {row["figure"]: row for row in res["summary"]}
+    rome = figures["ROME edit, fast config vs published (s)"]
+    assert rome["fast"] > 0 and rome["plain"] > 0
+    assert figures["MEMIT per fact, batch 2 vs batch 1 (s)"]["fast"] > 0
+    assert "stats" not in res and "ROME edit, fast config" in r.stdout

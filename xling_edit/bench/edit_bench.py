@@ -107,13 +107,18 @@ class Setup:
         self.param_bytes_fp32 = sum(p.numel() for p in self.model.parameters()) * 4
 
     def editor(self, method: str, **flags):
+        """An editor for ``method``: a key of :attr:`method_cfgs` (a ``conf/method`` file name,
+        composed on first use); ``flags`` override its fields."""
         from xling_edit.editing.base import build_editor  # editors registered by the pipeline import
 
+        if method not in self.method_cfgs:
+            self.method_cfgs[method] = compose_method(self.cfg, method)
         hp = OmegaConf.merge(self.method_cfgs[method], flags)
-        ed = build_editor(method, hparams=hp, spec=self.spec, seed=self.cfg.seed,
+        ed = build_editor(str(hp.name), hparams=hp, spec=self.spec, seed=self.cfg.seed,
                           covariance=self.cov, covariance_label=self.cov.label if self.cov else None)
-        shared = self.__dict__.setdefault("_prefix_cache", {})
-        ed.__dict__["_prefixes"] = shared  # one set of context prefixes for every variant
+        # one set of context prefixes for every flag variant of a method file (its templates)
+        shared = self.__dict__.setdefault("_prefix_cache", {}).setdefault(method, {})
+        ed.__dict__["_prefixes"] = shared
         ed.prefixes(self.model, self.tok, self.registry[self.edit_lang])
         return ed
 
@@ -300,6 +305,53 @@ def bench_memit(s: Setup, repeats: int, batch: int, log: Callable, plain_batch: 
                 memit_update(resid, keys, s.cov(layer), lam)
     return {"times": t, "batch": batch if out is not None else None,
             "batch_steps": out.info["steps"] if out is not None else None}
+
+
+def bench_configs(s: Setup, repeats: int, log: Callable) -> dict:
+    """The published configuration against the labelled fast one (``conf/method/rome.yaml``
+    vs ``rome_fast.yaml``: 21 vs 5 context prompts), each edit alone, interleaved per case; and
+    MEMIT's per-fact cost at batch 1 (every case) against one batch of all of them."""
+    pub, fast = s.editor("rome"), s.editor("rome_fast")
+    memit = s.editor("memit")
+    t: dict[str, list[float]] = {}
+    steps: dict[str, list] = {"rome": [], "rome_fast": [], "memit_b1": []}
+    cases = s.cases[:repeats]
+    for r, case in enumerate(cases):
+        req = s.request(case)
+        for name, ed in (("rome", pub), ("rome_fast", fast)):
+            with _clock(t, name):
+                out = ed.edit(s.model, s.tok, req)
+            steps[name].append(out.info["steps"])
+        with _clock(t, "memit_b1"):
+            out = memit.edit_batch(s.model, s.tok, [req])
+        steps["memit_b1"].append(out.info["steps"][0])
+        log(f"  case {r + 1}/{len(cases)}: rome {t['rome'][-1]:.1f}s ({steps['rome'][-1]} steps), "
+            f"rome_fast {t['rome_fast'][-1]:.1f}s ({steps['rome_fast'][-1]} steps), memit batch 1 "
+            f"{t['memit_b1'][-1]:.1f}s")
+    reqs = [s.request(c) for c in cases]
+    with _clock(t, "memit_batch"):
+        out = memit.edit_batch(s.model, s.tok, reqs)
+    steps["memit_batch"] = out.info["steps"]
+    log(f"  memit batch {len(reqs)}: {t['memit_batch'][-1]:.1f}s")
+    return {"times": t, "steps": steps, "n_context": {"rome": len(pub.prefixes(s.model, s.tok, s.registry[s.edit_lang])),
+                                                      "rome_fast": len(fast.prefixes(s.model, s.tok, s.registry[s.edit_lang]))},
+            "batch": len(reqs)}
+
+
+def _configs_rows(c: dict) -> list[dict]:
+    t, st, n = c["times"], c["steps"], c["n_context"]
+    b = c["batch"]
+    per_fact_b1, per_fact_b = sum(t["memit_b1"]) / b, t["memit_batch"][0] / b
+    rows = [
+        _row("ROME edit, fast config vs published (s)", med(t["rome_fast"]), med(t["rome"]),
+             f"method=rome_fast ({n['rome_fast']} prompts, median {med(st['rome_fast']):.0f} steps) vs "
+             f"method=rome ({n['rome']} prompts, median {med(st['rome']):.0f} steps); gain = published / fast"),
+    ]
+    r = _row(f"MEMIT per fact, batch {b} vs batch 1 (s)", per_fact_b, per_fact_b1,
+             f"the same {b} cases: one batch vs one at a time (mean per fact); steps batch 1 "
+             f"median {med(st['memit_b1']):.0f}, batch {b} median {med(st['memit_batch']):.0f}")
+    rows.append(r)
+    return rows
 
 
 def bench_stats(s: Setup, repeats: int, tokens: int, log: Callable) -> dict:
@@ -491,6 +543,8 @@ def summarise(res: dict) -> list[dict]:
     rows: list[dict] = []
     if "rome" in res:
         rows += _rome_memit_rows(res)
+    if "configs" in res:
+        rows += _configs_rows(res["configs"])
     if "stats" in res:
         rows += _stats_rows(res["stats"])
     mem = res.get("memory")
@@ -532,6 +586,10 @@ def format_table(rows: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------ CLI
+ONLY_NOTE = {"stats": "statistics in alternating rounds",
+             "configs": "each configuration interleaved per case"}
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m xling_edit.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="gemma3_270m", help="a conf/model/ config (default gemma3_270m)")
@@ -540,9 +598,10 @@ def parse_args(argv):
     p.add_argument("--memit-batch", type=int, default=16, help="the larger MEMIT batch size")
     p.add_argument("--stats-tokens", type=int, default=10000,
                    help="tokens of the statistics item (fast and float64 paths each run all of them)")
-    p.add_argument("--only", choices=["stats"], default=None,
+    p.add_argument("--only", choices=["stats", "configs"], default=None,
                    help="run one item alone: stats = the statistics throughput (no memory probe, "
-                        "no cached C needed)")
+                        "no cached C needed); configs = ROME published vs rome_fast and MEMIT "
+                        "per fact at batch --memit-batch vs 1 (--repeats ignored)")
     p.add_argument("--full", action="store_true",
                    help="also time the plain path at the large MEMIT batch (minutes more)")
     p.add_argument("--edit-lang", default="en")
@@ -576,7 +635,7 @@ def main(argv=None) -> int:
     if not a.no_memory and a.only is None:
         log("peak memory (fresh process, fast paths only) ...")
         res["memory"] = run_memory_probe(a.model, a.override, log)
-    s = Setup(compose(a.model, a.override), edit_lang=a.edit_lang, prefetch=a.only is None)
+    s = Setup(compose(a.model, a.override), edit_lang=a.edit_lang, prefetch=a.only != "stats")
     res["load_s"] = s.load_s
     res["stats_prefetch_s"] = s.stats_prefetch_s
     need = max(a.repeats, a.memit_batch)
@@ -588,8 +647,12 @@ def main(argv=None) -> int:
         res["rome"] = bench_rome_and_eval(s, a.repeats, log)
         log("MEMIT ...")
         res["memit"] = bench_memit(s, a.repeats, a.memit_batch, log, plain_batch=a.full)
-    log("covariance statistics ...")
-    res["stats"] = bench_stats(s, a.repeats, a.stats_tokens, log)
+    if a.only == "configs":
+        log(f"published vs fast configuration, MEMIT batch {a.memit_batch} vs 1 ...")
+        res["configs"] = bench_configs(s, a.memit_batch, log)
+    else:
+        log("covariance statistics ...")
+        res["stats"] = bench_stats(s, a.repeats, a.stats_tokens, log)
     res["summary"] = summarise(res)
     res["environment"] = {
         "python": platform.python_version(), "torch": torch.__version__,
@@ -604,7 +667,7 @@ def main(argv=None) -> int:
     rows_note = f"{res['rome']['rows']} rows/case over " if "rome" in res else ""
     print(f"== {a.model} | {rows_note}{len(s.langs)} languages | "
           f"{torch.get_num_threads()} threads | "
-          f"{'statistics in alternating rounds' if a.only else f'medians of {a.repeats}'} | load average "
+          f"{ONLY_NOTE.get(a.only, f'medians of {a.repeats}')} | load average "
           f"{load_start} -> {_loadavg()}")
     print(format_table(res["summary"]))
     same = res["rome"]["same_metrics"] if "rome" in res else []
