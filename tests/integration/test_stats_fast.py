@@ -103,18 +103,19 @@ def test_bench_configs_only(tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run(
         [sys.executable, "-m", "xling_edit.bench", "--model", "tiny_llama", "--only", "configs",
-         "--memit-batch", "2", "--out", str(out),
+         "--memit-batch", "3", "--repeats", "2", "--out", str(out),
          "--override", f"model.cache_dir={tmp_path / 'cache'}", "--override", "stats.per_lang=4",
          "--override", "threads=1"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env={"TQDM_DISABLE": "1", **_env()})
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     c = res["configs"]
-    assert c["batch"] == 2 and len(c["times"]["rome"]) == len(c["times"]["rome_fast"]) == 2
-    assert len(c["steps"]["memit_batch"]) == 2  # one value trajectory per fact in the batch
+    assert c["batch"] == 3 and len(c["times"]["rome"]) == len(c["times"]["rome_fast"]) == 2
+    assert len(c["times"]["memit_b1"]) == 3
+    assert len(c["steps"]["memit_batch"]) == 3  # one value trajectory per fact in the batch
     assert c["n_context"]["rome_fast"] == 5  # the bare prompt + rome_fast's 4 prefixes
     figures = {row["figure"]: row for row in res["summary"]}
     rome = figures["ROME edit, fast config vs published (s)"]
     assert rome["fast"] > 0 and rome["plain"] > 0
-    assert figures["MEMIT per fact, batch 2 vs batch 1 (s)"]["fast"] > 0
+    assert figures["MEMIT per fact, batch 3 vs batch 1 (s)"]["fast"] > 0
     assert "stats" not in res and "ROME edit, fast config" in r.stdout
