@@ -140,6 +140,16 @@ class EditMethodConfig:
             false runs the full depth every step (the plain path, for benchmarks).
         v_head_at_targets: fast path: the value optimisation applies the LM head only at the
             target and KL positions; false computes full logits at every position (plain).
+        v_init: where the value optimisation starts (xling_edit/editing/value.py). ``zero``
+            (published): Adam from delta = 0. ``bare``: first the same optimisation on the bare
+            prompt and the KL prompt alone (2 rows instead of every context prompt; stopped at
+            ``v_loss_stop``), then the published loop on every prompt from that delta, Adam's
+            moments carried over: on Gemma-3-270M's ROME the full loop then needs 2-4 forwards
+            instead of 8-13 (bench/value_init.py). ``line``: after Adam's first step from 0,
+            the total loss is measured at delta = -t · radius · g/|g| (g: the gradient at 0;
+            t = 0.25, 0.5, 1; one forward without gradient each) and delta moves to the best
+            point when it is below the loss at 0. The warm-up's / line's forwards are recorded
+            as ``edit.init_forwards`` (outside ``edit.steps``).
         cache_factorization: fast path: the covariance statistics are factorised (Cholesky)
             once per layer and reused by every edit (ROME's C⁻¹k, MEMIT's (λC + KKᵀ)⁻¹K by
             the push-through identity); false solves with C afresh at every edit (plain).
@@ -164,6 +174,7 @@ class EditMethodConfig:
     v_from_layer: bool = True
     v_head_at_targets: bool = True
     cache_factorization: bool = True
+    v_init: str = "zero"
 
 
 @dataclass

@@ -138,6 +138,7 @@ class MemitEditor(PrefixedEditor):
         self.hp = schema_from_mapping(self.schema, hparams)
         if not self.hp.layers:
             raise ValueError("method.layers must name at least one layer")
+        value_options(self.hp)  # an unknown v_init fails here, before any case
         self.spec, self.seed = spec, seed
         self.covariance, self.covariance_label = covariance, covariance_label
 
@@ -214,6 +215,7 @@ class MemitEditor(PrefixedEditor):
             "layers": layers, "n_requests": len(requests), "z_space": space,
             "invert_out_norm": bool(hp.invert_out_norm and spec.mlp_out_norm),
             "steps": [v.steps for v in values],
+            "init_forwards": [v.init_forwards for v in values],  # v_init's forwards outside `steps`
             "nll_before": [round(v.nll_before, 4) for v in values],
             "nll_after": [round(v.trajectory[-1], 4) if v.trajectory else None for v in values],
             "loss_after": [round(v.loss_trajectory[-1], 4) if v.loss_trajectory else None

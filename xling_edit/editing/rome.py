@@ -65,6 +65,7 @@ class RomeEditor(PrefixedEditor):
                  covariance: Callable[[int], torch.Tensor | None] | None = None,
                  covariance_label: str | None = None):
         self.hp = schema_from_mapping(RomeConfig, hparams)
+        value_options(self.hp)  # an unknown v_init fails here, before any case
         self.spec = spec
         self.seed = seed
         self.covariance = covariance
@@ -99,6 +100,7 @@ class RomeEditor(PrefixedEditor):
         info = {
             "method": "rome", "variant": hp.variant, "deviations": published_deviations(hp),
             "layer": hp.layer, "steps": res.steps,
+            "init_forwards": res.init_forwards,  # v_init's forwards outside `steps`
             "nll_before": round(res.nll_before, 4),
             "nll_after": round(res.trajectory[-1], 4) if res.trajectory else None,
             "nll_trajectory": [round(x, 4) for x in res.trajectory],

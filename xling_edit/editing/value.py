@@ -159,9 +159,19 @@ class ValueResult:
     steps: int  # forwards run (the last one only measures, as published)
     loss_trajectory: list[float] = field(default_factory=list)  # total loss at every forward
     space: str = "mlp_out"
+    init: str = "zero"  # v_init
+    # forwards outside ``steps``: line, the points tried (no gradient); bare, the warm-up's
+    # forwards (bare prompt + KL prompt, forward and backward)
+    init_forwards: int = 0
+    init_losses: list[float] = field(default_factory=list)  # total loss at each of them
+    init_scale: float | None = None  # v_init=line: the point taken (fraction of the radius); None: Adam's step
 
 
 SPACES = ("mlp_out", "residual")
+#: where the value optimisation starts (``v_init``; :func:`optimise_values`): ``zero`` is published
+V_INITS = ("zero", "line", "bare")
+#: ``line``: where on the normalised gradient line the loss is tried (fractions of the radius)
+LINE_SCALES = (0.25, 0.5, 1.0)
 
 
 def optimise_value(model, spec: ModelSpec, layer: int, prep: Prepared, **options) -> ValueResult:
@@ -230,7 +240,54 @@ def _per_request_nll(logits: torch.Tensor, st: _Stack) -> torch.Tensor:
 def optimise_values(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *, steps: int,
                     lr: float, loss_stop: float, clamp_norm_factor: float, kl_factor: float,
                     weight_decay: float, space: str = "mlp_out", from_layer: bool = True,
-                    head_at_targets: bool = True) -> list[ValueResult]:
+                    head_at_targets: bool = True, init: str = "zero",
+                    init_scales: Sequence[float] = LINE_SCALES) -> list[ValueResult]:
+    """Optimise every request's delta at block ``layer`` (module docstring; the loop:
+    :func:`_optimise`). ``init`` (``v_init``) chooses the start: ``zero`` (published), ``line``
+    (the first update goes to the best of a few points on the gradient line,
+    :func:`_line_start`; those forwards are ``init_forwards``), or ``bare``: the same optimisation on
+    each request's bare prompt and KL prompt alone (2 rows instead of ``n_prompts + 1``) until
+    its total loss is below ``loss_stop`` (at most ``steps`` forwards), then the published loop
+    on every prompt from that delta, Adam's moments carried over. The warm-up's forwards are
+    ``init_forwards`` (its losses ``init_losses``), not ``steps``."""
+    if init not in V_INITS:
+        raise ValueError(f"v_init={init!r} unknown; one of {list(V_INITS)}")
+    opts = dict(steps=steps, lr=lr, loss_stop=loss_stop, clamp_norm_factor=clamp_norm_factor,
+                kl_factor=kl_factor, weight_decay=weight_decay, space=space,
+                from_layer=from_layer, head_at_targets=head_at_targets)
+    if init != "bare":
+        return _optimise(model, spec, layer, preps, init=init, init_scales=init_scales, **opts)[0]
+    warm, state = _optimise(model, spec, layer, [bare_only(p) for p in preps], **opts)
+    out, _ = _optimise(model, spec, layer, preps, start=torch.stack([w.delta for w in warm]),
+                       adam_state=state, **opts)
+    for o, w in zip(out, warm):
+        o.init, o.init_forwards, o.init_losses = "bare", w.steps, w.loss_trajectory
+    return out
+
+
+def bare_only(prep: Prepared) -> Prepared:
+    """``prep`` with its bare prompt and KL prompt only (``v_init=bare``'s warm-up)."""
+    n_t = len(prep.tgt)
+    first = prep.seg == 0  # the bare prompt's target positions come first
+    k = int(first.sum())
+    if not bool(first[:k].all()):
+        raise ValueError("the bare prompt's target positions must come first")
+    rows = torch.cat([prep.rows[:k], prep.rows.new_ones(1)])  # the KL prompt becomes row 1
+    pos = torch.cat([prep.pos[:k], prep.pos[n_t:]])
+    keep = prep.ids.new_tensor([0, prep.ids.shape[0] - 1])
+    mask = prep.mask[keep]
+    width = int(mask.sum(1).max())
+    return Prepared(prep.match, prep.encs[:1], prep.ids[keep, :width], mask[:, :width],
+                    prep.subj_pos[keep], rows, pos, prep.tgt[:k], prep.seg[:k], prep.n_tok[:1],
+                    [prep.prompts[0], prep.prompts[-1]])
+
+
+def _optimise(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *, steps: int,
+              lr: float, loss_stop: float, clamp_norm_factor: float, kl_factor: float,
+              weight_decay: float, space: str = "mlp_out", from_layer: bool = True,
+              head_at_targets: bool = True, init: str = "zero",
+              init_scales: Sequence[float] = LINE_SCALES, start: torch.Tensor | None = None,
+              adam_state: dict | None = None) -> tuple[list[ValueResult], dict]:
     """Optimise every request's delta at block ``layer`` (module docstring) in one padded
     forward/backward per step; ``space`` is ``mlp_out`` (the down-projection's output) or
     ``residual`` (the block's output).
@@ -273,35 +330,47 @@ def optimise_values(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared
     del logits0
     cap.clear()
 
-    delta = torch.zeros_like(v0, requires_grad=True)
+    if start is None:
+        delta = torch.zeros_like(v0, requires_grad=True)
+    else:  # v_init=bare: the warm-up's delta, and its Adam moments
+        delta = start.detach().to(v0).clone().requires_grad_(True)
     opt = torch.optim.Adam([delta], lr=lr)
+    if adam_state:
+        opt.state[delta] = {k: v.clone() for k, v in adam_state.items()}
     v0_norm = v0.norm(dim=1)
     radius = clamp_norm_factor * v0_norm
     trajectory: list[list[float]] = [[] for _ in range(n)]
     losses: list[list[float]] = [[] for _ in range(n)]
     done_steps = [0] * n
-    cur = {"st": st, "lower": lower, "ids": torch.arange(n, device=v0.device)}
+    cur = {"st": st, "lower": lower, "ids": torch.arange(n, device=v0.device), "delta": delta}
+    init_forwards, init_losses, init_scale = [0] * n, [[] for _ in range(n)], [None] * n
+
+    def total_loss(s: _Stack, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[len(ids)] total loss and mean target NLL of the requests ``ids`` (batch ``s``)
+        with ``cur["delta"]`` added."""
+        with skip_below(model, spec, layer if cur["lower"] is not None else 0, cur["lower"]):
+            logits = _stack_logits(model, spec, s, head_at_targets)
+        m = len(s.tgt)
+        nll = _per_request_nll(logits[:m], s)
+        kl_now = torch.log_softmax(logits[m:], dim=-1)
+        # KL(p_now || p_before) per request, as published (F.kl_div's target is p_now)
+        kl = F.kl_div(kl_before[ids], kl_now, log_target=True, reduction="none").sum(-1)
+        d = cur["delta"]
+        return nll + kl_factor * kl + weight_decay * d[ids].norm(dim=1) / v0_norm[ids] ** 2, nll
 
     def add_delta(_m, _i, o):
         s = cur["st"]
         h = o[0] if isinstance(o, tuple) else o
         add = torch.zeros(h.shape[0], h.shape[1], h.shape[2], dtype=h.dtype, device=h.device)
         rows = torch.arange(h.shape[0], device=h.device)
-        add = add.index_put((rows, s.subj_pos), delta[cur["ids"][s.row_req]].to(h.dtype))
+        add = add.index_put((rows, s.subj_pos), cur["delta"][cur["ids"][s.row_req]].to(h.dtype))
         return (h + add,) + tuple(o[1:]) if isinstance(o, tuple) else h + add
 
     handle = site.register_forward_hook(add_delta)
     try:
         for step in range(1, steps + 1):
             s, ids = cur["st"], cur["ids"]
-            with skip_below(model, spec, layer if cur["lower"] is not None else 0, cur["lower"]):
-                logits = _stack_logits(model, spec, s, head_at_targets)
-            m = len(s.tgt)
-            nll = _per_request_nll(logits[:m], s)
-            kl_now = torch.log_softmax(logits[m:], dim=-1)
-            # KL(p_now || p_before) per request, as published (F.kl_div's target is p_now)
-            kl = F.kl_div(kl_before[ids], kl_now, log_target=True, reduction="none").sum(-1)
-            loss = nll + kl_factor * kl + weight_decay * delta[ids].norm(dim=1) / v0_norm[ids] ** 2
+            loss, nll = total_loss(s, ids)
             if not torch.isfinite(loss).all():
                 bad = [preps[int(ids[j])] for j in range(len(ids)) if not torch.isfinite(loss[j])]
                 raise FloatingPointError(f"non-finite value loss at step {step} "
@@ -328,7 +397,11 @@ def optimise_values(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared
                 norms = delta[upd].norm(dim=1)
                 scale = torch.where(norms > radius[upd], radius[upd] / norms, torch.ones_like(norms))
                 delta[upd] = delta[upd] * scale[:, None]
-            del logits, nll, kl, loss
+            if step == 1 and init == "line":
+                _line_start(delta, keep, upd, loss.detach(), radius, init_scales,
+                            lambda point: _trial(total_loss, cur, s, ids, point),
+                            init_forwards, init_losses, init_scale)
+            del nll, loss
             if len(keep) < len(ids):  # some requests finished: their rows leave the batch
                 sub = [int(ids[j]) for j in keep]
                 cur["st"] = _stack([preps[g] for g in sub])
@@ -341,7 +414,50 @@ def optimise_values(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared
     finally:
         handle.remove()
     return [ValueResult(delta[i].detach().clone(), v0[i], keys[i], nll0[i], trajectory[i],
-                        done_steps[i], losses[i], space) for i in range(n)]
+                        done_steps[i], losses[i], space, init, init_forwards[i], init_losses[i],
+                        init_scale[i]) for i in range(n)], dict(opt.state[delta])
+
+
+def _trial(total_loss, cur: dict, s: _Stack, ids: torch.Tensor, point: torch.Tensor) -> list[float]:
+    """Total losses of the requests ``ids`` with ``point`` [n, d] added instead of delta: one
+    forward without gradient."""
+    cur["delta"], kept = point, cur["delta"]
+    try:
+        with torch.no_grad():
+            return total_loss(s, ids)[0].tolist()
+    finally:
+        cur["delta"] = kept
+
+
+def _line_start(delta: torch.Tensor, keep: list[int], upd: torch.Tensor, loss0: torch.Tensor,
+                radius: torch.Tensor, scales: Sequence[float], trial, init_forwards: list[int],
+                init_losses: list[list[float]], init_scale: list) -> None:
+    """``v_init=line``: after the first step (Adam's step from delta = 0, taken and clamped) of
+    the requests ``upd`` (rows ``keep`` of the step's batch), measure the total loss at
+    delta = -t · radius · g/|g| (g: the gradient at 0) for each t in ``scales``, one forward
+    without gradient each, and move each request to its best point if that is below its loss at
+    0; otherwise Adam's step stays. Adam's moments keep g either way."""
+    with torch.no_grad():
+        g = delta.grad[upd]
+        g_norm = g.norm(dim=1, keepdim=True)
+        ok = ((g_norm[:, 0] > 0) & torch.isfinite(g_norm[:, 0])).tolist()
+        direction = -g / g_norm.clamp_min(1e-30)
+        r = radius[upd][:, None]
+        best = loss0[keep].tolist()
+        best_t: list = [None] * len(keep)
+        point = delta.detach().clone()
+        for t in scales:
+            point[upd] = t * r * direction
+            vals = trial(point)
+            for j, (row, i) in enumerate(zip(keep, upd.tolist())):
+                init_forwards[i] += 1
+                init_losses[i].append(vals[row])
+                if ok[j] and vals[row] < best[j]:
+                    best[j], best_t[j] = vals[row], t
+        for j, i in enumerate(upd.tolist()):
+            if best_t[j] is not None:
+                delta[i] = best_t[j] * r[j] * direction[j]
+                init_scale[i] = best_t[j]
 
 
 def _stack_logits(model, spec: ModelSpec, st: _Stack, head_at_targets: bool) -> torch.Tensor:
@@ -351,11 +467,14 @@ def _stack_logits(model, spec: ModelSpec, st: _Stack, head_at_targets: bool) -> 
 
 
 def value_options(hp, space: str = "mlp_out") -> dict:
-    """:func:`optimise_value`'s settings from a method config (``RomeConfig`` / ``MemitConfig``)."""
+    """:func:`optimise_value`'s settings from a method config (``RomeConfig`` / ``MemitConfig``).
+    Raises ValueError for an unknown ``v_init`` (the editors call it when they are built)."""
+    if hp.v_init not in V_INITS:
+        raise ValueError(f"method.v_init={hp.v_init!r} unknown; one of {list(V_INITS)}")
     return dict(steps=hp.v_steps, lr=hp.v_lr, loss_stop=hp.v_loss_stop,
                 clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor,
                 weight_decay=hp.weight_decay, space=space, from_layer=hp.v_from_layer,
-                head_at_targets=hp.v_head_at_targets)
+                head_at_targets=hp.v_head_at_targets, init=hp.v_init)
 
 
 def project_to_ball(x: torch.Tensor, radius: float) -> torch.Tensor:
