@@ -15,6 +15,10 @@ clamp_norm_factor · |v0|, and the loop stops once the **total** loss is below `
 
 - ``mlp_out``: the MLP output projection's output (published ROME); v0 = that output;
 - ``residual``: the residual stream after the block (published MEMIT); v0 = the block's output.
+
+Where the loop starts is ``v_init`` (:func:`optimise_values`): delta = 0 as published, or a
+labelled deviation (``bare``: a warm-up on the bare prompt alone; ``line``: a line search along
+the first gradient).
 """
 
 from __future__ import annotations
@@ -164,7 +168,7 @@ class ValueResult:
     # forwards (bare prompt + KL prompt, forward and backward)
     init_forwards: int = 0
     init_losses: list[float] = field(default_factory=list)  # total loss at each of them
-    init_scale: float | None = None  # v_init=line: the point taken (fraction of the radius); None: Adam's step
+    init_scale: float | None = None  # line: the point taken (fraction of the radius); None: Adam's
 
 
 SPACES = ("mlp_out", "residual")
