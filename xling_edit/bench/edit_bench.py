@@ -334,25 +334,23 @@ def bench_configs(s: Setup, repeats: int, batch: int, log: Callable) -> dict:
         out = memit.edit_batch(s.model, s.tok, reqs)
     steps["memit_batch"] = out.info["steps"]
     log(f"  memit batch {len(reqs)}: {t['memit_batch'][-1]:.1f}s")
-    return {"times": t, "steps": steps, "n_context": {"rome": len(pub.prefixes(s.model, s.tok, s.registry[s.edit_lang])),
-                                                      "rome_fast": len(fast.prefixes(s.model, s.tok, s.registry[s.edit_lang]))},
-            "batch": len(reqs)}
+    lang = s.registry[s.edit_lang]
+    n_context = {name: len(ed.prefixes(s.model, s.tok, lang)) for name, ed in (("rome", pub), ("rome_fast", fast))}
+    return {"times": t, "steps": steps, "n_context": n_context, "batch": len(reqs)}
 
 
 def _configs_rows(c: dict) -> list[dict]:
     t, st, n = c["times"], c["steps"], c["n_context"]
     b = c["batch"]
     per_fact_b1, per_fact_b = sum(t["memit_b1"]) / b, t["memit_batch"][0] / b
-    rows = [
+    return [
         _row("ROME edit, fast config vs published (s)", med(t["rome_fast"]), med(t["rome"]),
              f"method=rome_fast ({n['rome_fast']} prompts, median {med(st['rome_fast']):.0f} steps) vs "
              f"method=rome ({n['rome']} prompts, median {med(st['rome']):.0f} steps); gain = published / fast"),
-    ]
-    r = _row(f"MEMIT per fact, batch {b} vs batch 1 (s)", per_fact_b, per_fact_b1,
+        _row(f"MEMIT per fact, batch {b} vs batch 1 (s)", per_fact_b, per_fact_b1,
              f"the same {b} cases: one batch vs one at a time (mean per fact); steps batch 1 "
-             f"median {med(st['memit_b1']):.0f}, batch {b} median {med(st['memit_batch']):.0f}")
-    rows.append(r)
-    return rows
+             f"median {med(st['memit_b1']):.0f}, batch {b} median {med(st['memit_batch']):.0f}"),
+    ]
 
 
 def bench_stats(s: Setup, repeats: int, tokens: int, log: Callable) -> dict:

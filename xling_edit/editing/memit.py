@@ -31,7 +31,8 @@ from xling_edit.editing.base import (
 from xling_edit.config import MemitConfig, published_deviations, schema_from_mapping
 from xling_edit.editing.context import PrefixedEditor
 from xling_edit.editing.value import (
-    Prepared, average_keys, optimise_values, prepare, probe_at_subject, value_options,
+    Prepared, average_keys, check_v_init, optimise_values, prepare, probe_at_subject,
+    value_options,
 )
 from xling_edit.evaluation.forward import model_device
 from xling_edit.models.spec import ModelSpec, is_transposed, weight_as_out_in
@@ -138,7 +139,7 @@ class MemitEditor(PrefixedEditor):
         self.hp = schema_from_mapping(self.schema, hparams)
         if not self.hp.layers:
             raise ValueError("method.layers must name at least one layer")
-        value_options(self.hp)  # an unknown v_init fails here, before any case
+        check_v_init(self.hp.v_init)  # an unknown v_init fails here, before any case
         self.spec, self.seed = spec, seed
         self.covariance, self.covariance_label = covariance, covariance_label
 

@@ -23,7 +23,9 @@ import torch
 from xling_edit.editing.base import EditOutcome, EditRequest, WeightDelta, register_editor
 from xling_edit.config import RomeConfig, published_deviations, schema_from_mapping
 from xling_edit.editing.context import PrefixedEditor
-from xling_edit.editing.value import average_keys, optimise_value, prepare, value_options
+from xling_edit.editing.value import (
+    average_keys, check_v_init, optimise_value, prepare, value_options,
+)
 from xling_edit.evaluation.forward import model_device
 from xling_edit.models.spec import ModelSpec, is_transposed, weight_as_out_in
 
@@ -65,7 +67,7 @@ class RomeEditor(PrefixedEditor):
                  covariance: Callable[[int], torch.Tensor | None] | None = None,
                  covariance_label: str | None = None):
         self.hp = schema_from_mapping(RomeConfig, hparams)
-        value_options(self.hp)  # an unknown v_init fails here, before any case
+        check_v_init(self.hp.v_init)  # an unknown v_init fails here, before any case
         self.spec = spec
         self.seed = seed
         self.covariance = covariance

@@ -241,24 +241,24 @@ def _per_request_nll(logits: torch.Tensor, st: _Stack) -> torch.Tensor:
     return torch.zeros_like(st.n_prompts).index_add(0, st.prompt_req, per_prompt) / st.n_prompts
 
 
-def optimise_values(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *, steps: int,
-                    lr: float, loss_stop: float, clamp_norm_factor: float, kl_factor: float,
-                    weight_decay: float, space: str = "mlp_out", from_layer: bool = True,
-                    head_at_targets: bool = True, init: str = "zero",
-                    init_scales: Sequence[float] = LINE_SCALES) -> list[ValueResult]:
-    """Optimise every request's delta at block ``layer`` (module docstring; the loop:
-    :func:`_optimise`). ``init`` (``v_init``) chooses the start: ``zero`` (published), ``line``
+def check_v_init(init: str) -> None:
+    """Raise ValueError unless ``init`` is one of :data:`V_INITS`."""
+    if init not in V_INITS:
+        raise ValueError(f"v_init={init!r} unknown; one of {list(V_INITS)}")
+
+
+def optimise_values(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *,
+                    init: str = "zero", init_scales: Sequence[float] = LINE_SCALES,
+                    **opts) -> list[ValueResult]:
+    """Optimise every request's delta at block ``layer`` (module docstring; the loop and its
+    options ``opts``: :func:`_optimise`). ``init`` (``v_init``) chooses the start: ``zero`` (published), ``line``
     (the first update goes to the best of a few points on the gradient line,
     :func:`_line_start`; those forwards are ``init_forwards``), or ``bare``: the same optimisation on
     each request's bare prompt and KL prompt alone (2 rows instead of ``n_prompts + 1``) until
     its total loss is below ``loss_stop`` (at most ``steps`` forwards), then the published loop
     on every prompt from that delta, Adam's moments carried over. The warm-up's forwards are
     ``init_forwards`` (its losses ``init_losses``), not ``steps``."""
-    if init not in V_INITS:
-        raise ValueError(f"v_init={init!r} unknown; one of {list(V_INITS)}")
-    opts = dict(steps=steps, lr=lr, loss_stop=loss_stop, clamp_norm_factor=clamp_norm_factor,
-                kl_factor=kl_factor, weight_decay=weight_decay, space=space,
-                from_layer=from_layer, head_at_targets=head_at_targets)
+    check_v_init(init)
     if init != "bare":
         return _optimise(model, spec, layer, preps, init=init, init_scales=init_scales, **opts)[0]
     warm, state = _optimise(model, spec, layer, [bare_only(p) for p in preps], **opts)
@@ -472,9 +472,8 @@ def _stack_logits(model, spec: ModelSpec, st: _Stack, head_at_targets: bool) -> 
 
 def value_options(hp, space: str = "mlp_out") -> dict:
     """:func:`optimise_value`'s settings from a method config (``RomeConfig`` / ``MemitConfig``).
-    Raises ValueError for an unknown ``v_init`` (the editors call it when they are built)."""
-    if hp.v_init not in V_INITS:
-        raise ValueError(f"method.v_init={hp.v_init!r} unknown; one of {list(V_INITS)}")
+    Raises ValueError for an unknown ``v_init``."""
+    check_v_init(hp.v_init)
     return dict(steps=hp.v_steps, lr=hp.v_lr, loss_stop=hp.v_loss_stop,
                 clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor,
                 weight_decay=hp.weight_decay, space=space, from_layer=hp.v_from_layer,
