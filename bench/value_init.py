@@ -40,16 +40,12 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 
 def compose(args):
-    from hydra import compose as h_compose, initialize_config_dir
+    """The run's config for this model, dataset, method and edit language (plus overrides)."""
+    from xling_edit.bench.edit_bench import compose as bench_compose
 
-    from xling_edit.config import register_configs
-    from xling_edit.languages import DEFAULT_CONF_DIR
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(DEFAULT_CONF_DIR), version_base="1.3"):
-        return h_compose(config_name="config", overrides=[
-            f"model={args.model}", f"dataset={args.dataset}", f"method={args.method}",
-            f"edit_lang={args.lang}", f"data.max_cases={args.start + args.cases}", *args.override])
+    return bench_compose(args.model, [
+        f"dataset={args.dataset}", f"method={args.method}", f"edit_lang={args.lang}",
+        f"data.max_cases={args.start + args.cases}", *args.override])
 
 
 def run_case(model, spec, layer: int, prep, opts: dict, variants: list[str], turn: int) -> dict:
