@@ -32,3 +32,18 @@ def _env():
     import os
 
     return dict(os.environ)
+
+
+def test_bench_requests_use_the_pipelines_answer_format(tmp_path):
+    """The benchmark edits with the prompts the pipeline would use: each language's answer cue
+    when the dataset asks for it (a question dataset edited without its cue measures another
+    prompt than the study's)."""
+    from xling_edit.bench.edit_bench import Setup, compose
+
+    cfg = compose("tiny_llama", ["data.answer_format=cue", "data.max_cases=1", "stats.per_lang=2",
+                                 f"model.cache_dir={tmp_path}", "threads=1", "eval_langs=[en,de]"])
+    s = Setup(cfg, edit_lang="de", prefetch=False)
+    cue = s.registry["de"].answer_cue
+    assert cue and s.answer_format == "cue"
+    assert s.request(s.cases[0]).answer_prefix == cue
+    assert s.answer_prefix == {"en": s.registry["en"].answer_cue, "de": cue}

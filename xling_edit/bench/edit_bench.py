@@ -96,6 +96,11 @@ class Setup:
         ds = load_dataset(cfg.data, self.langs, project_root=PROJECT_ROOT)
         self.cases = [c for c in ds.cases if edit_lang in c.langs]
         self.word_seps = {c: self.registry[c].word_sep for c in self.langs}
+        from xling_edit.evaluation.evaluate import answer_prefixes
+
+        # the pipeline's answer format (e.g. each language's cue on question datasets)
+        self.answer_format, self.answer_prefix = answer_prefixes(
+            cfg.data, self.registry, sorted({*self.langs, edit_lang}))
         self.cov = P.covariance_provider(cfg, cfg.model, self.model, self.tok, self.spec,
                                          self.registry, self.langs)
         self.method_cfgs = {name: compose_method(cfg, name) for name in ("rome", "memit")}
@@ -126,7 +131,7 @@ class Setup:
         from xling_edit.editing.base import EditRequest
 
         return EditRequest(case.case_id, self.registry[self.edit_lang], case.langs[self.edit_lang],
-                           self.cfg.data.answer_prefix or "")
+                           self.answer_prefix[self.edit_lang])
 
 
 def compose_method(cfg, name: str):
@@ -190,7 +195,7 @@ def bench_rome_and_eval(s: Setup, repeats: int, log: Callable) -> dict:
     for r, case in enumerate(s.cases[:repeats]):
         req = s.request(case)
         with _clock(t, "tokenise_rows"):
-            rows, _ = build_rows(case, s.langs, s.tok, s.word_seps, s.cfg.data.answer_prefix or "")
+            rows, _ = build_rows(case, s.langs, s.tok, s.word_seps, s.answer_prefix)
         # the whole case, fast
         with _clock(t, "case_fast"):
             with _clock(t, "pre_fast"):
@@ -429,7 +434,7 @@ def memory_probe(model: str, overrides: list[str]) -> dict:
     anon_after_load = _status_kb("RssAnon") * 1024
     opts = EvalOptions.from_config(s.cfg.eval)
     case = s.cases[0]
-    rows, _ = build_rows(case, s.langs, s.tok, s.word_seps, s.cfg.data.answer_prefix or "")
+    rows, _ = build_rows(case, s.langs, s.tok, s.word_seps, s.answer_prefix)
     layer = int(s.method_cfgs["rome"].layer)
     pre = score_rows(s.model, s.tok, s.spec, rows, opts, keep_from=layer)
     out = s.editor("rome").edit(s.model, s.tok, s.request(case))
