@@ -7,8 +7,8 @@ dataset, edited in one language, once per ``v_init`` variant, the variants inter
 variant:
 
 - ``steps``: forwards of the loop on every prompt (``edit.steps``; the last only measures);
-- ``init fwd``: forwards outside it (``edit.init_forwards``: ``line``'s points tried, without
-  gradient; ``bare``'s warm-up on the bare prompt and the KL prompt, 2 rows, with gradient);
+- ``init fwd``: forwards outside it (``edit.init_forwards``: ``bare``'s warm-up on the bare
+  prompt and the KL prompt, 2 rows, with gradient);
 - ``fwd total``: their sum (a warm-up forward costs far less than a full one: see ``s/case``);
 - ``s/case``: wall time of the optimisation (tokenisation and context prefixes excluded);
 - ``NLL``, ``loss``: mean target NLL and total loss at the last forward; ``stop``: cases whose
@@ -57,7 +57,7 @@ def run_case(model, spec, layer: int, prep, opts: dict, variants: list[str], tur
         t0 = time.perf_counter()
         res = optimise_value(model, spec, layer, prep, **{**opts, "init": v})
         out[v] = {"seconds": time.perf_counter() - t0, "steps": res.steps,
-                  "init_forwards": res.init_forwards, "init_scale": res.init_scale,
+                  "init_forwards": res.init_forwards,
                   "nll": res.trajectory[-1], "loss": res.loss_trajectory[-1],
                   "loss_trajectory": [round(x, 4) for x in res.loss_trajectory],
                   "init_losses": [round(x, 4) for x in res.init_losses],
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lang", default="en", help="edit language")
     ap.add_argument("--cases", type=int, default=10)
     ap.add_argument("--start", type=int, default=0, help="skip the first N cases")
-    ap.add_argument("--variants", default="zero,bare,line")
+    ap.add_argument("--variants", default="zero,bare")
     ap.add_argument("--json", default=None, help="write every case's figures here")
     ap.add_argument("--override", action="append", default=[], help="any Hydra override")
     args = ap.parse_args(argv)

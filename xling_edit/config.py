@@ -148,12 +148,9 @@ class EditMethodConfig:
             (bench/value_init.py): ROME's full loop 5.0 forwards (median 3) instead of 12.5,
             plus 14 warm-up forwards on 2 rows; 44 s instead of 77 s per case (median 34 vs 77;
             one case of 10 slower); same final NLL; its delta at cosine 0.90 from the published
-            start's (``line``'s: 0.92). ``line``: after Adam's first step from 0, the total loss
-            is measured at delta = -t · radius · g/|g| (g: the gradient at 0; t = 0.25, 0.5, 1;
-            one forward without gradient each) and delta moves to the best point when it is
-            below the loss at 0; measured there it saves nothing (14.2 steps, 96 s). The
-            warm-up's / line's forwards are recorded as ``edit.init_forwards`` (outside
-            ``edit.steps``).
+            start's. (A third start, a line search along the first gradient, saved nothing
+            there — 14.2 steps, 96 s — and was removed.) The warm-up's forwards are recorded
+            as ``edit.init_forwards`` (outside ``edit.steps``).
         cache_factorization: fast path: the covariance statistics are factorised (Cholesky)
             once per layer and reused by every edit (ROME's C⁻¹k, MEMIT's (λC + KKᵀ)⁻¹K by
             the push-through identity); false solves with C afresh at every edit (plain).

@@ -2,8 +2,7 @@
 
 ``zero`` is the published loop (also compared with the plain oracle, through the editors, by
 tests/integration/test_oracle.py); ``bare`` warms up on the bare prompt and the KL prompt alone,
-then runs the published loop from there with Adam's moments; ``line`` moves the first update to
-the best of a few points on the normalised gradient line.
+then runs the published loop from there with Adam's moments.
 
 The fixture's random models hardly respond to a delta at the subject (their logits span about
 one nat, and a subject in mid-prompt reaches the answer only through random attention), so these
@@ -25,7 +24,7 @@ from xling_edit.data.schema import LangRecord
 from xling_edit.editing.base import EditRequest
 from xling_edit.editing.memit import MemitEditor
 from xling_edit.editing.rome import RomeEditor
-from xling_edit.editing.value import LINE_SCALES, optimise_values, prepare, value_options
+from xling_edit.editing.value import optimise_values, prepare, value_options
 from xling_edit.models import load_model
 
 RECORDS = [LangRecord(subject="Eiffel Tower", prompt="Where is the Eiffel Tower", target_new="R"),
@@ -74,7 +73,7 @@ def test_zero_is_the_default_and_the_published_loop(tiny):
     site = spec.module(model, "layer", LAYER)
     for rec, d, z in zip(RECORDS, default, zero):
         assert torch.equal(d.delta, z.delta) and d.loss_trajectory == z.loss_trajectory
-        assert z.init_forwards == 0 and z.init_losses == [] and z.init_scale is None
+        assert z.init == "zero" and z.init_forwards == 0 and z.init_losses == []
         prompts, kl = oracle_prompts(tok, lang, rec)
         ref = pe.optimise_delta(model, site, prompts, kl, **{k: v for k, v in OPTS.items() if k != "space"})
         assert_close(z.loss_trajectory, ref.losses, "zero start vs oracle")
@@ -98,23 +97,7 @@ def test_bare_warms_up_on_the_bare_prompt_then_reaches_the_stop(tiny):
         assert b.delta.norm() <= OPTS["clamp_norm_factor"] * b.v0.norm() * (1 + 1e-5)
 
 
-def test_line_starts_at_its_best_point_and_reaches_the_stop(tiny):
-    model, tok, spec, preps, lang = steerable(tiny)
-    zero = optimise_values(model, spec, LAYER, preps, init="zero", **OPTS)
-    line = optimise_values(model, spec, LAYER, preps, init="line", **OPTS)
-    for z, l in zip(zero, line):
-        assert l.init_forwards == len(LINE_SCALES) == len(l.init_losses)
-        assert l.loss_trajectory[0] == pytest.approx(z.loss_trajectory[0], rel=1e-6)  # delta = 0
-        best = min(l.init_losses)
-        assert best < l.loss_trajectory[0], "these requests' gradient line beats delta = 0"
-        assert l.init_scale == LINE_SCALES[l.init_losses.index(best)]
-        # the second forward measures the point taken, now with a gradient
-        assert l.loss_trajectory[1] == pytest.approx(best, rel=1e-5)
-        assert l.loss_trajectory[1] <= z.loss_trajectory[0]
-        assert l.loss_trajectory[-1] < OPTS["loss_stop"]
-
-
-@pytest.mark.parametrize("init", ["line", "bare"])
+@pytest.mark.parametrize("init", ["zero", "bare"])
 def test_batched_requests_get_their_own_start(tiny, init):
     """Several requests in one padded batch: each gets the start and trajectory of its own run,
     also when they stop at different steps."""
@@ -122,8 +105,9 @@ def test_batched_requests_get_their_own_start(tiny, init):
     alone = [optimise_values(model, spec, LAYER, [p], init=init, **OPTS)[0] for p in preps]
     together = optimise_values(model, spec, LAYER, preps, init=init, **OPTS)
     for a, t in zip(alone, together):
-        assert (a.steps, a.init_forwards, a.init_scale) == (t.steps, t.init_forwards, t.init_scale)
-        assert_close(t.init_losses, a.init_losses, f"{init}: init losses, batched vs alone")
+        assert (a.steps, a.init, a.init_forwards) == (t.steps, t.init, t.init_forwards)
+        if init == "bare":
+            assert_close(t.init_losses, a.init_losses, f"{init}: init losses, batched vs alone")
         assert_close(t.loss_trajectory, a.loss_trajectory, f"{init}: losses, batched vs alone")
         assert torch.allclose(a.delta, t.delta, rtol=1e-4, atol=1e-5)
 
@@ -137,9 +121,11 @@ def test_v_init_is_recorded_and_checked(tiny):
     assert "v_init" not in published["deviations"] and published["init_forwards"] == 0
     bare = RomeEditor(OmegaConf.merge(rome_hp, {"v_init": "bare"}), spec).edit(model, tok, req).info
     assert bare["deviations"]["v_init"] == "bare" and bare["init_forwards"] >= 1
-    memit_hp = OmegaConf.merge(OmegaConf.structured(MemitConfig), cfg.hparams.memit, {"v_init": "line"})
-    line = MemitEditor(memit_hp, spec).edit(model, tok, req).info
-    assert line["deviations"]["v_init"] == "line" and line["init_forwards"] == [len(LINE_SCALES)]
+    memit_hp = OmegaConf.merge(OmegaConf.structured(MemitConfig), cfg.hparams.memit, {"v_init": "bare"})
+    warm = MemitEditor(memit_hp, spec).edit(model, tok, req).info
+    assert warm["deviations"]["v_init"] == "bare" and warm["init_forwards"][0] >= 1
+    with pytest.raises(ValueError, match="v_init='line'.*one of"):  # measured to save nothing; removed
+        RomeEditor(OmegaConf.merge(rome_hp, {"v_init": "line"}), spec)
     with pytest.raises(ValueError, match="v_init='warm'.*one of"):
         RomeEditor(OmegaConf.merge(rome_hp, {"v_init": "warm"}), spec)
     with pytest.raises(ValueError, match="v_init='warm'.*one of"):

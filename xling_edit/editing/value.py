@@ -17,8 +17,7 @@ clamp_norm_factor · |v0|, and the loop stops once the **total** loss is below `
 - ``residual``: the residual stream after the block (published MEMIT); v0 = the block's output.
 
 Where the loop starts is ``v_init`` (:func:`optimise_values`): delta = 0 as published, or a
-labelled deviation (``bare``: a warm-up on the bare prompt alone; ``line``: a line search along
-the first gradient).
+labelled deviation (``bare``: a warm-up on the bare prompt alone).
 """
 
 from __future__ import annotations
@@ -164,18 +163,15 @@ class ValueResult:
     loss_trajectory: list[float] = field(default_factory=list)  # total loss at every forward
     space: str = "mlp_out"
     init: str = "zero"  # v_init
-    # forwards outside ``steps``: line, the points tried (no gradient); bare, the warm-up's
-    # forwards (bare prompt + KL prompt, forward and backward)
+    # forwards outside ``steps``: bare, the warm-up's forwards (bare prompt + KL prompt,
+    # forward and backward)
     init_forwards: int = 0
     init_losses: list[float] = field(default_factory=list)  # total loss at each of them
-    init_scale: float | None = None  # line: the point taken (fraction of the radius); None: Adam's
 
 
 SPACES = ("mlp_out", "residual")
 #: where the value optimisation starts (``v_init``; :func:`optimise_values`): ``zero`` is published
-V_INITS = ("zero", "line", "bare")
-#: ``line``: where on the normalised gradient line the loss is tried (fractions of the radius)
-LINE_SCALES = (0.25, 0.5, 1.0)
+V_INITS = ("zero", "bare")
 
 
 def optimise_value(model, spec: ModelSpec, layer: int, prep: Prepared, **options) -> ValueResult:
@@ -248,19 +244,17 @@ def check_v_init(init: str) -> None:
 
 
 def optimise_values(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *,
-                    init: str = "zero", init_scales: Sequence[float] = LINE_SCALES,
-                    **opts) -> list[ValueResult]:
+                    init: str = "zero", **opts) -> list[ValueResult]:
     """Optimise every request's delta at block ``layer`` (module docstring; the loop and its
-    options ``opts``: :func:`_optimise`). ``init`` (``v_init``) chooses the start: ``zero`` (published), ``line``
-    (the first update goes to the best of a few points on the gradient line,
-    :func:`_line_start`; those forwards are ``init_forwards``), or ``bare``: the same optimisation on
+    options ``opts``: :func:`_optimise`). ``init`` (``v_init``) chooses the start: ``zero`` (published) or
+    ``bare``: the same optimisation on
     each request's bare prompt and KL prompt alone (2 rows instead of ``n_prompts + 1``) until
     its total loss is below ``loss_stop`` (at most ``steps`` forwards), then the published loop
     on every prompt from that delta, Adam's moments carried over. The warm-up's forwards are
     ``init_forwards`` (its losses ``init_losses``), not ``steps``."""
     check_v_init(init)
     if init != "bare":
-        return _optimise(model, spec, layer, preps, init=init, init_scales=init_scales, **opts)[0]
+        return _optimise(model, spec, layer, preps, **opts)[0]
     warm, state = _optimise(model, spec, layer, [bare_only(p) for p in preps], **opts)
     out, _ = _optimise(model, spec, layer, preps, start=torch.stack([w.delta for w in warm]),
                        adam_state=state, **opts)
@@ -289,8 +283,7 @@ def bare_only(prep: Prepared) -> Prepared:
 def _optimise(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *, steps: int,
               lr: float, loss_stop: float, clamp_norm_factor: float, kl_factor: float,
               weight_decay: float, space: str = "mlp_out", from_layer: bool = True,
-              head_at_targets: bool = True, init: str = "zero",
-              init_scales: Sequence[float] = LINE_SCALES, start: torch.Tensor | None = None,
+              head_at_targets: bool = True, start: torch.Tensor | None = None,
               adam_state: dict | None = None) -> tuple[list[ValueResult], dict]:
     """Optimise every request's delta at block ``layer`` (module docstring) in one padded
     forward/backward per step; ``space`` is ``mlp_out`` (the down-projection's output) or
@@ -347,7 +340,6 @@ def _optimise(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *, 
     losses: list[list[float]] = [[] for _ in range(n)]
     done_steps = [0] * n
     cur = {"st": st, "lower": lower, "ids": torch.arange(n, device=v0.device), "delta": delta}
-    init_forwards, init_losses, init_scale = [0] * n, [[] for _ in range(n)], [None] * n
 
     def total_loss(s: _Stack, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[len(ids)] total loss and mean target NLL of the requests ``ids`` (batch ``s``)
@@ -401,10 +393,6 @@ def _optimise(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *, 
                 norms = delta[upd].norm(dim=1)
                 scale = torch.where(norms > radius[upd], radius[upd] / norms, torch.ones_like(norms))
                 delta[upd] = delta[upd] * scale[:, None]
-            if step == 1 and init == "line":
-                _line_start(delta, keep, upd, loss.detach(), radius, init_scales,
-                            lambda point: _trial(total_loss, cur, s, ids, point),
-                            init_forwards, init_losses, init_scale)
             del nll, loss
             if len(keep) < len(ids):  # some requests finished: their rows leave the batch
                 sub = [int(ids[j]) for j in keep]
@@ -418,50 +406,7 @@ def _optimise(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *, 
     finally:
         handle.remove()
     return [ValueResult(delta[i].detach().clone(), v0[i], keys[i], nll0[i], trajectory[i],
-                        done_steps[i], losses[i], space, init, init_forwards[i], init_losses[i],
-                        init_scale[i]) for i in range(n)], dict(opt.state[delta])
-
-
-def _trial(total_loss, cur: dict, s: _Stack, ids: torch.Tensor, point: torch.Tensor) -> list[float]:
-    """Total losses of the requests ``ids`` with ``point`` [n, d] added instead of delta: one
-    forward without gradient."""
-    cur["delta"], kept = point, cur["delta"]
-    try:
-        with torch.no_grad():
-            return total_loss(s, ids)[0].tolist()
-    finally:
-        cur["delta"] = kept
-
-
-def _line_start(delta: torch.Tensor, keep: list[int], upd: torch.Tensor, loss0: torch.Tensor,
-                radius: torch.Tensor, scales: Sequence[float], trial, init_forwards: list[int],
-                init_losses: list[list[float]], init_scale: list) -> None:
-    """``v_init=line``: after the first step (Adam's step from delta = 0, taken and clamped) of
-    the requests ``upd`` (rows ``keep`` of the step's batch), measure the total loss at
-    delta = -t · radius · g/|g| (g: the gradient at 0) for each t in ``scales``, one forward
-    without gradient each, and move each request to its best point if that is below its loss at
-    0; otherwise Adam's step stays. Adam's moments keep g either way."""
-    with torch.no_grad():
-        g = delta.grad[upd]
-        g_norm = g.norm(dim=1, keepdim=True)
-        ok = ((g_norm[:, 0] > 0) & torch.isfinite(g_norm[:, 0])).tolist()
-        direction = -g / g_norm.clamp_min(1e-30)
-        r = radius[upd][:, None]
-        best = loss0[keep].tolist()
-        best_t: list = [None] * len(keep)
-        point = delta.detach().clone()
-        for t in scales:
-            point[upd] = t * r * direction
-            vals = trial(point)
-            for j, (row, i) in enumerate(zip(keep, upd.tolist())):
-                init_forwards[i] += 1
-                init_losses[i].append(vals[row])
-                if ok[j] and vals[row] < best[j]:
-                    best[j], best_t[j] = vals[row], t
-        for j, i in enumerate(upd.tolist()):
-            if best_t[j] is not None:
-                delta[i] = best_t[j] * r[j] * direction[j]
-                init_scale[i] = best_t[j]
+                        done_steps[i], losses[i], space) for i in range(n)], dict(opt.state[delta])
 
 
 def _stack_logits(model, spec: ModelSpec, st: _Stack, head_at_targets: bool) -> torch.Tensor:
