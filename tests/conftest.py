@@ -55,3 +55,13 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("measurements")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for the module (tiny models run fastest so, and far faster than on
+    two threads of a busy machine); the previous count restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -302,10 +302,4 @@ def test_memit_requests_stop_on_their_own(tiny):
     assert_memit_agrees(tiny2, out, ref, facts, records, layers, templates, "early stop")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and far faster than two on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")

@@ -82,12 +82,7 @@ def heatmap_figure(cells_by_key: Mapping[str, Sequence[Cell]], names: Mapping[st
         ax.set_xlabel("evaluation language", fontsize=8)
         ax.set_ylabel("edit language", fontsize=8)
         ax.set_title(key if np.isfinite(M).any() else f"{key} (no values)", fontsize=9)
-    if cm is not None:
-        fig.colorbar(cm, ax=axes.ravel().tolist(), shrink=0.8,
-                     label=f"fixed scale {vmin:g}–{vmax:g}")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return fig
+    return _finish(fig, axes, cm, vmin, vmax, title)
 
 
 def group_title(group: Sequence, extra: str = "") -> str:
@@ -207,6 +202,11 @@ def method_heatmap_figure(panels: Mapping[str, np.ndarray], row_labels: Sequence
         ax.set_yticks(range(len(row_labels)), list(row_labels), fontsize=8)
         ax.set_xlabel("evaluation language", fontsize=8)
         ax.set_title(keys[i] if np.isfinite(M).any() else f"{keys[i]} (no values)", fontsize=9)
+    return _finish(fig, axes, cm, vmin, vmax, title)
+
+
+def _finish(fig, axes, cm, vmin: float, vmax: float, title: str | None):
+    """One colour bar for every panel (the fixed scale named) and the figure's title."""
     if cm is not None:
         fig.colorbar(cm, ax=axes.ravel().tolist(), shrink=0.8,
                      label=f"fixed scale {vmin:g}–{vmax:g}")
