@@ -529,7 +529,8 @@ class StatsConfig:
             the builtin corpus; its keys then use the statistics of the languages that have one
             (the log says so). null = the evaluation languages (the edit then depends on
             ``eval_langs``). Recorded in the statistics cache key and in ``run_info.json``.
-        per_lang: paragraphs (builtin) or generated samples per language.
+        per_lang: paragraphs (builtin) or generated samples per language (default 120: every
+            built-in paragraph, 52k tokens for Gemma-3-270M = 26 x d_k).
         length: tokens per generated sample.
         files: text files for ``corpus=files``.
         max_length: documents are truncated to this many tokens.
@@ -543,7 +544,7 @@ class StatsConfig:
 
     corpus: str = "builtin"
     langs: Optional[List[str]] = field(default_factory=lambda: list(STATS_LANGS))
-    per_lang: int = 40
+    per_lang: int = 120
     length: int = 64
     files: List[str] = field(default_factory=list)
     max_length: int = 128
