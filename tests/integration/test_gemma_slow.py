@@ -25,3 +25,7 @@ def test_gemma_rome_two_builtin_facts(tmp_path):
     assert post >= 0.9, post
     assert pre <= 0.3, pre
     assert all(l["edit"]["covariance"].startswith("builtin") for l in en)
+    # the default statistics are sized for the model (issue 11: >= 10 x d_k, so no warning)
+    stats = json.loads((out / "run_info.json").read_text())["covariance_statistics"]
+    assert stats["tokens_per_dk"]["4"] >= 10, stats
+    assert "C is poorly estimated" not in r.stderr + r.stdout
