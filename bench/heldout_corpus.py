@@ -20,11 +20,10 @@ Evaluate only cases below ``--skip`` (``data.max_cases`` ≤ skip) with such sta
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 LANGS = ("de", "fr", "it", "es", "hi", "ta")
 FIELDS = ("src", "rephrase", "loc", "port", "subject")
 
@@ -57,24 +56,32 @@ def group(sents: list[str], n_tokens, cap: int) -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--data", type=Path,
-                    default=Path(os.environ.get("XLING_EDIT_DATA") or ROOT.parent / "shared" / "data"))
+    ap.add_argument("--data", default=None,
+                    help="the data root (default: data.root, i.e. $XLING_EDIT_DATA or ../shared/data)")
     ap.add_argument("--skip", type=int, default=100, help="records 0..skip-1 are left out")
     ap.add_argument("--doc-tokens", type=int, default=120)
     ap.add_argument("--model", default="gemma3_270m", help="whose tokenizer counts the tokens")
     args = ap.parse_args(argv)
 
     from xling_edit.bench.edit_bench import compose
+    from xling_edit.data.loaders import resolve_path
+    from xling_edit.languages import PROJECT_ROOT
     from xling_edit.models import load_model
 
-    src = args.data / "bmike53" / "counterfact"
-    data = {l: json.loads((src / f"counterfact_test_{l}.json").read_text(encoding="utf-8")) for l in LANGS}
+    cfg = compose(args.model, ["dataset=bmike53_counterfact"])
+    src = resolve_path(args.data or cfg.data.root, cfg.data.dir, project_root=PROJECT_ROOT)
+    data = {l: json.loads((src / cfg.data.pattern.format(lang=l)).read_text(encoding="utf-8"))
+            for l in LANGS}
     banned = {half[k].strip() for l in LANGS for rec in data[l][:args.skip]
               for half in rec.values() for k in FIELDS if half.get(k)}
     per = {l: [s for rec in data[l][args.skip:] if l in rec for s in sentences(rec[l], banned)] for l in LANGS}
     per["en"] = [s for rec in data["de"][args.skip:] for s in sentences(rec["en"], banned)]
-    _, tok = load_model(compose(args.model, []).model)
-    n_tokens = lambda s: len(tok(s, add_special_tokens=False).input_ids)
+    _, tok = load_model(cfg.model)
+
+    @functools.cache  # the tenth re-groups the same sentences
+    def n_tokens(s: str) -> int:
+        return len(tok(s, add_special_tokens=False).input_ids)
+
     for sub, frac in (("full", 1.0), ("tenth", 0.1)):
         (args.out / sub).mkdir(parents=True, exist_ok=True)
         total = 0

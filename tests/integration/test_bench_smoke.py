@@ -1,22 +1,11 @@
 """`python -m xling_edit.bench` runs end to end on a tiny model (the benchmark is not a test)."""
 
-import json
-import subprocess
-import sys
-
-from tests.conftest import ROOT
+from tests.conftest import run_bench
 
 
 def test_bench_runs_on_a_tiny_model(tmp_path):
-    out = tmp_path / "bench.json"
-    r = subprocess.run(
-        [sys.executable, "-m", "xling_edit.bench", "--model", "tiny_llama", "--quick",
-         "--memit-batch", "2", "--stats-tokens", "1000", "--out", str(out),
-         "--override", f"model.cache_dir={tmp_path / 'cache'}", "--override", "stats.per_lang=4",
-         "--override", "threads=1", "--override", "data.max_cases=2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env={"TQDM_DISABLE": "1", **_env()})
-    assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads(out.read_text())
+    r, res = run_bench(tmp_path, "--quick", "--memit-batch", "2", "--stats-tokens", "1000",
+                       "--override", "data.max_cases=2")
     figures = {row["figure"]: row for row in res["summary"]}
     for name in ("edit + 8-language evaluation, one case (s) [ROME]", "ROME edit (s)",
                  "MEMIT edit, batch 1 (s/edit)", "MEMIT edit, batch 2 (s/edit)",
@@ -26,12 +15,6 @@ def test_bench_runs_on_a_tiny_model(tmp_path):
     assert figures["ROME edit (s)"]["ratio"] is not None
     assert all(x["eval_identical"] and x["same_trajectory"] for x in res["rome"]["same_metrics"])
     assert "gain" in r.stdout and "peak resident memory" in r.stdout
-
-
-def _env():
-    import os
-
-    return dict(os.environ)
 
 
 def test_bench_requests_use_the_pipelines_answer_format(tmp_path):

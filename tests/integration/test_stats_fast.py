@@ -1,13 +1,9 @@
 """The statistics' fast path (float32 batch products, the forward ended before the top
 projection) against the float64 path it replaces, on tiny random models."""
 
-import json
-import subprocess
-import sys
-
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import run_bench
 from xling_edit.editing.stats import SecondMoment, builtin_corpus, layer_second_moments
 
 
@@ -71,7 +67,7 @@ def test_forward_ends_before_the_top_projection(tiny):
 
 
 def test_bench_statistics_only(tmp_path):
-    r, res = _bench(tmp_path, "--only", "stats", "--repeats", "1", "--stats-tokens", "1500")
+    r, res = run_bench(tmp_path, "--only", "stats", "--repeats", "1", "--stats-tokens", "1500")
     assert "rome" not in res and "memit" not in res and "memory" not in res
     st = res["stats"]
     assert st["tokens"]["fast"] == st["tokens"]["float64"] >= 1500
@@ -83,29 +79,10 @@ def test_bench_statistics_only(tmp_path):
     assert "statistics throughput" in r.stdout
 
 
-def _bench(tmp_path, *args):
-    """Run ``python -m xling_edit.bench`` on tiny_llama (own cache, 1 thread) with ``args``;
-    returns the finished process and its JSON results."""
-    out = tmp_path / "bench.json"
-    r = subprocess.run(
-        [sys.executable, "-m", "xling_edit.bench", "--model", "tiny_llama", *args, "--out", str(out),
-         "--override", f"model.cache_dir={tmp_path / 'cache'}", "--override", "stats.per_lang=4",
-         "--override", "threads=1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env={"TQDM_DISABLE": "1", **_env()})
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r, json.loads(out.read_text())
-
-
-def _env():
-    import os
-
-    return dict(os.environ)
-
-
 def test_bench_configs_only(tmp_path):
     """`--only configs`: ROME published vs rome_fast (each its own context prompts) and MEMIT per
     fact at batch N vs 1, on the same cases."""
-    r, res = _bench(tmp_path, "--only", "configs", "--memit-batch", "3", "--repeats", "2")
+    r, res = run_bench(tmp_path, "--only", "configs", "--memit-batch", "3", "--repeats", "2")
     c = res["configs"]
     assert c["batch"] == 3 and len(c["times"]["rome"]) == len(c["times"]["rome_fast"]) == 2
     assert len(c["times"]["memit_b1"]) == 3

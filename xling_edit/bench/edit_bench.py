@@ -77,6 +77,7 @@ class Setup:
     def __init__(self, cfg, edit_lang: str = "en", quiet: bool = True, prefetch: bool = True):
         from xling_edit import pipeline as P
         from xling_edit.data import load_dataset
+        from xling_edit.evaluation.evaluate import answer_prefixes
         from xling_edit.languages import PROJECT_ROOT, load_languages, resolve_eval_langs
         from xling_edit.models import ModelSpec, load_model
 
@@ -96,11 +97,9 @@ class Setup:
         ds = load_dataset(cfg.data, self.langs, project_root=PROJECT_ROOT)
         self.cases = [c for c in ds.cases if edit_lang in c.langs]
         self.word_seps = {c: self.registry[c].word_sep for c in self.langs}
-        from xling_edit.evaluation.evaluate import answer_prefixes
-
-        # the pipeline's answer format (e.g. each language's cue on question datasets)
-        self.answer_format, self.answer_prefix = answer_prefixes(
-            cfg.data, self.registry, sorted({*self.langs, edit_lang}))
+        # the pipeline's answer format (e.g. each language's cue on question datasets); the
+        # evaluation languages include the edit language
+        self.answer_format, self.answer_prefix = answer_prefixes(cfg.data, self.registry, self.langs)
         self.cov = P.covariance_provider(cfg, cfg.model, self.model, self.tok, self.spec,
                                          self.registry, self.langs)
         self.method_cfgs = {name: compose_method(cfg, name) for name in ("rome", "memit")}

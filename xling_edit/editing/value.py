@@ -246,12 +246,12 @@ def check_v_init(init: str) -> None:
 def optimise_values(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *,
                     init: str = "zero", **opts) -> list[ValueResult]:
     """Optimise every request's delta at block ``layer`` (module docstring; the loop and its
-    options ``opts``: :func:`_optimise`). ``init`` (``v_init``) chooses the start: ``zero`` (published) or
-    ``bare``: the same optimisation on
-    each request's bare prompt and KL prompt alone (2 rows instead of ``n_prompts + 1``) until
-    its total loss is below ``loss_stop`` (at most ``steps`` forwards), then the published loop
-    on every prompt from that delta, Adam's moments carried over. The warm-up's forwards are
-    ``init_forwards`` (its losses ``init_losses``), not ``steps``."""
+    options ``opts``: :func:`_optimise`). ``init`` (``v_init``) chooses the start: ``zero``
+    (published) or ``bare``: the same optimisation on each request's bare prompt and KL prompt
+    alone (2 rows instead of ``n_prompts + 1``) until its total loss is below ``loss_stop`` (at
+    most ``steps`` forwards), then the published loop on every prompt from that delta, Adam's
+    moments carried over. The warm-up's forwards are ``init_forwards`` (its losses
+    ``init_losses``), not ``steps``."""
     check_v_init(init)
     if init != "bare":
         return _optimise(model, spec, layer, preps, **opts)[0]
@@ -339,11 +339,11 @@ def _optimise(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *, 
     trajectory: list[list[float]] = [[] for _ in range(n)]
     losses: list[list[float]] = [[] for _ in range(n)]
     done_steps = [0] * n
-    cur = {"st": st, "lower": lower, "ids": torch.arange(n, device=v0.device), "delta": delta}
+    cur = {"st": st, "lower": lower, "ids": torch.arange(n, device=v0.device)}  # the live batch
 
     def total_loss(s: _Stack, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[len(ids)] total loss and mean target NLL of the requests ``ids`` (batch ``s``)
-        with ``cur["delta"]`` added."""
+        with delta added."""
         with skip_below(model, spec, layer if cur["lower"] is not None else 0, cur["lower"]):
             logits = _stack_logits(model, spec, s, head_at_targets)
         m = len(s.tgt)
@@ -351,15 +351,14 @@ def _optimise(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *, 
         kl_now = torch.log_softmax(logits[m:], dim=-1)
         # KL(p_now || p_before) per request, as published (F.kl_div's target is p_now)
         kl = F.kl_div(kl_before[ids], kl_now, log_target=True, reduction="none").sum(-1)
-        d = cur["delta"]
-        return nll + kl_factor * kl + weight_decay * d[ids].norm(dim=1) / v0_norm[ids] ** 2, nll
+        return nll + kl_factor * kl + weight_decay * delta[ids].norm(dim=1) / v0_norm[ids] ** 2, nll
 
     def add_delta(_m, _i, o):
         s = cur["st"]
         h = o[0] if isinstance(o, tuple) else o
         add = torch.zeros(h.shape[0], h.shape[1], h.shape[2], dtype=h.dtype, device=h.device)
         rows = torch.arange(h.shape[0], device=h.device)
-        add = add.index_put((rows, s.subj_pos), cur["delta"][cur["ids"][s.row_req]].to(h.dtype))
+        add = add.index_put((rows, s.subj_pos), delta[cur["ids"][s.row_req]].to(h.dtype))
         return (h + add,) + tuple(o[1:]) if isinstance(o, tuple) else h + add
 
     handle = site.register_forward_hook(add_delta)
@@ -416,9 +415,8 @@ def _stack_logits(model, spec: ModelSpec, st: _Stack, head_at_targets: bool) -> 
 
 
 def value_options(hp, space: str = "mlp_out") -> dict:
-    """:func:`optimise_value`'s settings from a method config (``RomeConfig`` / ``MemitConfig``).
-    Raises ValueError for an unknown ``v_init``."""
-    check_v_init(hp.v_init)
+    """:func:`optimise_value`'s settings from a method config (``RomeConfig`` / ``MemitConfig``);
+    ``init`` is checked where it is used (:func:`optimise_values`, the editors' constructors)."""
     return dict(steps=hp.v_steps, lr=hp.v_lr, loss_stop=hp.v_loss_stop,
                 clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor,
                 weight_decay=hp.weight_decay, space=space, from_layer=hp.v_from_layer,
