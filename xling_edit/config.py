@@ -235,6 +235,26 @@ STATS_LANGS = ("en", "de", "fr", "it", "es", "hi", "ta", "kn")
 
 
 @dataclass
+class MorphologyConfig:
+    """A language's inflection of names, for the ``inflected`` rung of the answer matcher
+    (``morphology:`` in ``conf/edit_lang/<code>.yaml``; parsed and checked by
+    :func:`xling_edit.evaluation.matching.parse_morphology` before anything loads).
+
+    Args:
+        suffixes: endings written onto a name: case suffixes, clitics, attached postpositions
+            (Tamil ``ில்`` "in", ``க்கு`` "to"). No spaces; separate postpositions (Hindi
+            ``में``) need no rule, the name itself then matches.
+        stem_drop: endings a name may lose before a suffix attaches (Tamil's final pulli
+            ``்``: லண்டன் + ில் = லண்டனில்).
+        min_stem: the shortest stem (in characters) a suffix may attach to.
+    """
+
+    suffixes: List[str] = field(default_factory=list)
+    stem_drop: List[str] = field(default_factory=list)
+    min_stem: int = 2
+
+
+@dataclass
 class LanguageConfig:
     """One language (``conf/edit_lang/<code>.yaml``); adding a file adds the language, with no
     code change: it becomes an ``edit_lang`` option and joins the default evaluation set
@@ -270,6 +290,13 @@ class LanguageConfig:
         ike_fact: how in-context editing (``method=ike``) states a new fact in this language,
             before the demonstrations' questions and the evaluation prompt; ``{prompt}`` and
             ``{target}`` are the edit prompt and the new answer.
+        sentence_end: strings that end a generated answer (besides EOS and a newline) once it
+            has started: the language's sentence end, with the following space where a bare
+            mark would also end abbreviations and numbers (". " but not "."; Hindi's danda
+            "।" alone). See ``eval.generate``.
+        morphology: how the language inflects a name (:class:`MorphologyConfig`): the
+            generated-answer matcher's ``inflected`` rung accepts the target's last word with
+            one of these suffixes (``xling_edit/evaluation/matching.py``).
     """
 
     code: str = MISSING
@@ -281,6 +308,8 @@ class LanguageConfig:
     context_join: str = ". "
     answer_cue: str = ""
     ike_fact: str = "New fact: {prompt} {target}"
+    sentence_end: List[str] = field(default_factory=lambda: [". ", "? ", "! "])
+    morphology: MorphologyConfig = field(default_factory=lambda: MorphologyConfig())
 
 
 @dataclass
@@ -500,6 +529,16 @@ class EvalConfig:
             (``model.cache_dir/pre_scores``, keyed by the model, the rows' token ids and these
             options) and reuse them in every later job: a sweep over methods and edit languages
             scores each case before the edit once (``xling_edit/evaluation/pre_cache.py``).
+        generate: also generate every scored prompt's answer (greedy, KV cache, the rows of a
+            case batched together) before and after the edit, and judge it with the match
+            cascade (``xling_edit/evaluation/matching.py``): the ``<metric>.gen`` keys,
+            ``locality.gen_agree`` and the line's ``answers``. false: teacher-forced scores only.
+        max_new_tokens: the token cap of a generated answer (>= 1). An answer also stops at EOS,
+            at a newline or at the language's ``sentence_end`` once it has begun. 24 was chosen
+            by measurement on Gemma-3-270M: README "Generated answers".
+        gen_batch_size: prompts decoded together.
+        log_answers: write each prompt's answers (text, rung, script, pre and post) into the
+            results line's ``answers`` field (like evaluation harnesses' ``--log_samples``).
     The plain settings exist for ``python -m xling_edit.bench``, which times both in one
     process; results are the same (argmax metrics identical, NLLs equal to float rounding).
     """
@@ -511,6 +550,10 @@ class EvalConfig:
     inference_mode: bool = True
     head_chunk: int = 32
     pre_cache: bool = True
+    generate: bool = True
+    max_new_tokens: int = 24
+    gen_batch_size: int = 48
+    log_answers: bool = True
 
 
 @dataclass

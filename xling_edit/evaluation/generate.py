@@ -1,0 +1,136 @@
+"""Greedy answers to many prompts at once: left-padded batches, a KV cache, a natural stop.
+
+:func:`generate_answers` decodes every prompt greedily. Prompts are batched (left padded, with
+position ids counted from each row's first real token, so a padded row computes what it would
+alone), the prompt is encoded once and every later step feeds one token per row through the
+model's KV cache, the LM head is applied at the last position only (``logits_to_keep=1``), and
+the loop ends as soon as every row has stopped. A row stops at
+
+- the tokenizer's EOS (or any of the model's ``eos_token_id``\\ s),
+- a newline, or one of its language's ``sentence_end`` strings, *once the answer has begun*
+  (leading whitespace and newlines are skipped: base models often open with a blank line),
+- the token cap ``max_new_tokens``.
+
+The answer is the decoded text cut at the first stop and stripped; the stop mark itself is not
+part of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from xling_edit.evaluation.forward import model_device
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One prompt's greedy answer."""
+
+    text: str  # the answer, cut at its stop, stripped
+    raw: str  # everything decoded (up to the stop or the cap)
+    n_tokens: int  # tokens generated
+    stop: str  # eos | newline | sentence_end | cap
+
+
+def cut_answer(raw: str, stops: Sequence[str]) -> tuple[str, str | None]:
+    """``(answer, reason)``: ``raw`` without leading whitespace, cut before the first newline or
+    ``stops`` string that follows the answer's start; reason None when nothing cut it."""
+    body = raw.lstrip()
+    best, why = len(body), None
+    i = body.find("\n")
+    if i >= 0:
+        best, why = i, "newline"
+    for s in stops:
+        j = body.find(s) if s else -1
+        if 0 <= j < best:
+            best, why = j, "sentence_end"
+    return body[:best].strip(), why
+
+
+def _eos_ids(model, tok) -> set[int]:
+    ids: set[int] = set()
+    for src in (getattr(tok, "eos_token_id", None), getattr(model.generation_config, "eos_token_id", None)
+                if getattr(model, "generation_config", None) is not None else None,
+                getattr(model.config, "eos_token_id", None)):
+        if src is None:
+            continue
+        ids.update([src] if isinstance(src, int) else list(src))
+    return ids
+
+
+def generate_answers(model, tok, prompts: Sequence[str], stops: Sequence[Sequence[str]] | None = None,
+                     max_new_tokens: int = 24, batch_size: int = 48) -> list[Generated]:
+    """Greedy answers to ``prompts`` (in order). ``stops[i]``: the strings that end answer i
+    besides EOS and a newline (its language's ``sentence_end``)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"eval.max_new_tokens must be >= 1, got {max_new_tokens}")
+    stops = stops if stops is not None else [()] * len(prompts)
+    encoded = [tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    out: list[Generated | None] = [None] * len(prompts)
+    eos = _eos_ids(model, tok)
+    with torch.inference_mode():
+        for b in range(0, len(order), max(1, batch_size)):
+            idx = order[b: b + batch_size]
+            gens = _greedy(model, tok, [encoded[i] for i in idx], [stops[i] for i in idx],
+                           max_new_tokens, eos)
+            for i, g in zip(idx, gens):
+                out[i] = g
+    return out  # type: ignore[return-value]
+
+
+def _cache_keyword(model) -> str:
+    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier), as the model takes it."""
+    import inspect
+
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _greedy(model, tok, seqs: list[list[int]], stops: list[Sequence[str]], cap: int,
+            eos: set[int]) -> list[Generated]:
+    device = model_device(model)
+    n, width = len(seqs), max(len(s) for s in seqs)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = torch.full((n, width), pad, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[r, width - len(s):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    generated: list[list[int]] = [[] for _ in range(n)]
+    done = [False] * n
+    why: list[str] = ["cap"] * n
+    texts = [""] * n
+    past, step_ids, step_pos = None, ids, pos
+    cache_kw = _cache_keyword(model)
+    for _ in range(cap):
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
+                    use_cache=True, logits_to_keep=1, **{cache_kw: past})
+        past = getattr(out, "past_key_values", None)
+        if past is None:
+            past = getattr(out, "cache", None)
+        nxt = out.logits[:, -1].argmax(-1)
+        for r in range(n):
+            if done[r]:
+                continue
+            t = int(nxt[r])
+            if t in eos:
+                done[r], why[r] = True, "eos"
+                continue
+            generated[r].append(t)
+            texts[r] = tok.decode(generated[r], skip_special_tokens=True)
+            _, reason = cut_answer(texts[r], stops[r])
+            if reason is not None:
+                done[r], why[r] = True, reason
+        if all(done):
+            break
+        step_ids = nxt[:, None]
+        step_pos = step_pos[:, -1:] + 1
+        mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
+    return [Generated(cut_answer(texts[r], stops[r])[0], texts[r], len(generated[r]), why[r])
+            for r in range(n)]
