@@ -642,6 +642,11 @@ class Config:
         threads: torch CPU threads per process (null: torch's default in a single process, the
             cores shared out between ranks in a multi-process CPU run).
         print_tables: print an edit_lang x eval_lang table per metric at the end.
+        elfo: how ELFI/ELFO average their languages in ``summary.csv``, the printed tables
+            and W&B: ``macro`` (default: the mean of each language's mean, every language
+            weighs the same) or ``pooled`` (every case-language line weighs the same, so a
+            language with fewer valid lines weighs less); ``xling_edit/aggregate.py``. The
+            report takes the same choice as ``--elfo``.
         resume: ``false``: write to this invocation's directory (which is resumed anyway if it
             already holds a run of the same config, e.g. ``hydra.run.dir=<old dir>``);
             ``true``: continue the most recent job directory under ``resume_roots`` with the
@@ -671,6 +676,7 @@ class Config:
     seed: int = 0
     threads: Optional[int] = None
     print_tables: bool = True
+    elfo: str = "macro"
     resume: Any = False
     resume_roots: List[str] = field(default_factory=lambda: ["outputs", "multirun"])
     strict: bool = True

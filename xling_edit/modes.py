@@ -28,6 +28,7 @@ import torch
 from xling_edit.config import MODES
 from xling_edit.editing.base import EditRequest, SkipCase, applied
 from xling_edit.editing.localize import find_subject
+from xling_edit.evaluation import answers as gen_eval
 from xling_edit.evaluation import scorers
 from xling_edit.evaluation.evaluate import build_rows, lang_metrics, score_rows
 from xling_edit.models import ModelSpec
@@ -70,6 +71,10 @@ class CaseEval:
     status: str = "ok"
     reason: str | None = None
     edit_info: dict = field(default_factory=dict)
+    # generated answers (eval.generate): the prompts and each phase's judged answers
+    prompts: list = field(default_factory=list)
+    pre_judged: list | None = None
+    post_judged: list | None = None
 
 
 def check_mode(mode: str, group_size: int, editor) -> None:
@@ -125,8 +130,14 @@ def run_group(cases, ctx: Ctx, common: dict) -> list[dict]:
             fail([ev], exc)
             evs.append(ev)
             continue
-        evs.append(CaseEval(case, rows, tok_errors, pre_scores, lang_metrics(rows, pre_scores, None),
-                             {"pre_eval_s": round(time.perf_counter() - t0, 3)}))
+        ev = CaseEval(case, rows, tok_errors, pre_scores, lang_metrics(rows, pre_scores, None),
+                      {"pre_eval_s": round(time.perf_counter() - t0, 3)})
+        if _generating(ctx):
+            try:
+                pre_answers(ev, ctx)
+            except EDIT_ERRORS as exc:
+                fail([ev], exc)
+        evs.append(ev)
     reqs = {id(ev): requests_for(ev, ctx) for ev in evs}
     live = [ev for ev in evs if ev.status == "ok"]
     ed = ctx.editor
@@ -139,6 +150,7 @@ def run_group(cases, ctx: Ctx, common: dict) -> list[dict]:
                     scores = score_rows(ctx.model, ctx.tok, ctx.spec, ev.rows, ctx.batch_size,
                                         reuse=ev.pre_scores, deltas=deltas)
                     ev.post = lang_metrics(ev.rows, scores, ev.pre_scores)
+                    post_answers(ev, ctx)
                     continue
                 # context edit: every prompt, in every language, now follows the context
                 rows, _ = build_rows(ev.case, ctx.eval_langs, ctx.tok, ctx.word_seps,
@@ -148,6 +160,7 @@ def run_group(cases, ctx: Ctx, common: dict) -> list[dict]:
                     raise ValueError("the context edit changed which rows can be scored")
                 scores = score_rows(ctx.model, ctx.tok, ctx.spec, rows, ctx.batch_size)
                 ev.post = lang_metrics(rows, scores, ev.pre_scores)
+                post_answers(ev, ctx, context)
             t_restore = time.perf_counter()
         t_end = time.perf_counter()
         for ev in targets:
@@ -205,6 +218,56 @@ def run_group(cases, ctx: Ctx, common: dict) -> list[dict]:
                 curve_point(ctx, done, deltas, common)  # the last point of the curve
             post_eval(done, deltas)  # all edits in place; compared with cached pre-edit scores
     return [line for ev in evs for line in case_lines(ev, ctx, common)]
+
+
+# ------------------------------------------------------------------ generated answers
+def _generating(ctx: Ctx) -> bool:
+    return bool(getattr(ctx.batch_size, "generate", False))
+
+
+def _scripts(ctx: Ctx) -> dict[str, str]:
+    return {l: str(ctx.registry[l].script) for l in ctx.eval_langs}
+
+
+def _gen_options(ctx: Ctx) -> dict:
+    return {"max_new_tokens": int(ctx.batch_size.max_new_tokens)}
+
+
+def _merge(into: dict, metrics: dict) -> None:
+    for lang, vals in metrics.items():
+        into.setdefault(lang, {}).update(vals)
+
+
+def pre_answers(ev: CaseEval, ctx: Ctx) -> None:
+    """The unedited model's answers to the case's prompts (from the pre-edit cache when there),
+    judged; their metrics join ``ev.pre``."""
+    t = time.perf_counter()
+    ev.prompts = gen_eval.answer_prompts(ev.case, ctx.eval_langs, ctx.edit_code, ctx.answer_prefix)
+    texts = [p.text for p in ev.prompts]
+    stops = [tuple(ctx.registry[p.lang].get("sentence_end") or ()) for p in ev.prompts]
+    cache = ctx.pre_cache
+    gens = cache.get_answers(texts, stops, _gen_options(ctx)) if cache is not None else None
+    if gens is None:
+        gens = gen_eval.generate_for(ctx.model, ctx.tok, ev.prompts, ctx.registry, ctx.batch_size)
+        if cache is not None:
+            cache.put_answers(texts, stops, _gen_options(ctx), gens)
+    ev.pre_judged = gen_eval.judge(ev.prompts, gens)
+    _merge(ev.pre, gen_eval.gen_metrics(ev.prompts, ev.pre_judged, _scripts(ctx)))
+    ev.timings["pre_gen_s"] = round(time.perf_counter() - t, 3)
+
+
+def post_answers(ev: CaseEval, ctx: Ctx, context: str | None = None) -> None:
+    """The edited model's answers (a context edit: after its context), judged against the same
+    targets; their metrics, ``locality.gen_agree`` included, join ``ev.post``."""
+    if not _generating(ctx) or ev.pre_judged is None:
+        return
+    t = time.perf_counter()
+    prompts = ev.prompts if context is None else gen_eval.answer_prompts(
+        ev.case, ctx.eval_langs, ctx.edit_code, ctx.answer_prefix, context=context)
+    gens = gen_eval.generate_for(ctx.model, ctx.tok, prompts, ctx.registry, ctx.batch_size)
+    ev.post_judged = gen_eval.judge(prompts, gens)
+    _merge(ev.post, gen_eval.gen_metrics(prompts, ev.post_judged, _scripts(ctx), ev.pre_judged))
+    ev.timings["post_gen_s"] = round(time.perf_counter() - t, 3)
 
 
 # ------------------------------------------------------------------ sequential stability curve

@@ -275,7 +275,7 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
         lines.sort(key=lambda l: order.get(l["case_id"], len(order)))
         resume.write_lines(out / resume.RESULTS, lines)
         resume.clear_shards(out)
-        summary_rows = summarize(lines)
+        summary_rows = summarize(lines, str(cfg.get("elfo", "macro")))
         write_summary_csv(summary_rows, out / "summary.csv")
         counts, localisation, failures = results.case_counts(lines, edit_code, eval_langs, mode)
         missing = {k: v for k, v in ds.missing.items() if v}

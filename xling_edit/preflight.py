@@ -39,6 +39,27 @@ def check(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(first) from exc
 
 
+def _check_languages_for_answers(cfg: DictConfig, registry, eval_langs) -> None:
+    """What generated-answer evaluation reads: each language's script (a Unicode script name)
+    and ``morphology`` (parsed), and the token cap."""
+    from xling_edit.evaluation.matching import check_script, parse_morphology
+
+    ev = cfg.get("eval") or {}
+    cap = ev.get("max_new_tokens", 1)
+    if ev.get("generate", False) and (not isinstance(cap, int) or cap < 1):
+        raise ConfigError(f"eval.max_new_tokens must be an integer >= 1, got {cap!r}")
+    for code in eval_langs:
+        lang = registry[code]
+        try:
+            check_script(str(lang.script))
+            morph = lang.get("morphology")
+            parse_morphology(OmegaConf.to_container(morph) if morph is not None else None,
+                             f"conf/edit_lang/{code}.yaml: morphology")
+        except ValueError as exc:
+            raise ConfigError(f"conf/edit_lang/{code}.yaml: {exc}" if "edit_lang" not in str(exc)
+                              else str(exc)) from None
+
+
 def _check(cfg: DictConfig) -> dict[str, Any]:
     from xling_edit.data import load_dataset
     from xling_edit.editing.base import EDITORS
@@ -55,6 +76,8 @@ def _check(cfg: DictConfig) -> dict[str, Any]:
     edit_code = str(cfg.edit_lang.code)
     registry[edit_code] = cfg.edit_lang
     eval_langs = resolve_eval_langs(cfg.eval_langs, registry, edit_code)
+
+    _check_languages_for_answers(cfg, registry, eval_langs)
 
     mcfg = method_config(cfg)
     mode, group = str(mcfg.get("mode", "single")), int(mcfg.get("num_edits", 1))

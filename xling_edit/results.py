@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from xling_edit.atomic import write_text_atomic
+from xling_edit.evaluation.answers import GEN_KEYS, GEN_POST_ONLY, answer_records
 from xling_edit.evaluation.evaluate import METRIC_KEYS, POST_ONLY_KEYS
-from xling_edit.aggregate import SCOPES, ok_lines, pool_lines
+from xling_edit.aggregate import DEFAULT_ELFO, SCOPES, ok_lines, pool_lines
 from xling_edit.languages import is_elfi
 
 
@@ -50,19 +51,19 @@ def _json_default(o):
 
 
 #: summary.csv's metric columns (locality's agreement metrics are ``locality.agree_*``)
-SUMMARY_KEYS = list(METRIC_KEYS)
+SUMMARY_KEYS = list(METRIC_KEYS) + list(GEN_KEYS)
 
 
-def summarize(records: Sequence[Mapping]) -> list[dict]:
-    """Mean of every metric per (edit_lang, eval_lang, phase), plus ELFI/ELFO rows per edit_lang:
-    the pooled means of :func:`xling_edit.aggregate.pool_lines` (each case-language line weighs
-    one), rounded to 4 decimals."""
+def summarize(records: Sequence[Mapping], elfo: str = DEFAULT_ELFO) -> list[dict]:
+    """Mean of every metric per (edit_lang, eval_lang, phase), plus ELFI/ELFO rows per edit_lang
+    (:func:`xling_edit.aggregate.pool_lines`: by default the macro mean over the scope's
+    languages, ``elfo="pooled"`` the mean over its lines), rounded to 4 decimals."""
     records = ok_lines(records)
     first = {}
     for r in records:  # which configuration made the numbers: the method and its variant
         first.setdefault(str(r["edit_lang"]), r)
     rows = []
-    for (edit, ev), pooled in pool_lines(records, SUMMARY_KEYS).items():
+    for (edit, ev), pooled in pool_lines(records, SUMMARY_KEYS, elfo=elfo).items():
         r0 = first[edit]
         for phase in ("pre", "post"):
             row = {"method": r0.get("method"), "variant": r0.get("variant", "published"),
@@ -168,6 +169,9 @@ def case_lines(ev, ctx, common: dict) -> list[dict]:
                 subject_words=len(rec.subject.split()),
             )
         line.update(subject=line_subject, edit=info, timings=ev.timings)
+        if ev.prompts and getattr(ctx.batch_size, "log_answers", False) and "pre" in line:
+            line["answers"] = answer_records(ev.prompts, ev.pre_judged,
+                                             ev.post_judged if ev.status == "ok" else None).get(lang, [])
         lines.append(line)
     return lines
 

@@ -69,7 +69,10 @@ def test_elfi_elfo_split_on_a_matrix():
     langs = ["en", "de", "hi"]
     elfi, elfo = maths.elfi_elfo(V, langs, "de")
     assert elfi == pytest.approx(0.5)                          # de column
-    assert elfo == pytest.approx((1.0 + 0.5 + 0.25) / 3)       # pooled en+hi lines, NaN skipped
+    # macro (default): mean of the en mean (.75) and the hi mean (.25, NaN skipped)
+    assert elfo == pytest.approx((0.75 + 0.25) / 2)
+    pooled = maths.elfi_elfo(V, langs, "de", elfo="pooled")[1]
+    assert pooled == pytest.approx((1.0 + 0.5 + 0.25) / 3)   # pooled en+hi lines, NaN skipped
     assert maths.elfi_elfo(V, langs, "xx")[0] != maths.elfi_elfo(V, langs, "xx")[0]  # NaN: no ELFI
     cols, sel = maths.selectors(langs, "en")
     assert cols == ["en", "de", "hi", "ELFI", "ELFO"]

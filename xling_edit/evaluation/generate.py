@@ -33,6 +33,7 @@ class Generated:
     raw: str  # everything decoded (up to the stop or the cap)
     n_tokens: int  # tokens generated
     stop: str  # eos | newline | sentence_end | cap
+    tokens: tuple[int, ...] = ()  # the generated token ids
 
 
 def cut_answer(raw: str, stops: Sequence[str]) -> tuple[str, str | None]:
@@ -132,5 +133,5 @@ def _greedy(model, tok, seqs: list[list[int]], stops: list[Sequence[str]], cap: 
         step_ids = nxt[:, None]
         step_pos = step_pos[:, -1:] + 1
         mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
-    return [Generated(cut_answer(texts[r], stops[r])[0], texts[r], len(generated[r]), why[r])
-            for r in range(n)]
+    return [Generated(cut_answer(texts[r], stops[r])[0], texts[r], len(generated[r]), why[r],
+                      tuple(generated[r])) for r in range(n)]

@@ -100,3 +100,30 @@ class PreScoreCache:
 
     def summary(self) -> dict:
         return {"hits": self.hits, "misses": self.misses, "dir": str(self.dir)}
+
+    # ---------------------------------------------------------- generated answers
+    def _answers_path(self, texts: Sequence[str], stops: Sequence, gen_options: Mapping[str, Any]) -> Path:
+        blob = json.dumps({"model": self.model_key, "options": dict(gen_options), "texts": list(texts),
+                           "stops": [list(s) for s in stops]}, sort_keys=True, ensure_ascii=False)
+        return self.dir / "answers" / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
+
+    def get_answers(self, texts: Sequence[str], stops: Sequence, gen_options: Mapping[str, Any]):
+        """The unedited model's generated answers to ``texts`` (a list of
+        :class:`~xling_edit.evaluation.generate.Generated`), or None when not cached."""
+        from xling_edit.evaluation.generate import Generated
+
+        path = self._answers_path(texts, stops, gen_options)
+        if not path.exists():
+            return None
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        return [Generated(**{**r, "tokens": tuple(r.get("tokens", ()))}) for r in rows] if len(rows) == len(texts) else None
+
+    def put_answers(self, texts: Sequence[str], stops: Sequence, gen_options: Mapping[str, Any],
+                    gens: Sequence) -> None:
+        from dataclasses import asdict
+
+        path = self._answers_path(texts, stops, gen_options)
+        if path.exists():
+            return
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps([asdict(g) for g in gens], ensure_ascii=False), encoding="utf-8")

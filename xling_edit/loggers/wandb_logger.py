@@ -28,6 +28,8 @@ What is logged (``/`` separates W&B sections; metric keys use ``_`` instead of t
 
 from __future__ import annotations
 
+import json
+
 import logging
 import math
 import netrc
@@ -40,7 +42,7 @@ from urllib.parse import urlparse
 from omegaconf import DictConfig, OmegaConf
 
 from xling_edit.evaluation.evaluate import METRIC_PROTOCOLS
-from xling_edit.aggregate import RunningMeans, scope
+from xling_edit.aggregate import ScopeMeans
 from xling_edit.languages import ALL_LANGUAGES, is_elfi
 from xling_edit.loggers.base import RunLogger
 from xling_edit.results import SUMMARY_KEYS
@@ -191,7 +193,7 @@ class WandbLogger(RunLogger):
         self.mode = resolve_mode(s.get("mode", "auto"))  # fail at build time on a bad mode
         self.log_every = max(1, int(s.get("log_every") or 1))
         protos = s.get("stream_protocols")
-        known = list(dict.fromkeys(p for ps in METRIC_PROTOCOLS.values() for p in ps))
+        known = list(dict.fromkeys(k.split(".", 1)[1] for k in SUMMARY_KEYS))
         unknown = sorted(set(protos or ()) - set(known))
         if unknown:
             raise ValueError(f"logger.stream_protocols {unknown} unknown; one of {known}")
@@ -203,7 +205,8 @@ class WandbLogger(RunLogger):
         self._reset_stream()
 
     def _reset_stream(self) -> None:
-        self._running = RunningMeans()  # (scope, key) -> pooled mean, as in summary.csv
+        # per-language means and their ELFI/ELFO, as in summary.csv
+        self._running = ScopeMeans(getattr(self, "elfo", None) or "macro")
         self._pending: dict[str, list[float]] = defaultdict(list)
         self._pending_time: dict[str, list[float]] = defaultdict(list)
         self._last_progress: dict = {}
@@ -221,6 +224,7 @@ class WandbLogger(RunLogger):
         tags = (default_tags(cfg) if s.get("auto_tags", True) else []) + [str(t) for t in s.get("tags") or []]
         config = _config_dict(cfg)
         config["job_info"] = {"out_dir": str(out_dir.resolve()), "overrides": _job_overrides()}
+        self.elfo = str(cfg.get("elfo", "macro")) if hasattr(cfg, "get") else "macro"
         self._reset_stream()
         self._closed = False
         self.run = self.wandb.init(
@@ -260,12 +264,12 @@ class WandbLogger(RunLogger):
             post = line.get("post")
             if line.get("status") != "ok" or not post:
                 continue
-            where = scope(str(line.get("edit_lang")), str(line.get("eval_lang")))
+            edit, ev = str(line.get("edit_lang")), str(line.get("eval_lang"))
             for key in SUMMARY_KEYS:
                 v = _number(post.get(key))
                 if v is None:
                     continue
-                self._running.add(where, key, v)
+                self._running.add(edit, ev, "post", key, v)
                 if key in self.stream_keys:
                     self._pending[f"case/{wandb_key(key)}/{line.get('eval_lang')}"].append(v)
 
@@ -280,7 +284,7 @@ class WandbLogger(RunLogger):
                                 "progress/fraction": done / total if total else 0.0}
         data.update({k: sum(v) / len(v) for k, v in self._pending.items() if v})
         data.update({f"time/{k}": sum(v) / len(v) for k, v in self._pending_time.items() if v})
-        data.update({f"{where}/{wandb_key(key)}": m for where, key, m in self._running.items()})
+        data.update({f"{where}/{wandb_key(key)}": m for _, where, key, m in self._running.scope_items("post")})
         self.run.log(data)
         self._pending.clear()
         self._pending_time.clear()
@@ -308,6 +312,9 @@ class WandbLogger(RunLogger):
         wandb, run = self.wandb, self.run
         rows = summary_table_rows(info, summary_rows)
         payload: dict[str, Any] = {"tables/summary": wandb.Table(columns=TABLE_COLUMNS, data=rows)}
+        answers = answers_table_rows(_read_lines(out_dir / "results.jsonl"))
+        if answers:  # what the model said, per case, prompt and phase (eval.log_answers)
+            payload["tables/answers"] = wandb.Table(columns=ANSWER_COLUMNS, data=answers)
         run.log(payload)
         for k, v in headline_summary(info, summary_rows).items():
             run.summary[k] = v
@@ -351,6 +358,36 @@ class WandbLogger(RunLogger):
                 self.wandb.finish(exit_code=exit_code)
             except Exception:  # noqa: BLE001
                 pass
+
+
+#: the per-case answers table's columns (one row per case, language and prompt)
+ANSWER_COLUMNS = ["case_id", "edit_lang", "eval_lang", "metric", "index", "prompt", "target",
+                  "pre", "pre_rung", "post", "post_rung", "post_script"]
+
+
+def _read_lines(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        return []
+    out = []
+    for raw in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(raw))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def answers_table_rows(lines: Sequence[Mapping]) -> list[list]:
+    """The generated answers of every results line (its ``answers`` field), one row per prompt;
+    columns :data:`ANSWER_COLUMNS`."""
+    rows = []
+    for line in lines:
+        for a in line.get("answers") or ():
+            rows.append([str(line.get("case_id")), str(line.get("edit_lang")), str(line.get("eval_lang")),
+                         a.get("metric"), a.get("index"), a.get("prompt"), a.get("target"),
+                         a.get("pre"), a.get("pre_rung"), a.get("post"), a.get("post_rung"),
+                         a.get("post_script")])
+    return rows
 
 
 def summary_table_rows(info: Mapping, summary_rows: Sequence[Mapping]) -> list[list]:

@@ -9,8 +9,9 @@ Conventions (the same as ``xling_edit.results.summarize``):
 - a cell (row, eval_lang) is the mean over the cases' values in that eval language;
 - ELFI pools the lines whose eval language was edited (``xling_edit.languages.is_elfi``:
   eval_lang == edit_lang, or every language for ``edit_lang=all``), ELFO the other eval
-  languages, each case-language line weighing one (so a language with fewer valid lines weighs
-  less in ELFO, exactly as in ``summary.csv``);
+  languages; by default each language weighs the same (the macro mean of the languages'
+  means), ``elfo="pooled"`` weighs each case-language line the same (``xling_edit.aggregate``),
+  exactly as in ``summary.csv``;
 - the unit of uncertainty is the case: a bootstrap resamples case ids (with replacement) within
   a row and recomputes every cell of that row, ELFI and ELFO from the same resample.
 """
@@ -25,7 +26,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from xling_edit.aggregate import ELFI, SCOPES, ok_lines, scope, value_of
+from xling_edit.aggregate import DEFAULT_ELFO, ELFI, SCOPES, check_elfo, ok_lines, scope, value_of
 from xling_edit.languages import is_elfi
 
 # Mirrors xling_edit.evaluation.evaluate.METRICS / PROTOCOLS / LOCALITY_PROTOCOLS /
@@ -154,23 +155,34 @@ def selectors(eval_langs: Sequence[str], edit_lang: str) -> tuple[list[str], np.
     return list(eval_langs) + list(SUMMARY_COLS), sel
 
 
-def pooled_means(V: np.ndarray, sel: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """Pooled means per output column, for each row of case ``weights`` [n_resamples, n_cases]
-    (default: every case once). Returns [n_resamples, n_out]; NaN where nothing is pooled."""
+def pooled_means(V: np.ndarray, sel: np.ndarray, weights: np.ndarray | None = None,
+                 elfo: str = DEFAULT_ELFO) -> np.ndarray:
+    """Means per output column, for each row of case ``weights`` [n_resamples, n_cases]
+    (default: every case once). Returns [n_resamples, n_out]; NaN where nothing is pooled.
+    ``elfo``: a column over several languages is the mean of their means (``macro``) or of
+    their lines (``pooled``): :mod:`xling_edit.aggregate`."""
+    check_elfo(elfo)
     if weights is None:
         weights = np.ones((1, V.shape[0]))
     present = ~np.isnan(V)
-    sums = np.where(present, V, 0.0) @ sel.T  # per case, per output column
-    counts = present.astype(float) @ sel.T
-    S, C = weights @ sums, weights @ counts
+    if elfo == "macro":  # each language's mean, then the mean over the column's languages
+        per_lang = pooled_means(V, np.eye(V.shape[1]), weights, "pooled")  # [n_res, n_langs]
+        has = ~np.isnan(per_lang)
+        S = np.where(has, per_lang, 0.0) @ sel.T
+        C = has.astype(float) @ sel.T
+    else:
+        sums = np.where(present, V, 0.0) @ sel.T  # per case, per output column
+        counts = present.astype(float) @ sel.T
+        S, C = weights @ sums, weights @ counts
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(C > 0, S / np.where(C > 0, C, 1.0), np.nan)
 
 
-def elfi_elfo(V: np.ndarray, eval_langs: Sequence[str], edit_lang: str) -> tuple[float, float]:
-    """(ELFI, ELFO) point estimates: pooled mean of the edit-language column / of the others."""
+def elfi_elfo(V: np.ndarray, eval_langs: Sequence[str], edit_lang: str,
+              elfo: str = DEFAULT_ELFO) -> tuple[float, float]:
+    """(ELFI, ELFO) point estimates: mean of the edit-language column / of the others."""
     cols, sel = selectors(eval_langs, edit_lang)
-    m = pooled_means(V, sel)[0]
+    m = pooled_means(V, sel, elfo=elfo)[0]
     return float(m[-2]), float(m[-1])
 
 
@@ -189,13 +201,14 @@ def resample_weights(n_cases: int, n_boot: int, rng: np.random.Generator) -> np.
 
 def bootstrap_ci(V: np.ndarray, sel: np.ndarray, n_boot: int = 1000, ci: float = 0.95,
                  rng: np.random.Generator | None = None,
-                 weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 weights: np.ndarray | None = None,
+                 elfo: str = DEFAULT_ELFO) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean, lo, hi) per output column: point estimate and percentile bootstrap interval over
     cases (``weights``: precomputed ``resample_weights``, else drawn from ``rng``). Bounds are
     clipped to the range of the pooled values (a mean of resampled values cannot leave it; this
     only removes floating-point noise), so all-equal values give a degenerate interval
     lo == mean == hi."""
-    mean = pooled_means(V, sel)[0]
+    mean = pooled_means(V, sel, elfo=elfo)[0]
     n_out = sel.shape[0]
     lo, hi = np.full(n_out, np.nan), np.full(n_out, np.nan)
     if V.shape[0] == 0:
@@ -203,7 +216,7 @@ def bootstrap_ci(V: np.ndarray, sel: np.ndarray, n_boot: int = 1000, ci: float =
     if weights is None:
         rng = rng if rng is not None else np.random.default_rng(0)
         weights = resample_weights(V.shape[0], n_boot, rng)
-    boots = pooled_means(V, sel, weights)
+    boots = pooled_means(V, sel, weights, elfo)
     a = (1.0 - ci) / 2.0
     for k in range(n_out):
         pooled = V[:, sel[k] > 0]
@@ -265,16 +278,17 @@ def rows_of(lines: Iterable[Mapping]) -> dict[tuple, list[Mapping]]:
 
 
 def aggregate(lines: Iterable[Mapping], phase: str, key: str, n_boot: int = 1000,
-              ci: float = 0.95, seed: int = 0, eval_langs: Sequence[str] | None = None) -> list[Cell]:
+              ci: float = 0.95, seed: int = 0, eval_langs: Sequence[str] | None = None,
+              elfo: str = DEFAULT_ELFO) -> list[Cell]:
     """Every cell (row × eval language, plus ELFI and ELFO per row) of one table, with bootstrap
     confidence intervals. Non-ok lines are ignored. ``eval_langs`` defaults to those present."""
     return aggregate_many(lines, [(phase, key)], n_boot=n_boot, ci=ci, seed=seed,
-                          eval_langs=eval_langs)
+                          eval_langs=eval_langs, elfo=elfo)
 
 
 def aggregate_many(lines: Iterable[Mapping], specs: Iterable[tuple[str, str]], n_boot: int = 1000,
                    ci: float = 0.95, seed: int = 0,
-                   eval_langs: Sequence[str] | None = None) -> list[Cell]:
+                   eval_langs: Sequence[str] | None = None, elfo: str = DEFAULT_ELFO) -> list[Cell]:
     """``aggregate`` for several (phase, key) pairs (lines are grouped once), in spec order."""
     specs = list(specs)
     rows = sorted(rows_of(ok_lines(lines)).items(), key=lambda kv: _row_sort(kv[0]))
@@ -290,7 +304,7 @@ def aggregate_many(lines: Iterable[Mapping], specs: Iterable[tuple[str, str]], n
                 continue
             if len(cases) not in weights:
                 weights[len(cases)] = resample_weights(len(cases), n_boot, row_rng(seed, row))
-            mean, lo, hi = bootstrap_ci(V, sel, ci=ci, weights=weights[len(cases)])
+            mean, lo, hi = bootstrap_ci(V, sel, ci=ci, weights=weights[len(cases)], elfo=elfo)
             per_case = (~np.isnan(V)).astype(int) @ sel.T.astype(int)  # lines per case and column
             n_lines, n_cases = per_case.sum(axis=0), (per_case > 0).sum(axis=0)
             for k, c in enumerate(cols):
@@ -617,7 +631,8 @@ def shared_surface_table(lines: Iterable[Mapping], metric: str = "reliability",
         for l in part:
             for col in (l["eval_lang"], "ELFO"):
                 counts[(row_of(l), col)][name].append(str(l.get("case_id")))
-        for c in aggregate_many(part, specs, n_boot=n_boot, ci=ci, seed=seed):
+        # each half pools its lines (a half holds a language's shared cases only)
+        for c in aggregate_many(part, specs, n_boot=n_boot, ci=ci, seed=seed, elfo="pooled"):
             means[(c.row, c.eval_lang, name, c.key)] = c
     cols = []
     for _, name in SURFACE_SPLITS:
