@@ -23,7 +23,10 @@ NEEDS_TRUE_ANSWER = ("reliability.prob", "generalization.prob")
 # locality.agree_token: agreement of post- with pre-edit argmax (stability); locality.prob: the
 # true answer beats target_new (correctness, pre and post)
 TABLE_KEYS = ("reliability.token_acc", "generalization.token_acc", "locality.agree_token",
-              "locality.prob", "portability.token_acc", "reliability.prob", "reliability.exact")
+              "locality.prob", "portability.token_acc", "reliability.prob", "reliability.exact",
+              # generated answers (eval.generate): success at any rung, locality stability, and
+              # the share answered in another script than the question's (language confusion)
+              "reliability.gen", "locality.gen_agree", "gen.other_script")
 
 
 class ResultsWriter:
@@ -195,6 +198,8 @@ def print_report(rows, info, eval_langs, out: Path) -> None:
         for phase in ("pre", "post"):
             if key in POST_ONLY_KEYS and phase == "pre":
                 continue
+            if all(r.get(key) is None for r in rows if r["phase"] == phase):
+                continue  # e.g. generated-answer keys of a run with eval.generate=false
             print()
             if key in NEEDS_TRUE_ANSWER and not info.get("dataset_has_true_answer", True):
                 print(f"{key} ({phase}-edit): n/a: dataset has no true answer")

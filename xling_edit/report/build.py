@@ -27,12 +27,15 @@ from xling_edit.report.load import Results, Run, language_names, load_results, n
 
 log = logging.getLogger(__name__)
 
-HEATMAP_PROTOCOLS = ("token_acc", "exact", "prob")
+HEATMAP_PROTOCOLS = ("token_acc", "exact", "prob", "gen")
 #: the locality key drawn in each protocol's heatmap (locality's protocols are its own; the
 #: panel is titled with the key, so agreement is never shown as accuracy)
-HEATMAP_LOCALITY = {"token_acc": "agree_token", "exact": "agree_exact", "prob": "prob"}
+HEATMAP_LOCALITY = {"token_acc": "agree_token", "exact": "agree_exact", "prob": "prob",
+                    "gen": "gen_agree"}
 #: the locality key of a method heatmap's pre-edit panel (agreement has no pre-edit value)
-PRE_HEATMAP_LOCALITY = {"token_acc": "answer_token_acc", "exact": "answer_exact", "prob": "prob"}
+PRE_HEATMAP_LOCALITY = {"token_acc": "answer_token_acc", "exact": "answer_exact", "prob": "prob",
+                        "gen": "gen"}
+GENERATED = "generated_vs_forced"  # tables/<this>.csv|md: generated answers beside teacher forcing
 #: metrics whose method × eval-language tables report.md shows in full (the others are linked)
 METHOD_TABLES_SHOWN = ("reliability",)
 SHARED_SURFACE = "elfo_shared_surface"  # tables/<this>.csv|md
@@ -74,9 +77,10 @@ def default_out(paths: Sequence[str | os.PathLike]) -> Path:
 def build_report(paths: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike | None = None,
                  n_boot: int = 1000, seed: int = 0, ci: float = 0.95, figures: bool = True,
                  pre_metrics: Sequence[str] = ("reliability", "locality"),
-                 heatmap_protocols: Sequence[str] = HEATMAP_PROTOCOLS) -> Report:
+                 heatmap_protocols: Sequence[str] = HEATMAP_PROTOCOLS, elfo: str = agg.DEFAULT_ELFO) -> Report:
     """Load every run under ``paths`` and write the report folder ``out`` (default: ``report/``
-    inside the first path)."""
+    inside the first path). ``elfo``: ELFI/ELFO as the macro mean over languages or the mean
+    over lines (``xling_edit.aggregate``)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     paths = list(paths)
@@ -91,7 +95,7 @@ def build_report(paths: str | os.PathLike | Sequence[str | os.PathLike], out: st
     # ---- tables
     sections: list[str] = []
     specs = agg.table_specs(pre_metrics)
-    all_cells = agg.aggregate_many(ok, specs, n_boot=n_boot, ci=ci, seed=seed)
+    all_cells = agg.aggregate_many(ok, specs, n_boot=n_boot, ci=ci, seed=seed, elfo=elfo)
     for phase, key in specs:
         cells = [c for c in all_cells if c.phase == phase and c.key == key]
         if not cells:
@@ -148,6 +152,26 @@ def build_report(paths: str | os.PathLike | Sequence[str | os.PathLike], out: st
                            f"[{ci:.0%} bootstrap CI over cases, {n_boot} resamples]\n\n"
                            f"{surf_md}\n", encoding="utf-8")
         rep.files.append(md_path)
+
+    # ---- generated answers beside teacher-forced exact match, by rung, with script fidelity
+    gen_rows = agg.generated_rows(ok, eval_langs=eval_langs, elfo=elfo)
+    if gen_rows:
+        gen_cols = list(agg.ROW_KEYS) + ["eval_lang", "metric"] + list(agg.GENERATED_COLS)
+        rep.files.append(tb.write_csv(out / "tables" / f"{GENERATED}.csv", gen_rows, gen_cols))
+        gmd = tb.generated_markdown(gen_rows, agg.GENERATED_COLS)
+        (out / "tables" / f"{GENERATED}.md").write_text(
+            f"## Reliability: generated answers vs teacher-forced exact match (post-edit)\n\n{gmd}\n",
+            encoding="utf-8")
+        rep.files.append(out / "tables" / f"{GENERATED}.md")
+        sections.insert(0, "### Reliability: generated answers vs teacher forcing (post-edit)\n\n"
+                           "`forced_exact`: every target token is the argmax under teacher forcing; "
+                           "`gen`: the greedy answer states the target at some rung of the match "
+                           "cascade (`gen_<rung>`); `gap` = gen − forced_exact; `pre_gen_true`: "
+                           "before the edit, share of answers stating the true target (the "
+                           "model's knowledge of the fact in that language); `script_fidelity` / "
+                           "`other_script`: answers written in the question's script / another "
+                           "script (language confusion).\n\n"
+                           f"[CSV](tables/{GENERATED}.csv) · [Markdown](tables/{GENERATED}.md)\n\n{gmd}\n")
 
     # ---- diagnostics
     diag = out / "diagnostics"
@@ -218,7 +242,8 @@ def build_report(paths: str | os.PathLike | Sequence[str | os.PathLike], out: st
     # ---- report.md
     md = _report_md(rep, names, sections, heatmaps, fert_png, loc_cats, loc_rows, fert_rows,
                     corr_rows, non_ok, n_boot=n_boot, seed=seed, ci=ci,
-                    methods=(sweeps, method_shown, method_links, method_maps), surface_md=surf_md)
+                    methods=(sweeps, method_shown, method_links, method_maps), surface_md=surf_md,
+                    elfo=elfo)
     (out / "report.md").write_text(md, encoding="utf-8")
     rep.files.append(out / "report.md")
     _remove_stale(out, rep.files)
@@ -307,7 +332,7 @@ def _runs_table(runs: Sequence[Run], out: Path) -> str:
 
 def _report_md(rep: Report, names, sections, heatmaps, fert_png, loc_cats, loc_rows, fert_rows,
                corr_rows, non_ok, n_boot, seed, ci, methods=({}, [], [], []),
-               surface_md: str | None = None) -> str:
+               surface_md: str | None = None, elfo: str = agg.DEFAULT_ELFO) -> str:
     res, out = rep.results, rep.out
     lines_all = res.lines
     st = agg.status_counts(lines_all)
@@ -357,7 +382,12 @@ def _report_md(rep: Report, names, sections, heatmaps, fert_png, loc_cats, loc_r
           f"Cells are means over cases; brackets hold the {ci:.0%} percentile bootstrap interval "
           f"over cases ({n_boot} resamples of case ids, seed {seed}; every cell of a row, ELFI "
           "and ELFO from the same resamples). **ELFI**: evaluation language = edit language (every language for edit `all`); "
-          "**ELFO**: all other evaluation languages, pooled over case-language lines. "
+          + ("**ELFO**: all other evaluation languages, the mean of their per-language means "
+             "(macro: every language weighs the same). " if elfo == "macro" else
+             "**ELFO**: all other evaluation languages, pooled over case-language lines. ") +
+          "`gen`: the model's greedy answer states the expected answer at some rung of the match "
+          "cascade (exact, normalized, romanized, inflected, other_form); `gen_agree`: the "
+          "post-edit answer equals the pre-edit one after normalisation. "
           "`token_acc`: share of target tokens predicted (EasyEdit); `exact`: all of them; "
           "`prob`: P(new) > P(true) (ROME/MEMIT). Locality (an unrelated prompt and its true "
           "answer): `agree_token` / `agree_exact` = the post-edit argmax agrees with the "

@@ -27,6 +27,9 @@ def parser() -> argparse.ArgumentParser:
                    help="comma-separated metrics that also get pre-edit tables (default "
                         "reliability,locality; locality's agreement keys have none)")
     p.add_argument("--no-figures", action="store_true", help="tables and report.md only")
+    p.add_argument("--elfo", choices=("macro", "pooled"), default="macro",
+                   help="ELFI/ELFO: mean of the languages' means (macro, default) or of all "
+                        "case-language lines (pooled)")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 
@@ -42,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rep = build_report(args.paths, args.out, n_boot=args.n_boot, seed=args.seed, ci=args.ci,
                            figures=not args.no_figures,
                            pre_metrics=[m.strip() for m in args.pre_metrics.split(",") if m.strip()],
-                           heatmap_protocols=HEATMAP_PROTOCOLS)
+                           heatmap_protocols=HEATMAP_PROTOCOLS, elfo=args.elfo)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from xling_edit.evaluation.answers import GEN_POST_ONLY
 from xling_edit.aggregate import DEFAULT_ELFO, ELFI, SCOPES, check_elfo, ok_lines, scope, value_of
 from xling_edit.languages import is_elfi
 
@@ -322,7 +323,50 @@ def table_specs(pre_metrics: Sequence[str] = ("reliability", "locality")) -> lis
     ``pre_metrics`` (but not :data:`POST_ONLY_KEYS`, which have no pre-edit value)."""
     specs = [("post", k) for k in metric_keys()]
     specs += [("pre", k) for k in metric_keys(tuple(pre_metrics)) if k not in POST_ONLY_KEYS]
+    # generated answers (eval.generate): tables appear only where runs have the keys
+    specs += [("post", k) for k in GEN_TABLE_KEYS]
+    specs += [("pre", k) for k in GEN_TABLE_KEYS if k not in GEN_POST_ONLY]
     return specs
+
+
+#: generated-answer keys with a table of their own (the rest are in ``generated_rows``)
+GEN_TABLE_KEYS = ("reliability.gen", "generalization.gen", "locality.gen", "locality.gen_agree",
+                  "portability.gen", "reliability.gen_true", "gen.script_fidelity", "gen.other_script")
+#: the columns of the generated-vs-teacher-forced table, per (row, eval language)
+GENERATED_COLS = ("forced_exact", "gen", "gap", *(f"gen_{r}" for r in
+                  ("exact", "normalized", "romanized", "inflected", "other_form")),
+                  "pre_gen_true", "script_fidelity", "other_script", "empty", "fluency")
+
+
+def generated_rows(lines: Iterable[Mapping], metric: str = "reliability", phase: str = "post",
+                   eval_langs: Sequence[str] | None = None, elfo: str = DEFAULT_ELFO) -> list[dict]:
+    """Per row (model, dataset, method, merge, variant, edit language) and evaluation language
+    (ELFI / ELFO included, averaged like every table): teacher-forced exact match of ``metric``
+    beside its generated success, the gap (generated − forced), the generated success by rung,
+    the pre-edit share of answers stating the true target (the ceiling), and the answers'
+    script fidelity / other script (language confusion) / empty share / fluency."""
+    keys = {"forced_exact": f"{metric}.exact", "gen": f"{metric}.gen",
+            **{f"gen_{r}": f"{metric}.gen_{r}" for r in ("exact", "normalized", "romanized",
+                                                           "inflected", "other_form")},
+            "script_fidelity": "gen.script_fidelity", "other_script": "gen.other_script",
+            "empty": "gen.empty", "fluency": "gen.fluency"}
+    specs = [(phase, k) for k in keys.values()] + [("pre", "reliability.gen_true")]
+    cells = aggregate_many(lines, specs, n_boot=1, eval_langs=eval_langs, elfo=elfo)
+    at: dict[tuple, dict] = defaultdict(dict)
+    for c in cells:
+        at[(c.row, c.eval_lang)][(c.phase, c.key)] = c.mean
+    out = []
+    for (row, ev), vals in at.items():
+        if (phase, f"{metric}.gen") not in vals:
+            continue
+        r = dict(zip(ROW_KEYS, row), eval_lang=ev, metric=metric)
+        for col, key in keys.items():
+            r[col] = vals.get((phase, key))
+        r["pre_gen_true"] = vals.get(("pre", "reliability.gen_true"))
+        r["gap"] = None if r["forced_exact"] is None or r["gen"] is None else r["gen"] - r["forced_exact"]
+        out.append(r)
+    order = {c: i for i, c in enumerate(list(LANG_ORDER) + list(SUMMARY_COLS))}
+    return sorted(out, key=lambda r: (_row_sort(tuple(r[k] for k in ROW_KEYS)), order.get(r["eval_lang"], 99)))
 
 
 def _row_sort(row: tuple):

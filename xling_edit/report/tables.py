@@ -150,3 +150,13 @@ def shared_surface_markdown(rows: Sequence[Mapping], protocols: Sequence[str] = 
                              r.get(f"{name}_{p}_ci_hi"), digits) for p in protocols]
         body.append(cells)
     return markdown(header, body)
+
+
+def generated_markdown(rows: Sequence[Mapping], value_cols: Sequence[str], digits: int = 3) -> str:
+    """The generated-vs-teacher-forced table (``maths.generated_rows``): the row keys that vary
+    (method, edit language, ...), the evaluation language, then ``value_cols``."""
+    keys = [k for k in ("model", "dataset", "method", "merge", "variant", "edit_lang")
+            if len({str(r.get(k)) for r in rows}) > 1 or k in ("method", "edit_lang")]
+    header = [HEADER_NAMES.get(k, k) for k in keys] + ["eval"] + list(value_cols)
+    return markdown(header, [[fmt(r.get(k)) for k in keys] + [r["eval_lang"]] +
+                             [fmt(r.get(c), digits) for c in value_cols] for r in rows])
