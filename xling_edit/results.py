@@ -198,11 +198,11 @@ def print_report(rows, info, eval_langs, out: Path) -> None:
         for phase in ("pre", "post"):
             if key in POST_ONLY_KEYS and phase == "pre":
                 continue
+            if key in NEEDS_TRUE_ANSWER and not info.get("dataset_has_true_answer", True):
+                print(f"\n{key} ({phase}-edit): n/a: dataset has no true answer")
+                continue
             if all(r.get(key) is None for r in rows if r["phase"] == phase):
                 continue  # e.g. generated-answer keys of a run with eval.generate=false
             print()
-            if key in NEEDS_TRUE_ANSWER and not info.get("dataset_has_true_answer", True):
-                print(f"{key} ({phase}-edit): n/a: dataset has no true answer")
-                continue
             print(format_table(rows, key, phase, eval_langs))
     print(f"\nresults: {out / 'results.jsonl'}\nsummary: {out / 'summary.csv'}")

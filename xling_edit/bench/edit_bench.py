@@ -471,6 +471,40 @@ def run_memory_probe(model: str, overrides: list[str], log: Callable) -> dict | 
 
 
 # ------------------------------------------------------------------ report
+def bench_generation(s: Setup, repeats: int, log: Callable) -> dict:
+    """Per case: the published ROME edit, then the edited model's generated answers to every
+    scored prompt of the case in every evaluation language (``eval.generate``: greedy, KV
+    cache, the case's prompts batched), interleaved case by case."""
+    from xling_edit.editing.base import applied
+    from xling_edit.evaluation import answers as A
+
+    ed = s.editor("rome")
+    t: dict[str, list[float]] = {}
+    prompts_n, tokens = [], []
+    for r, case in enumerate(s.cases[:repeats]):
+        with _clock(t, "edit"):
+            out = ed.edit(s.model, s.tok, s.request(case))
+        prompts = A.answer_prompts(case, s.langs, s.edit_lang, s.answer_prefix)
+        with applied(s.model, out.deltas):
+            with _clock(t, "generate"):
+                gens = A.generate_for(s.model, s.tok, prompts, s.registry, s.cfg.eval)
+        prompts_n.append(len(prompts))
+        tokens.append(max(g.n_tokens for g in gens))
+        log(f"  case {r + 1}/{repeats}: ROME edit {t['edit'][-1]:.1f}s, {len(prompts)} answers "
+            f"generated in {t['generate'][-1]:.1f}s ({tokens[-1]} decoding steps)")
+    return {"times": t, "prompts": prompts_n, "steps": tokens,
+            "max_new_tokens": int(s.cfg.eval.max_new_tokens)}
+
+
+def _generation_rows(g: dict) -> list[dict]:
+    gen, edit = med(g["times"]["generate"]), med(g["times"]["edit"])
+    r = _row(f"generated answers, one case, all languages (s)", gen, edit,
+             f"{med(g['prompts']):.0f} prompts, cap {g['max_new_tokens']} tokens; 'plain' = the ROME "
+             f"edit of the same case; ratio = generation / edit (target <= 0.5)")
+    r["ratio"] = gen / edit if edit else None
+    return [r]
+
+
 def _row(name, fast, plain=None, note=""):
     ratio = (plain / fast) if (fast and plain) else None
     return {"figure": name, "fast": fast, "plain": plain, "ratio": ratio, "note": note}
@@ -550,6 +584,8 @@ def summarise(res: dict) -> list[dict]:
         rows += _configs_rows(res["configs"])
     if "stats" in res:
         rows += _stats_rows(res["stats"])
+    if "generation" in res:
+        rows += _generation_rows(res["generation"])
     mem = res.get("memory")
     if mem:
         w = mem["param_bytes_fp32"]
@@ -590,7 +626,8 @@ def format_table(rows: list[dict]) -> str:
 
 # ------------------------------------------------------------------ CLI
 ONLY_NOTE = {"stats": "statistics in alternating rounds",
-             "configs": "each configuration interleaved per case"}
+             "configs": "each configuration interleaved per case",
+             "gen": "ROME edit and generated answers interleaved per case"}
 
 
 def parse_args(argv):
@@ -601,10 +638,11 @@ def parse_args(argv):
     p.add_argument("--memit-batch", type=int, default=16, help="the larger MEMIT batch size")
     p.add_argument("--stats-tokens", type=int, default=10000,
                    help="tokens of the statistics item (fast and float64 paths each run all of them)")
-    p.add_argument("--only", choices=["stats", "configs"], default=None,
+    p.add_argument("--only", choices=["stats", "configs", "gen"], default=None,
                    help="run one item alone: stats = the statistics throughput (no memory probe, "
                         "no cached C needed); configs = ROME published vs rome_fast and MEMIT "
-                        "per fact at batch --memit-batch vs 1 (ROME on --repeats cases)")
+                        "per fact at batch --memit-batch vs 1 (ROME on --repeats cases); gen = "
+                        "the generated answers of a case against its ROME edit")
     p.add_argument("--full", action="store_true",
                    help="also time the plain path at the large MEMIT batch (minutes more)")
     p.add_argument("--edit-lang", default="en")
@@ -650,9 +688,14 @@ def main(argv=None) -> int:
         res["rome"] = bench_rome_and_eval(s, a.repeats, log)
         log("MEMIT ...")
         res["memit"] = bench_memit(s, a.repeats, a.memit_batch, log, plain_batch=a.full)
+    if a.only in (None, "gen"):
+        log("generated answers vs the ROME edit ...")
+        res["generation"] = bench_generation(s, a.repeats, log)
     if a.only == "configs":
         log(f"published vs fast configuration, MEMIT batch {a.memit_batch} vs 1 ...")
         res["configs"] = bench_configs(s, a.repeats, a.memit_batch, log)
+    elif a.only == "gen":
+        pass
     else:
         log("covariance statistics ...")
         res["stats"] = bench_stats(s, a.repeats, a.stats_tokens, log)

@@ -7,14 +7,14 @@
 2. ``normalized``: the target's words appear as consecutive answer words after
    :func:`normalize`: Unicode NFC, case folding, punctuation and quotes removed, ZWJ/ZWNJ
    dropped, nukta variants unified (क़ = क), every script's digits read as ASCII digits;
-3. ``romanized``: both sides romanised (Indic scripts by ``indic-transliteration``'s ISO
+3. ``romanized``: the answer writes the target in another script: both sides romanised (Indic scripts by ``indic-transliteration``'s ISO
    scheme, every other script by ``anyascii``), reduced to a coarse phonetic key
    (:func:`phonetic_key`: aspiration and voicing merged, vowel runs folded, a final schwa
    dropped, doubled letters single) and compared with ``rapidfuzz``'s ratio over windows of
    answer words the target's length (±1); a match needs a ratio of at least
    :data:`ROMANIZED_THRESHOLD` (set by measurement on the committed cross-script fixture,
-   ``tests/fixtures/cross_script_pairs.json``: see docs in the README) and keys of at least
-   :data:`MIN_KEY_LEN` letters. "Philadelphia" in a Hindi answer matches the target
+   ``tests/fixtures/cross_script_pairs.json``, with ``bench/match_threshold.py``), and keys
+   shorter than :data:`MIN_KEY_LEN` letters must be identical. "Philadelphia" in a Hindi answer matches the target
    फिलाडेल्फिया here: an answer in the right language's meaning but another script;
 4. ``inflected``: the target's last word, as the stem of an answer word with one of the
    language's declared suffixes (``morphology`` in ``conf/edit_lang/<code>.yaml``: Tamil
@@ -44,8 +44,8 @@ SUCCESS_RUNGS = RUNGS[:-1]
 #: rapidfuzz ratio (0-100) a romanised window must reach. Chosen on the cross-script fixture
 #: (bench/match_threshold.py): the lowest value with precision >= 0.98 on every language's
 #: negatives.
-ROMANIZED_THRESHOLD = 85.0
-#: phonetic keys shorter than this never match by romanisation (too little evidence)
+ROMANIZED_THRESHOLD = 80.0
+#: phonetic keys shorter than this match by romanisation only when identical
 MIN_KEY_LEN = 3
 
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
@@ -144,8 +144,12 @@ def _wordish(ch: str) -> bool:
 # ------------------------------------------------------------------ romanisation
 @lru_cache(maxsize=8192)
 def romanize(word: str) -> str:
-    """ASCII romanisation of one word: Indic scripts through ``indic-transliteration`` (ISO
-    15919, its ``c`` read as English "ch"), everything else through ``anyascii``; lower case."""
+    """ASCII romanisation of one word, lower case: Indic scripts through
+    ``indic-transliteration`` (ISO 15919; the anusvara read as ``n``, ISO's ``c`` as English
+    "ch"), every other script through ``anyascii``. A Latin-script word is also respelled as
+    it sounds in English, where Indic transliterations of names follow the sound: soft ``c``
+    and ``g`` before e/i/y become ``s`` / ``j``, ``cz`` is "ch", a final ``ch`` is ``k``
+    (Munich, Czech), ``x`` is "ks"."""
     from anyascii import anyascii
 
     script = answer_script(word)
@@ -153,16 +157,30 @@ def romanize(word: str) -> str:
         from indic_transliteration import sanscript
 
         iso = sanscript.transliterate(word, getattr(sanscript, script.upper()), sanscript.ISO)
+        # the anusvara is a nasal (n before most consonants); the library writes Tamil's
+        # final ம் with the same sign, which is an m
+        nasal = "m" if script == "Tamil" else "n"
+        iso = iso.replace("ṁ", nasal).replace("ṃ", nasal)
         text = anyascii(iso).lower().replace("c", "ch").replace("chh", "ch")
     else:
         text = anyascii(word).lower()
+        if script == "Latin":
+            text = regex.sub(r"cz", "ch", text)
+            text = regex.sub(r"(?<=[ei])ch$", "k", text)
+            text = text.replace("tch", "ch")
+            text = regex.sub(r"c(?=[eiy])", "s", text)
+            text = regex.sub(r"g(?=[eiy])", "j", text)
+            text = text.replace("x", "ks")
     return "".join(ch for ch in text if ch.isalpha())
 
 
 _DIGRAPHS = (("ph", "p"), ("th", "t"), ("sh", "s"), ("ch", "C"), ("kh", "k"), ("gh", "g"),
              ("dh", "d"), ("bh", "b"), ("jh", "j"), ("zh", "j"), ("ck", "k"))
+# voicing merged (Tamil script does not write it); s, sh, ch, j and z one sibilant class
+# (Hindi writes English z as ज, Tamil ch and s as ச); every vowel a
 _SINGLE = str.maketrans({"b": "p", "d": "t", "g": "k", "f": "p", "v": "w", "z": "s", "q": "k",
-                         "x": "k", "c": "k", "j": "C", "e": "a", "i": "a", "o": "a", "u": "a"})
+                         "x": "k", "c": "k", "j": "s", "C": "s", "e": "a", "i": "a", "o": "a",
+                         "u": "a"})
 _VOWELS = "a"
 
 
@@ -170,14 +188,15 @@ _VOWELS = "a"
 def phonetic_key(word: str) -> str:
     """A coarse sound key of one romanised word, so that a name spelled in two scripts meets:
     digraphs and aspiration folded (ph, th, sh, kh, ...; an ``h`` after a consonant), voicing
-    merged (b/p, d/t, g/k, j/ch: Tamil script does not write it), f = p, v = w, "iy" = "i", every vowel run one
-    ``a``, a word-final ``a`` (the Indic schwa) dropped, ``m`` before a consonant as ``n``
-    (anusvara), doubled letters single. "Philadelphia", फिलाडेल्फिया and பிலடெல்பியா all
-    become ``palatalp``."""
+    merged (b/p, d/t, g/k), the sibilants and affricates one class (s, sh, ch, j, z), f = p,
+    v = w, every vowel run one ``a``, a ``y`` between vowels and a ``w`` closing a vowel
+    dropped ("iy" = "i", Glasgow = ग्लासगो), a nasal before a consonant ``n``, a word-final
+    ``a`` (the Indic schwa) dropped, doubled letters single. "Philadelphia", फिलाडेल्फिया and பிலடெல்பியா all become
+    ``palatalp``."""
     w = word.lower().replace("iy", "i")
     for a, b in _DIGRAPHS:
         w = w.replace(a, b)
-    w = w.translate(_SINGLE).replace("C", "c")
+    w = w.translate(_SINGLE)
     out: list[str] = []
     for ch in w:
         if ch == "h" and out and out[-1] not in _VOWELS:
@@ -186,29 +205,43 @@ def phonetic_key(word: str) -> str:
             continue  # doubled letters, vowel runs
         out.append(ch)
     w = "".join(out)
-    w = regex.sub(r"m(?=[^a])", "n", w)
+    w = regex.sub(r"(?<=a)y(?=a)", "", w)
+    w = regex.sub(r"[mn](?=[^aymnwrlh])", "n", w)  # a nasal before a consonant
+    w = regex.sub(r"(.)\1+", r"\1", w)
     if len(w) > 2 and w.endswith("a"):
         w = w[:-1]
+    w = regex.sub(r"(?<=a)w(?=[^a]|$)", "", w)
     return w
 
 
 def romanized_ratio(answer: str, target: str) -> float:
     """The best rapidfuzz ratio (0-100) between the target's phonetic key and the key of any
-    window of consecutive answer words of the target's word count ±1 (0 when either side has
-    no key of :data:`MIN_KEY_LEN` letters)."""
+    window of consecutive answer words of the target's word count ±1 written in another script
+    than the target (a same-script window is a spelling matter: 0; 0 also when either side has
+    no key of two letters); both keys must start with a vowel or both with a consonant, and keys
+    shorter than :data:`MIN_KEY_LEN` letters must be identical."""
     from rapidfuzz import fuzz
 
-    t_keys = [phonetic_key(romanize(w)) for w in _words(target)]
+    t_words = _words(target)
+    t_keys = [phonetic_key(romanize(w)) for w in t_words]
     t = "".join(t_keys)
-    if len(t) < MIN_KEY_LEN:
+    if len(t) < 2:
         return 0.0
-    a_keys = [phonetic_key(romanize(w)) for w in _words(answer)]
+    t_script = answer_script(target)
+    a_words = _words(answer)
+    a_keys = [phonetic_key(romanize(w)) for w in a_words]
     n = len(t_keys)
     best = 0.0
     for size in {max(1, n - 1), n, n + 1}:
         for i in range(0, max(0, len(a_keys) - size) + 1):
+            if answer_script(" ".join(a_words[i: i + size])) == t_script:
+                continue  # same script: spelling, not transliteration
             window = "".join(a_keys[i: i + size])
-            if len(window) >= MIN_KEY_LEN:
+            if len(t) < MIN_KEY_LEN or len(window) < MIN_KEY_LEN:
+                best = max(best, 100.0 if window == t else 0.0)  # short keys: identical only
+            elif (t[0] == "a") != (window[0] == "a"):
+                continue  # one starts with a vowel, the other not: another word
+            else:
                 best = max(best, fuzz.ratio(t, window))
     return best
 
