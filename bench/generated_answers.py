@@ -43,7 +43,12 @@ def main(argv=None) -> int:
     ap.add_argument("--use-cap", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--rejudge", default=None, metavar="JSON",
+                    help="no model: judge the answers of an earlier run's JSON again with the "
+                         "current matcher and print/write its summary")
     a = ap.parse_args(argv)
+    if a.rejudge:
+        return rejudge(Path(a.rejudge), a)
     lo, hi = (int(x) for x in a.rows.split("-"))
 
     import torch
@@ -80,6 +85,7 @@ def main(argv=None) -> int:
                 if g.n_tokens > use_cap else g.text
             rec = case.langs[p.lang]
             records.append({"case_id": case.case_id, "lang": p.lang, "kind": p.kind, "prompt": p.prompt,
+                            "also": list(p.also),
                             "answer": g.text, "answer_at_cap": short, "n_tokens": g.n_tokens, "stop": g.stop,
                             "target_new": rec.target_new, "target_true": rec.target_true,
                             "new_rung": match_answer(short, rec.target_new, p.lang, p.also)
@@ -90,8 +96,48 @@ def main(argv=None) -> int:
                             "script": answer_script(short)})
         if (n + 1) % 10 == 0:
             print(f"  {n + 1}/{len(cases)} cases, {t_gen / (n + 1):.2f}s generation per case", flush=True)
+    summary = summarise(records, a.langs, reg)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"generated-{a.model}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"args": vars(a), "use_cap": use_cap, "seconds_generation": round(t_gen, 1),
+                                "per_case_s": round(t_gen / max(1, len(cases)), 3),
+                                "summary": summary, "answers": records}, ensure_ascii=False, indent=1))
+    print("wrote", path)
+    return 0
+
+
+def rejudge(path: Path, a) -> int:
+    """Judge the answers stored in ``path`` again (matcher changes need no model)."""
+    from xling_edit.evaluation.matching import answer_script, match_answer
+    from xling_edit.languages import load_languages
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    reg = load_languages()
+    for r in data["answers"]:
+        short = r["answer_at_cap"]
+        also = tuple(r.get("also") or ())
+        if r["new_rung"] is not None:
+            r["new_rung"] = match_answer(short, r["target_new"], r["lang"], also)
+        if r["true_rung"] is not None:
+            r["true_rung"] = match_answer(short, r["target_true"], r["lang"])
+        r["script"] = answer_script(short)
+    langs = list(dict.fromkeys(r["lang"] for r in data["answers"]))
+    data["summary"] = summarise(data["answers"], langs, reg)
+    data["rejudged"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    out = path.with_name(path.stem + "-rejudged.json")
+    out.write_text(json.dumps(data, ensure_ascii=False, indent=1))
+    print("wrote", out)
+    return 0
+
+
+def summarise(records, langs, reg) -> dict:
+    """Per language: stops, the cap's cuts, false matches of target_new by rung (precision),
+    the true target's share (knowledge), script fidelity / other script / empty."""
+    from xling_edit.evaluation.matching import SUCCESS_RUNGS
+
     summary = {}
-    for lang in a.langs:
+    for lang in langs:
         rs = [r for r in records if r["lang"] == lang]
         natural = [r["n_tokens"] for r in rs if r["stop"] != "cap"]
         newr = [r for r in rs if r["new_rung"] is not None]
@@ -111,14 +157,7 @@ def main(argv=None) -> int:
              "empty": round(sum(r["script"] is None for r in rs) / len(rs), 4)}
         summary[lang] = s
         print(lang, json.dumps(s, ensure_ascii=False))
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"generated-{a.model}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"args": vars(a), "use_cap": use_cap, "seconds_generation": round(t_gen, 1),
-                                "per_case_s": round(t_gen / max(1, len(cases)), 3),
-                                "summary": summary, "answers": records}, ensure_ascii=False, indent=1))
-    print("wrote", path)
-    return 0
+    return summary
 
 
 if __name__ == "__main__":
