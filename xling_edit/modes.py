@@ -256,7 +256,7 @@ def pre_answers(ev: CaseEval, ctx: Ctx) -> None:
     ev.timings["pre_gen_s"] = round(time.perf_counter() - t, 3)
 
 
-def post_answers(ev: CaseEval, ctx: Ctx, context: str | None = None) -> None:
+def post_answers(ev: CaseEval, ctx: Ctx, context=None) -> None:
     """The edited model's answers (a context edit: after its context), judged against the same
     targets; their metrics, ``locality.gen_agree`` included, join ``ev.post``."""
     if not _generating(ctx) or ev.pre_judged is None:

@@ -38,12 +38,14 @@ class WeightDelta:
 class EditOutcome:
     """What an edit returns. A **weight edit** returns ``deltas`` (applied by the pipeline and
     restored bit for bit). A **context edit** returns no delta and a ``context``: text shown
-    before every evaluation prompt (in every evaluation language) while the edit is in force."""
+    before every evaluation prompt (in every evaluation language) while the edit is in force,
+    or a callable ``(lang, prompt) -> str`` giving each prompt its own (possibly empty) text
+    (a router: ``method=route``)."""
 
     deltas: list[WeightDelta]
     info: dict = field(default_factory=dict)  # JSON-able, written to results
     tensors: dict = field(default_factory=dict)  # e.g. k_star, v_star: for tests, not written
-    context: str | None = None
+    context: Any = None  # str, or (lang, prompt) -> str
 
     @property
     def kind(self) -> str:

@@ -34,6 +34,7 @@ from statistics import mean
 from typing import Mapping, Sequence
 
 from xling_edit.data.schema import EditCase
+from xling_edit.evaluation.evaluate import Context, context_for
 from xling_edit.evaluation.generate import Generated
 from xling_edit.evaluation.matching import (
     SUCCESS_RUNGS, answer_script, match_answer, ngram_entropy, same_answer,
@@ -64,7 +65,7 @@ class AnswerPrompt:
 
 
 def answer_prompts(case: EditCase, langs: Sequence[str], edit_lang: str,
-                   answer_prefix: str | Mapping[str, str] = "", context: str = "") -> list[AnswerPrompt]:
+                   answer_prefix: str | Mapping[str, str] = "", context: Context = "") -> list[AnswerPrompt]:
     """The prompts whose answers are generated for ``case`` in ``langs``, in a fixed order that
     does not depend on ``context`` (so post-edit answers pair with pre-edit ones)."""
     out: list[AnswerPrompt] = []
@@ -77,7 +78,8 @@ def answer_prompts(case: EditCase, langs: Sequence[str], edit_lang: str,
 
         def add(kind, i, prompt, target, also, true=None):
             forms = tuple(dict.fromkeys(a for a in also if a and a != target))
-            out.append(AnswerPrompt(lang, kind, i, prompt, context + prompt + ap, target, forms, true))
+            out.append(AnswerPrompt(lang, kind, i, prompt, context_for(context, lang, prompt) + prompt + ap,
+                                    target, forms, true))
 
         new_also = [r.target_new for r in refs]
         add("rel", 0, rec.prompt, rec.target_new, new_also, rec.target_true)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from statistics import mean
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence, Union
 
 from xling_edit.data.schema import EditCase, LangRecord
 from xling_edit.evaluation import scorers
@@ -50,6 +50,8 @@ METRIC_KEYS = tuple(f"{m}.{p}" for m in METRICS for p in METRIC_PROTOCOLS[m])
 POST_ONLY_KEYS = ("locality.agree_token", "locality.agree_exact", "locality.prob_drop")
 #: old key -> new key (results written before the agreement metrics were named for what they are)
 RENAMED_KEYS = {"locality.token_acc": "locality.agree_token", "locality.exact": "locality.agree_exact"}
+#: a context edit's text before each prompt: one string, or ``(lang, prompt) -> str``
+Context = Union[str, Callable[[str, str], str]]
 #: ``data.answer_format`` values (see xling_edit.config.DatasetConfig)
 ANSWER_FORMATS = ("none", "cue", "prefix")
 
@@ -91,7 +93,7 @@ def answer_prefixes(data: Mapping, languages: Mapping[str, Mapping],
 
 
 def build_rows(case: EditCase, langs: Sequence[str], tok, word_seps: Mapping[str, str],
-               answer_prefix: str | Mapping[str, str] = "", context: str = "",
+               answer_prefix: str | Mapping[str, str] = "", context: "Context" = "",
                ) -> tuple[list[Row], dict[str, str]]:
     """Rows to score for ``case`` in ``langs``; also {lang: error} for languages that failed.
     ``answer_prefix`` (one string, or one per language: :func:`answer_prefixes`) is appended
@@ -112,11 +114,21 @@ def build_rows(case: EditCase, langs: Sequence[str], tok, word_seps: Mapping[str
     return rows, errors
 
 
-def _rows_for(rec: LangRecord, lang: str, tok, sep: str, ap: str, context: str = "") -> list[Row]:
+def context_for(context: "Context", lang: str, prompt: str) -> str:
+    """The text a context edit puts before ``prompt`` (in ``lang``): the same string before
+    every prompt, or what a per-prompt context (a callable ``(lang, prompt) -> str``, e.g. the
+    router of ``method=route``) returns for it."""
+    if callable(context):
+        return context(lang, prompt) or ""
+    return context or ""
+
+
+def _rows_for(rec: LangRecord, lang: str, tok, sep: str, ap: str, context: "Context" = "") -> list[Row]:
     out = []
 
     def add(kind, i, role, prompt, target):
-        out.append(Row(lang, kind, i, role, encode(tok, context + prompt + ap, target, sep)))
+        out.append(Row(lang, kind, i, role,
+                       encode(tok, context_for(context, lang, prompt) + prompt + ap, target, sep)))
 
     add("rel", 0, "new", rec.prompt, rec.target_new)
     if rec.target_true:

@@ -246,6 +246,67 @@ def romanized_ratio(answer: str, target: str) -> float:
     return best
 
 
+# ------------------------------------------------------------------ finding a name in a text
+_TOKEN = regex.compile(r"[\p{L}\p{M}\p{N}]+")
+
+
+@dataclass(frozen=True)
+class NameSpan:
+    """Where :func:`find_name` found a name: characters ``[start, end)`` of the text."""
+
+    start: int
+    end: int
+    text: str
+    score: float  # 100 for a normalised match, else the phonetic-key ratio
+
+
+def find_name(text: str, name: str, threshold: float = ROMANIZED_THRESHOLD) -> NameSpan | None:
+    """The span of ``text`` that writes ``name`` — in any script, possibly inflected — or None.
+
+    Windows of the text's words (the name's word count ±1) are compared with the name: equal
+    after :func:`normalize` (score 100), or by the rapidfuzz ratio of their phonetic keys
+    (:func:`phonetic_key` of :func:`romanize`), where the window's key may also be cut to the
+    name key's length + 1 (a case suffix written onto the name: Tamil ஹியூஸின், "Hughes's").
+    Keys must agree on starting with a vowel or not, and keys shorter than :data:`MIN_KEY_LEN`
+    must be identical. The best window at or above ``threshold`` wins (ties: the first)."""
+    words = [(m.start(), m.end(), m.group()) for m in _TOKEN.finditer(text)]
+    n_words = _words(name)
+    if not words or not n_words:
+        return None
+    n_norm = " ".join(n_words)
+    t = "".join(phonetic_key(romanize(w)) for w in n_words)
+    n = len(n_words)
+    best: NameSpan | None = None
+    for size in sorted({max(1, n - 1), n, n + 1}):
+        for i in range(0, max(0, len(words) - size) + 1):
+            win = words[i: i + size]
+            start, end = win[0][0], win[-1][1]
+            chunk = text[start:end]
+            if normalize(chunk) == n_norm:
+                score = 100.0
+            else:
+                w = "".join(phonetic_key(romanize(x[2])) for x in win)
+                score = _key_ratio(t, w)
+            if score >= threshold and (best is None or score > best.score):
+                best = NameSpan(start, end, chunk, score)
+    return best
+
+
+def _key_ratio(t: str, w: str) -> float:
+    from rapidfuzz import fuzz
+
+    if not t or not w:
+        return 0.0
+    if len(t) < MIN_KEY_LEN or len(w) < MIN_KEY_LEN:
+        return 100.0 if t == w else 0.0
+    if (t[0] == "a") != (w[0] == "a"):
+        return 0.0
+    score = fuzz.ratio(t, w)
+    if len(w) > len(t) + 1:
+        score = max(score, fuzz.ratio(t, w[: len(t) + 1]))
+    return score
+
+
 # ------------------------------------------------------------------ morphology
 @dataclass(frozen=True)
 class Morphology:

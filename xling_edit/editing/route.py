@@ -1,0 +1,119 @@
+"""Retrieval-routed context edit across scripts (``method=route``): an English-only edit that
+a Hindi or Tamil question can find.
+
+The edit stores the request: its subject, prompt and new target, in the edit language only.
+At evaluation every prompt, in every language, goes through a **router**:
+
+1. it looks for a stored subject in the prompt in any script
+   (:func:`xling_edit.evaluation.matching.find_name`: the prompt's words romanised with
+   ``indic-transliteration`` / ``anyascii``, reduced to phonetic keys, fuzzy-matched with
+   ``rapidfuzz`` at ``threshold``; the same libraries and keys as the answer matcher);
+2. on a match it puts the new fact before the prompt, written code-mixed: the span the router
+   itself found (the subject as the prompt writes it), the stored subject, the new target and,
+   where a maintained library can write it, the target in the prompt's script. With the
+   default ``fact`` template:
+   ``स्पाइक ह्यूजेस (Spike Hughes): Philadelphia (फिलाडेल्फिया)``;
+3. without a match it adds nothing, so unrelated prompts see exactly the unedited model.
+
+What it needs: the English request only. The prompt's translation is read only as the query
+the router answers (never the dataset's translated subject or target: the router's span comes
+from its own match; ``tests/integration/test_route.py`` checks that no translated field of the
+case reaches the context). What it costs: no weight change, no optimisation; evaluation of a
+routed prompt is a few tokens longer.
+
+The target's native-script form (``target_script``) is a rule-based rendering of the English
+spelling (``indic-transliteration``'s ITRANS reading of the lower-cased word): an
+approximation, which is why the Latin form always comes first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xling_edit.editing.base import EditOutcome, EditRequest, register_editor
+from xling_edit.evaluation.matching import ROMANIZED_THRESHOLD, answer_script, find_name
+
+_SCHEMES = {"Devanagari": "DEVANAGARI", "Tamil": "TAMIL", "Kannada": "KANNADA", "Bengali": "BENGALI",
+            "Telugu": "TELUGU", "Malayalam": "MALAYALAM", "Gujarati": "GUJARATI",
+            "Gurmukhi": "GURMUKHI", "Oriya": "ORIYA"}
+
+
+@dataclass
+class RouteConfig:
+    """Retrieval-routed context edit (``method=route``; the module docstring says how it works).
+
+    Args:
+        name: registry name.
+        variant: configuration label recorded in results.
+        threshold: the router's rapidfuzz ratio (0-100) between the stored subject's phonetic
+            key and a prompt span's; default the answer matcher's ``romanized`` threshold.
+        fact: how the routed fact is written before the prompt: ``{span}`` the subject as the
+            prompt writes it, ``{subject}`` the stored subject, ``{target}`` the new target,
+            ``{target_native}`` `` (<target in the prompt's script>)`` or empty.
+        target_script: add ``{target_native}`` for prompts in an Indic script (rule-based
+            rendering of the English spelling by ``indic-transliteration``).
+        mode: only ``single``.
+        num_edits: unused (1).
+        subject_match_threshold: unused (kept so batch checks read the same field).
+    """
+
+    name: str = "route"
+    variant: str = "published"
+    threshold: float = ROMANIZED_THRESHOLD
+    fact: str = "{span} ({subject}): {target}{target_native}\n"
+    target_script: bool = True
+    mode: str = "single"
+    num_edits: int = 1
+    subject_match_threshold: float = 0.8
+
+
+def native_form(word: str, script: str | None) -> str | None:
+    """``word`` (Latin) written in ``script`` by ``indic-transliteration`` (ITRANS reading of
+    its lower-cased letters), or None for scripts it does not cover or non-Latin words."""
+    if script not in _SCHEMES or answer_script(word) != "Latin":
+        return None
+    from indic_transliteration import sanscript
+
+    return sanscript.transliterate(word.lower(), sanscript.ITRANS, getattr(sanscript, _SCHEMES[script]))
+
+
+class Router:
+    """``(lang, prompt) -> context``: the stored fact before a prompt that names its subject.
+    Records what it did for every prompt (``decisions``)."""
+
+    def __init__(self, subject: str, target: str, hp: RouteConfig):
+        self.subject, self.target, self.hp = subject, target, hp
+        self.decisions: list[dict] = []
+
+    def __call__(self, lang: str, prompt: str) -> str:
+        span = find_name(prompt, self.subject, float(self.hp.threshold))
+        self.decisions.append({"lang": lang, "prompt": prompt, "span": span.text if span else None,
+                               "score": round(span.score, 1) if span else None})
+        if span is None:
+            return ""
+        native = native_form(self.target, answer_script(prompt)) if self.hp.target_script else None
+        return self.hp.fact.format(span=span.text, subject=self.subject, target=self.target,
+                                   target_native=f" ({native})" if native else "")
+
+
+@register_editor("route", schema=RouteConfig)
+class RouteEditor:
+    """``method=route`` (module docstring): a context edit whose context is a :class:`Router`."""
+
+    kind = "context"
+    batched = False
+
+    def __init__(self, hparams, spec=None, seed: int = 0, covariance=None, covariance_label=None):
+        self.hp = RouteConfig(**{f: hparams[f] for f in RouteConfig.__dataclass_fields__ if f in hparams})
+
+    @property
+    def edit_layers(self) -> list[int]:
+        return []  # touches no weight
+
+    def edit(self, model, tok, request: EditRequest) -> EditOutcome:
+        rec = request.record  # the edit language's record: subject, prompt, target_new
+        router = Router(rec.subject.strip(), rec.target_new.strip(), self.hp)
+        return EditOutcome(deltas=[], context=router, info={
+            "method": "route", "variant": self.hp.variant, "threshold": float(self.hp.threshold),
+            "stored": {"subject": router.subject, "target": router.target,
+                       "lang": str(request.lang["code"])}})
