@@ -65,3 +65,22 @@ def test_cut_answer_rules():
     assert cut_answer(" U.S.A", [". "]) == ("U.S.A", None)  # a bare mark does not end it
     assert cut_answer(" दिल्ली। यह", ["।"]) == ("दिल्ली", "sentence_end")
     assert cut_answer("   ", [". "]) == ("", None)
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma3"])
+def test_rows_that_stop_early_leave_the_batch_without_changing_the_others(name):
+    """Stops on common letters end rows at different steps, so finished rows are dropped from
+    the batch and its cache mid-way; every row must still decode what it decodes alone."""
+    model, tok = tiny_model(name)
+    prompts = PROMPTS * 2 + ["Another one", "and more text here"]
+    free = generate_answers(model, tok, prompts, max_new_tokens=12, batch_size=32)
+    # each row stops at a character of its own free answer, at a different place per row
+    stops = []
+    for i, g in enumerate(free):
+        body = g.raw.lstrip()
+        stops.append((body[min(len(body) - 1, 1 + i % 5)],) if len(body) > 2 else ())
+    batched = generate_answers(model, tok, prompts, stops, max_new_tokens=12, batch_size=32)
+    lengths = {g.n_tokens for g in batched}
+    assert len(lengths) > 1, "no row stopped early: the test does not exercise pruning"
+    for p, st, b in zip(prompts, stops, batched):
+        assert b == generate_answers(model, tok, [p], [st], max_new_tokens=12)[0], (name, p)

@@ -3,8 +3,9 @@
 :func:`generate_answers` decodes every prompt greedily. Prompts are batched (left padded, with
 position ids counted from each row's first real token, so a padded row computes what it would
 alone), the prompt is encoded once and every later step feeds one token per row through the
-model's KV cache, the LM head is applied at the last position only (``logits_to_keep=1``), and
-the loop ends as soon as every row has stopped. A row stops at
+model's KV cache, the LM head is applied at the last position only (``logits_to_keep=1``), a row
+that has stopped leaves the batch (its cache rows are dropped), and the loop ends as soon as
+every row has stopped. A row stops at
 
 - the tokenizer's EOS (or any of the model's ``eos_token_id``\\ s),
 - a newline, or one of its language's ``sentence_end`` strings, *once the answer has begun*
@@ -109,6 +110,7 @@ def _greedy(model, tok, seqs: list[list[int]], stops: list[Sequence[str]], cap: 
     texts = [""] * n
     past, step_ids, step_pos = None, ids, pos
     cache_kw = _cache_keyword(model)
+    live = list(range(n))  # original rows still decoding, in the order of the batch's rows
     for _ in range(cap):
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
                     use_cache=True, logits_to_keep=1, **{cache_kw: past})
@@ -116,10 +118,8 @@ def _greedy(model, tok, seqs: list[list[int]], stops: list[Sequence[str]], cap: 
         if past is None:
             past = getattr(out, "cache", None)
         nxt = out.logits[:, -1].argmax(-1)
-        for r in range(n):
-            if done[r]:
-                continue
-            t = int(nxt[r])
+        for b, r in enumerate(live):
+            t = int(nxt[b])
             if t in eos:
                 done[r], why[r] = True, "eos"
                 continue
@@ -128,10 +128,17 @@ def _greedy(model, tok, seqs: list[list[int]], stops: list[Sequence[str]], cap: 
             _, reason = cut_answer(texts[r], stops[r])
             if reason is not None:
                 done[r], why[r] = True, reason
-        if all(done):
+        keep = [b for b, r in enumerate(live) if not done[r]]
+        if not keep:
             break
+        if len(keep) < len(live) and hasattr(past, "reorder_cache"):
+            # finished rows leave the batch: later steps compute only the rows still answering
+            sel = torch.tensor(keep, device=nxt.device)
+            past.reorder_cache(sel)
+            nxt, mask, step_pos = nxt[sel], mask[sel], step_pos[sel]
+            live = [live[b] for b in keep]
         step_ids = nxt[:, None]
         step_pos = step_pos[:, -1:] + 1
-        mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
     return [Generated(cut_answer(texts[r], stops[r])[0], texts[r], len(generated[r]), why[r],
                       tuple(generated[r])) for r in range(n)]
