@@ -6,8 +6,8 @@ by the match cascade (:func:`xling_edit.evaluation.matching.match_answer`) again
 metric expects in that language:
 
 - reliability / generalization: ``target_new``; ``also`` (reported as ``other_form``): the
-  edit language's and English ``target_new`` where they are spelled differently;
-- portability: the one-hop answer (``also``: the same item's edit-language / English answer);
+  case's ``target_new`` in its other languages (English first) where spelled differently;
+- portability: the one-hop answer (``also``: the same item's answer in the other languages);
 - locality: the unrelated prompt's true answer (``also`` likewise).
 
 Keys per (case, language, phase), beside the teacher-forced ones (:data:`GEN_KEYS`):
@@ -69,7 +69,9 @@ def answer_prompts(case: EditCase, langs: Sequence[str], edit_lang: str,
     """The prompts whose answers are generated for ``case`` in ``langs``, in a fixed order that
     does not depend on ``context`` (so post-edit answers pair with pre-edit ones)."""
     out: list[AnswerPrompt] = []
-    refs = [case.langs[c] for c in dict.fromkeys((edit_lang, "en")) if c in case.langs]
+    # the other forms: every language version of the case (English first), so that the
+    # pre-edit judgement does not depend on which language is edited or evaluated
+    refs = [case.langs[c] for c in dict.fromkeys(("en", edit_lang, *sorted(case.langs))) if c in case.langs]
     for lang in langs:
         rec = case.langs.get(lang)
         if rec is None:
