@@ -33,13 +33,28 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--threshold", type=float, default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-partial", action="store_true", help="whole subjects only (partial=false)")
     a = ap.parse_args(argv)
-    from xling_edit.editing.route import RouteConfig
-    from xling_edit.evaluation.matching import find_name
+    from xling_edit.editing.route import RouteConfig, Router
 
-    thr = a.threshold if a.threshold is not None else RouteConfig().threshold
+    hp = RouteConfig(partial=not a.no_partial)
+    if a.threshold is not None:
+        hp.threshold = a.threshold
+    thr = hp.threshold
+
+    def find_name(prompt, subject, _thr):
+        """The router's own decision (whole subject, then its distinctive words)."""
+        r = Router(subject, "x", hp)
+        r("xx", prompt)
+        d = r.decisions[-1]
+        if d["span"] is None:
+            return None
+        from xling_edit.evaluation.matching import NameSpan
+
+        start = prompt.find(d["span"])
+        return NameSpan(start, start + len(d["span"]), d["span"], d["score"])
     lo, hi = (int(x) for x in a.rows.split("-"))
-    out = {"threshold": thr, "rows": a.rows, "langs": {}}
+    out = {"threshold": thr, "partial": hp.partial, "rows": a.rows, "langs": {}}
     t0 = time.perf_counter()
     for lang in a.langs:
         recs = json.loads((Path(a.data) / f"counterfact_test_{lang}.json").read_text(encoding="utf-8"))

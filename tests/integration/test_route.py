@@ -71,3 +71,18 @@ def test_route_end_to_end(tmp_path):
     # English prompts name their subject: the fact is routed, so the English rows changed
     en = [l for l in lines if l["eval_lang"] == "en"]
     assert all(l["post"]["reliability.gen"] is not None for l in en)
+
+
+def test_partial_subject_finds_a_translated_title_by_its_name():
+    rec = LangRecord(subject="The Revenge of Shinobi", prompt="Who created The Revenge of Shinobi?",
+                     target_new="Adobe")
+    hi_prompt = "शिनोबी की प्रतिशोध किसने बनाई?"
+    with_partial = RouteEditor({}).edit(None, None, EditRequest("c", language("en"), rec)).context
+    assert context_for(with_partial, "hi", hi_prompt).startswith("शिनोबी (The Revenge of Shinobi): Adobe")
+    whole_only = RouteEditor({"partial": False}).edit(None, None, EditRequest("c", language("en"), rec)).context
+    assert context_for(whole_only, "hi", hi_prompt) == ""
+    # generic words never stand for the subject alone
+    from xling_edit.editing.route import distinctive_words
+
+    assert distinctive_words("Royal Moroccan Football Federation", 5) == ["Federation", "Moroccan"]
+    assert context_for(with_partial, "hi", "बदला क्या है?") == ""

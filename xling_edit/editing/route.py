@@ -52,6 +52,13 @@ class RouteConfig:
             ``{target_native}`` `` (<target in the prompt's script>)`` or empty.
         target_script: add ``{target_native}`` for prompts in an Indic script (rule-based
             rendering of the English spelling by ``indic-transliteration``).
+        partial: when the whole subject is not found, look for its distinctive words alone
+            (capitalised, at least ``partial_min_len`` letters, not a generic word such as
+            "University", "Republic", "River": :data:`GENERIC_WORDS`), longest first, as one
+            prompt word with a phonetic key of 4 letters or more, at ``partial_threshold``: a translated title keeps its name ("The Revenge of
+            Shinobi" → शिनोबी की प्रतिशोध).
+        partial_threshold: the stricter ratio a single distinctive word must reach.
+        partial_min_len: the shortest distinctive word (letters).
         mode: only ``single``.
         num_edits: unused (1).
         subject_match_threshold: unused (kept so batch checks read the same field).
@@ -62,6 +69,9 @@ class RouteConfig:
     threshold: float = ROMANIZED_THRESHOLD
     fact: str = "{span} ({subject}): {target}{target_native}\n"
     target_script: bool = True
+    partial: bool = True
+    partial_threshold: float = 90.0
+    partial_min_len: int = 5
     mode: str = "single"
     num_edits: int = 1
     subject_match_threshold: float = 0.8
@@ -77,6 +87,23 @@ def native_form(word: str, script: str | None) -> str | None:
     return sanscript.transliterate(word.lower(), sanscript.ITRANS, getattr(sanscript, _SCHEMES[script]))
 
 
+#: words of a subject never searched alone (``RouteConfig.partial``): generic parts of names
+GENERIC_WORDS = frozenset("""the and for with from university college school church river lake
+mount saint station airport republic kingdom national international football club association
+company party city county district province state museum hospital festival award prize street
+road bridge park island islands north south east west northern southern eastern western new old
+great royal first second third central united american british english french german indian
+world history league cup championship series film album song band group team""".split())
+
+
+def distinctive_words(subject: str, min_len: int) -> list[str]:
+    """The subject's words that can stand for it alone (``RouteConfig.partial``), longest first."""
+    words = [w for w in subject.replace("-", " ").split() if w[:1].isupper()]
+    keep = [w.strip(".,'\"()") for w in words]
+    keep = [w for w in keep if len(w) >= min_len and w.lower() not in GENERIC_WORDS]
+    return sorted(dict.fromkeys(keep), key=len, reverse=True)
+
+
 class Router:
     """``(lang, prompt) -> context``: the stored fact before a prompt that names its subject.
     Records what it did for every prompt (``decisions``)."""
@@ -87,6 +114,12 @@ class Router:
 
     def __call__(self, lang: str, prompt: str) -> str:
         span = find_name(prompt, self.subject, float(self.hp.threshold))
+        if span is None and self.hp.partial:
+            for word in distinctive_words(self.subject, int(self.hp.partial_min_len)):
+                span = find_name(prompt, word, float(self.hp.partial_threshold), same_length=True,
+                                 min_key=4)
+                if span is not None:
+                    break
         self.decisions.append({"lang": lang, "prompt": prompt, "span": span.text if span else None,
                                "score": round(span.score, 1) if span else None})
         if span is None:

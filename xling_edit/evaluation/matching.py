@@ -260,7 +260,8 @@ class NameSpan:
     score: float  # 100 for a normalised match, else the phonetic-key ratio
 
 
-def find_name(text: str, name: str, threshold: float = ROMANIZED_THRESHOLD) -> NameSpan | None:
+def find_name(text: str, name: str, threshold: float = ROMANIZED_THRESHOLD,
+              same_length: bool = False, min_key: int = 0) -> NameSpan | None:
     """The span of ``text`` that writes ``name`` — in any script, possibly inflected — or None.
 
     Windows of the text's words (the name's word count ±1) are compared with the name: equal
@@ -268,16 +269,20 @@ def find_name(text: str, name: str, threshold: float = ROMANIZED_THRESHOLD) -> N
     (:func:`phonetic_key` of :func:`romanize`), where the window's key may also be cut to the
     name key's length + 1 (a case suffix written onto the name: Tamil ஹியூஸின், "Hughes's").
     Keys must agree on starting with a vowel or not, and keys shorter than :data:`MIN_KEY_LEN`
-    must be identical. The best window at or above ``threshold`` wins (ties: the first)."""
+    must be identical. The best window at or above ``threshold`` wins (ties: the first).
+    ``same_length``: windows of exactly the name's word count; ``min_key``: None when the
+    name's key is shorter (a single short word is too little evidence)."""
     words = [(m.start(), m.end(), m.group()) for m in _TOKEN.finditer(text)]
     n_words = _words(name)
     if not words or not n_words:
         return None
     n_norm = " ".join(n_words)
     t = "".join(phonetic_key(romanize(w)) for w in n_words)
+    if len(t) < min_key:
+        return None
     n = len(n_words)
     best: NameSpan | None = None
-    for size in sorted({max(1, n - 1), n, n + 1}):
+    for size in ([n] if same_length else sorted({max(1, n - 1), n, n + 1})):
         for i in range(0, max(0, len(words) - size) + 1):
             win = words[i: i + size]
             start, end = win[0][0], win[-1][1]
