@@ -240,3 +240,18 @@ def test_disabled_mode_writes_nothing(tmp_path):
     with build_logger(cfg) as logger:
         drive(logger, cfg, job, lines, info, rows)
     assert offline_runs(job) == []
+
+
+def test_answers_table_rows_list_every_prompt_of_every_line():
+    wl = pytest.importorskip("xling_edit.loggers.wandb_logger")
+    lines = [{"case_id": "c1", "edit_lang": "en", "eval_lang": "hi",
+              "answers": [{"metric": "reliability", "index": 0, "prompt": "p?", "target": "t",
+                           "pre": "x", "pre_rung": "none", "post": "t", "post_rung": "exact",
+                           "post_script": "Devanagari"},
+                          {"metric": "locality", "index": 0, "prompt": "q?", "target": "u",
+                           "pre": "u", "pre_rung": "exact", "post": "u", "post_rung": "exact",
+                           "post_script": "Latin"}]},
+             {"case_id": "c2", "edit_lang": "en", "eval_lang": "hi", "status": "skipped"}]
+    rows = wl.answers_table_rows(lines)
+    assert len(rows) == 2 and len(rows[0]) == len(wl.ANSWER_COLUMNS)
+    assert rows[0][:4] == ["c1", "en", "hi", "reliability"] and rows[0][-3:] == ["t", "exact", "Devanagari"]
