@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared" / "data"
-DATA = SHARED / "bmike53" / "counterfact"
+from tests.conftest import ROOT
+
 PAIRS = ROOT / "tests" / "fixtures" / "cross_script_pairs.json"
 LABELS = ROOT / "tests" / "fixtures" / "cross_script_labels.json"
 KINDS = {"translit", "translation", "mixed", "same"}
@@ -37,11 +36,9 @@ def labels() -> dict:
 
 
 @pytest.fixture(scope="module")
-def data() -> Path:
-    if not DATA.is_dir():
-        pytest.skip(f"BMIKE-53 CounterFact data not found at {DATA} (../shared/data beside the project; "
-                    f"a fresh clone does not have it)")
-    return DATA
+def data(shared_data) -> Path:
+    """BMIKE-53 CounterFact in ../shared/data (the test skips when it is absent)."""
+    return shared_data / "bmike53" / "counterfact"
 
 
 def balance_problems(items: list[dict]) -> list[str]:
