@@ -1,0 +1,161 @@
+"""Go/no-go for ``method=keybridge`` (MEMIT with cross-script keys): can an English subject key
+predict the same subject's Hindi / Tamil key?
+
+MEMIT writes a value for a key: the edited projection's input at the subject's last token. An
+English edit writes it for the English key only; a Hindi question about the same subject reads
+the projection at the Hindi key. keybridge would fit, once per model, layer and language, a
+linear map from English subject keys to the language's subject keys on held-out subject pairs
+(BMIKE-53 rows >= 100, never an evaluated row), predict the Hindi/Tamil keys at edit time, and
+write the value for all of them. It is worth building only if the predicted key identifies the
+true one: the issue's bar is top-1 retrieval among 100 held-out candidates at least half the
+time (chance 0.01).
+
+Here, per language: keys at the edited layer (``--layer``, default the model's MEMIT layer) at
+the last token of the gold subject span in each row's edit prompt (rows where the translated
+subject does not occur verbatim are left out), bare prompts (no context prefixes). The first
+``--test`` valid rows from row 100 are the test set (100 candidates), the rest the training
+set; the ridge strength is chosen on the last fifth of the training rows. Reported: top-1 and
+top-5 retrieval of the true key among the test keys by cosine, for the ridge map, for the
+English key itself (no map), and chance.
+
+    .venv/bin/python bench/keybridge_gonogo.py [--langs hi ta] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data" / "bmike53" / "counterfact"
+
+
+class _Stop(Exception):
+    pass
+
+
+def subject_keys(model, tok, spec, layer: int, items, batch: int = 16):
+    """The down-projection input at the last token of each (prompt, subject span) item."""
+    import torch
+
+    from xling_edit.evaluation.forward import pad_right
+    from xling_edit.evaluation.text import encode, last_token_in_span
+
+    mod = spec.module(model, "down_proj", layer)
+    out = []
+    for b in range(0, len(items), batch):
+        chunk = items[b: b + batch]
+        encs = [encode(tok, p) for p, _, _ in chunk]
+        pos = [last_token_in_span(e, s, t) for e, (_, s, t) in zip(encs, chunk)]
+        ids, mask = pad_right([e.input_ids for e in encs], tok.pad_token_id, "cpu")
+        got = {}
+
+        def hook(_m, inp):
+            got["x"] = inp[0].detach()
+            raise _Stop  # nothing above the edited layer is needed
+
+        h = mod.register_forward_pre_hook(hook)
+        try:
+            with torch.inference_mode():
+                model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
+        except _Stop:
+            pass
+        finally:
+            h.remove()
+        out.append(got["x"][torch.arange(len(chunk)), torch.tensor(pos)].double())
+    return torch.cat(out)
+
+
+def ridge(X, Y, lam):
+    import torch
+
+    n = X.shape[0]
+    A = X @ X.T + lam * torch.eye(n, dtype=X.dtype)
+    return X.T @ torch.linalg.solve(A, Y)
+
+
+def retrieval(P, T, ks=(1, 5)):
+    """Share of rows i whose prediction P[i] is closest (cosine) to T[i] among all rows of T."""
+    import torch
+
+    Pn = P / P.norm(dim=1, keepdim=True)
+    Tn = T / T.norm(dim=1, keepdim=True)
+    sims = Pn @ Tn.T
+    ranks = (sims > sims.diag()[:, None]).sum(dim=1)
+    return {f"top{k}": float((ranks < k).double().mean()) for k in ks}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="gemma3_270m")
+    ap.add_argument("--langs", nargs="+", default=["hi", "ta"])
+    ap.add_argument("--layer", type=int, default=None)
+    ap.add_argument("--test", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    import torch
+
+    from xling_edit.bench.edit_bench import compose
+    from xling_edit.models import ModelSpec, load_model
+
+    torch.set_num_threads(a.threads)
+    cfg = compose(a.model, [])
+    layer = a.layer if a.layer is not None else int(cfg.model.hparams.memit.layers[-1])
+    model, tok = load_model(cfg.model, seed=0)
+    spec = ModelSpec.from_config(cfg.model.templates)
+    res = {"model": a.model, "layer": layer, "langs": {}}
+    t0 = time.perf_counter()
+    for lang in a.langs:
+        recs = json.loads((DATA / f"counterfact_test_{lang}.json").read_text(encoding="utf-8"))
+        en_items, xx_items, rows = [], [], []
+        for r in range(100, len(recs)):  # rows >= 100 only: never an evaluated row
+            rec = recs[r]
+            if lang not in rec:
+                continue
+            e, x = rec["en"], rec[lang]
+            es, xs = e["src"].find(e["subject"]), x["src"].find(x["subject"])
+            if es < 0 or xs < 0 or not x["subject"].strip():
+                continue
+            en_items.append((e["src"], es, es + len(e["subject"])))
+            xx_items.append((x["src"], xs, xs + len(x["subject"])))
+            rows.append(r)
+        K_en = subject_keys(model, tok, spec, layer, en_items)
+        K_xx = subject_keys(model, tok, spec, layer, xx_items)
+        n_test = a.test
+        te, tr = slice(0, n_test), slice(n_test, len(rows))
+        Xtr, Ytr = K_en[tr], K_xx[tr]
+        mu_x, mu_y = Xtr.mean(0), Ytr.mean(0)
+        n_val = max(1, Xtr.shape[0] // 5)
+        best = None
+        for lam in (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4):
+            W = ridge(Xtr[:-n_val] - mu_x, Ytr[:-n_val] - mu_y, lam)
+            v = retrieval((Xtr[-n_val:] - mu_x) @ W + mu_y, Ytr[-n_val:])["top1"]
+            if best is None or v > best[1]:
+                best = (lam, v)
+        W = ridge(Xtr - mu_x, Ytr - mu_y, best[0])
+        P = (K_en[te] - mu_x) @ W + mu_y
+        out = {"rows_used": len(rows), "train": Xtr.shape[0], "test": n_test,
+               "test_rows": [rows[0], rows[n_test - 1]], "ridge_lambda": best[0],
+               "val_top1": best[1], "map": retrieval(P, K_xx[te]),
+               "english_key_itself": retrieval(K_en[te], K_xx[te]),
+               "chance_top1": 1 / n_test,
+               "cosine_pred_true_mean": float(torch.nn.functional.cosine_similarity(P, K_xx[te]).mean()),
+               "cosine_en_true_mean": float(torch.nn.functional.cosine_similarity(K_en[te], K_xx[te]).mean())}
+        res["langs"][lang] = out
+        print(lang, json.dumps(out), flush=True)
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    verdict = {l: ("go" if v["map"]["top1"] >= 0.5 else "no-go") for l, v in res["langs"].items()}
+    res["verdict"] = verdict
+    print("verdict (top-1 >= 0.5):", verdict)
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
