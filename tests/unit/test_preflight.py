@@ -105,6 +105,11 @@ def test_missing_field_names_file_case_and_field(tmp_path, no_weights):
     (["method=rome", "method.mode=batch"], "method.mode=batch needs a method that edits many facts at once"),
     (["stats.langs=[xx]"], "stats.langs ['xx']: none has a built-in statistics text"),
     (["+model.hparams.rome.nonsense=1"], "model.hparams.rome has unknown fields ['nonsense']"),
+    # what generated-answer evaluation reads from a language file, and its token cap
+    (["edit_lang.script=Klingon"], "conf/edit_lang/en.yaml: script 'Klingon' is not a Unicode script name"),
+    (["edit_lang.morphology.suffixes=[a b]"], "conf/edit_lang/en.yaml: morphology.suffixes: 'a b' is not a non-empty string without spaces"),
+    (["edit_lang.morphology.min_stem=0"], "morphology.min_stem must be an integer >= 1"),
+    (["eval.max_new_tokens=0"], "eval.max_new_tokens must be an integer >= 1"),
 ])
 def test_configuration_errors_fail_before_loading(tmp_path, no_weights, overrides, expected):
     assert expected in fails_before_loading(tmp_path, *overrides)
