@@ -49,7 +49,8 @@ class RouteConfig:
             key and a prompt span's; default the answer matcher's ``romanized`` threshold.
         fact: how the routed fact is written before the prompt: ``{span}`` the subject as the
             prompt writes it, ``{subject}`` the stored subject, ``{target}`` the new target,
-            ``{target_native}`` `` (<target in the prompt's script>)`` or empty.
+            ``{target_native}`` `` (<target in the prompt's script>)`` or empty, ``{prompt}``
+            the stored edit prompt (with the edit's answer cue).
         target_script: add ``{target_native}`` for prompts in an Indic script (rule-based
             rendering of the English spelling by ``indic-transliteration``).
         partial: when the whole subject is not found, look for its distinctive words alone
@@ -108,8 +109,8 @@ class Router:
     """``(lang, prompt) -> context``: the stored fact before a prompt that names its subject.
     Records what it did for every prompt (``decisions``)."""
 
-    def __init__(self, subject: str, target: str, hp: RouteConfig):
-        self.subject, self.target, self.hp = subject, target, hp
+    def __init__(self, subject: str, target: str, hp: RouteConfig, prompt: str = ""):
+        self.subject, self.target, self.hp, self.prompt = subject, target, hp, prompt
         self.decisions: list[dict] = []
 
     def __call__(self, lang: str, prompt: str) -> str:
@@ -126,7 +127,7 @@ class Router:
             return ""
         native = native_form(self.target, answer_script(prompt)) if self.hp.target_script else None
         return self.hp.fact.format(span=span.text, subject=self.subject, target=self.target,
-                                   target_native=f" ({native})" if native else "")
+                                   target_native=f" ({native})" if native else "", prompt=self.prompt)
 
 
 @register_editor("route", schema=RouteConfig)
@@ -145,7 +146,8 @@ class RouteEditor:
 
     def edit(self, model, tok, request: EditRequest) -> EditOutcome:
         rec = request.record  # the edit language's record: subject, prompt, target_new
-        router = Router(rec.subject.strip(), rec.target_new.strip(), self.hp)
+        router = Router(rec.subject.strip(), rec.target_new.strip(), self.hp,
+                        rec.prompt.strip() + request.answer_prefix)
         return EditOutcome(deltas=[], context=router, info={
             "method": "route", "variant": self.hp.variant, "threshold": float(self.hp.threshold),
             "stored": {"subject": router.subject, "target": router.target,
