@@ -14,9 +14,11 @@ Here, per language: keys at the edited layer (``--layer``, default the model's M
 the last token of the gold subject span in each row's edit prompt (rows where the translated
 subject does not occur verbatim are left out), bare prompts (no context prefixes). The first
 ``--test`` valid rows from row 100 are the test set (100 candidates), the rest the training
-set; the ridge strength is chosen on the last fifth of the training rows. Reported: top-1 and
-top-5 retrieval of the true key among the test keys by cosine, for the ridge map, for the
-English key itself (no map), and chance.
+set; each map's ridge strength is chosen on the last fifth of the training rows. Reported:
+top-1 and top-5 retrieval of the true key among the test keys by cosine for a centred ridge map,
+for the English key plus the mean shift plus a ridge fit of the residual (identity prior), for
+the mean shift alone, for the English key itself (no map), and chance. ``map`` is the map with
+the better validation top-1 (chosen without the test rows).
 
     .venv/bin/python bench/keybridge_gonogo.py [--langs hi ta] [--json OUT]
 """
@@ -131,21 +133,39 @@ def main(argv=None) -> int:
         Xtr, Ytr = K_en[tr], K_xx[tr]
         mu_x, mu_y = Xtr.mean(0), Ytr.mean(0)
         n_val = max(1, Xtr.shape[0] // 5)
-        best = None
-        for lam in (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4):
-            W = ridge(Xtr[:-n_val] - mu_x, Ytr[:-n_val] - mu_y, lam)
-            v = retrieval((Xtr[-n_val:] - mu_x) @ W + mu_y, Ytr[-n_val:])["top1"]
-            if best is None or v > best[1]:
-                best = (lam, v)
-        W = ridge(Xtr - mu_x, Ytr - mu_y, best[0])
-        P = (K_en[te] - mu_x) @ W + mu_y
+        lams = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
+
+        def fit(kind, X, Y, lam):
+            """A predictor X -> Y: ``ridge`` (centred ridge regression) or ``identity+ridge``
+            (the English key plus the mean shift plus a ridge fit of the residual: the
+            identity is the prior the ridge shrinks to)."""
+            mx, my = X.mean(0), Y.mean(0)
+            if kind == "ridge":
+                W = ridge(X - mx, Y - my, lam)
+                return lambda Z: (Z - mx) @ W + my
+            W = ridge(X - mx, (Y - X) - (my - mx), lam)
+            return lambda Z: Z + (my - mx) + (Z - mx) @ W
+
+        maps = {}
+        for kind in ("ridge", "identity+ridge"):
+            best = None
+            for lam in lams:
+                f = fit(kind, Xtr[:-n_val], Ytr[:-n_val], lam)
+                v = retrieval(f(Xtr[-n_val:]), Ytr[-n_val:])["top1"]
+                if best is None or v > best[1]:
+                    best = (lam, v)
+            f = fit(kind, Xtr, Ytr, best[0])
+            P = f(K_en[te])
+            maps[kind] = {"lambda": best[0], "val_top1": best[1], **retrieval(P, K_xx[te]),
+                          "cosine_pred_true_mean": float(torch.nn.functional.cosine_similarity(P, K_xx[te]).mean())}
+        shift = K_en[te] + (mu_y - mu_x)
         out = {"rows_used": len(rows), "train": Xtr.shape[0], "test": n_test,
-               "test_rows": [rows[0], rows[n_test - 1]], "ridge_lambda": best[0],
-               "val_top1": best[1], "map": retrieval(P, K_xx[te]),
+               "test_rows": [rows[0], rows[n_test - 1]], "maps": maps,
+               "mean_shift": retrieval(shift, K_xx[te]),
                "english_key_itself": retrieval(K_en[te], K_xx[te]),
                "chance_top1": 1 / n_test,
-               "cosine_pred_true_mean": float(torch.nn.functional.cosine_similarity(P, K_xx[te]).mean()),
                "cosine_en_true_mean": float(torch.nn.functional.cosine_similarity(K_en[te], K_xx[te]).mean())}
+        out["map"] = max([maps["ridge"], maps["identity+ridge"]], key=lambda m: m["val_top1"])
         res["langs"][lang] = out
         print(lang, json.dumps(out), flush=True)
     res["seconds"] = round(time.perf_counter() - t0, 1)
