@@ -93,3 +93,22 @@ def test_real_bmike53_counterfact(shared_data):
     assert ds.missing["en"] == 0
     c = ds.cases[0]
     assert c.langs["en"].target_new == "Philadelphia" and c.langs["ta"].prompt.endswith("?")
+
+
+def test_loader_normalises_text_to_nfc_and_counts_it():
+    """A Tamil subject in NFC and its prompt in NFD look the same and must compare equal."""
+    import unicodedata
+
+    from xling_edit.data.loaders import nfc_cases
+    from xling_edit.data.schema import QA, EditCase, LangRecord
+
+    subj = "சென்னை கோயில்"  # composed vowel signs in NFC; NFD splits ொ/ோ-like signs
+    nfd = unicodedata.normalize("NFD", "கொழும்பு " + subj)
+    assert nfd != unicodedata.normalize("NFC", nfd)
+    rec = LangRecord(subject=subj, prompt=nfd + " எங்கே?", target_new=unicodedata.normalize("NFD", "கொழும்பு"),
+                     locality=(QA(unicodedata.normalize("NFD", "கொ?"), "x"),))
+    cases = [EditCase("c1", {"ta": rec})]
+    assert nfc_cases(cases) == 3  # prompt, target, locality prompt
+    out = cases[0].langs["ta"]
+    assert all(unicodedata.is_normalized("NFC", t) for t in (out.prompt, out.target_new, out.locality[0].prompt))
+    assert nfc_cases(cases) == 0

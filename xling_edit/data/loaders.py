@@ -15,8 +15,9 @@ import importlib.resources
 import json
 import logging
 import os
+import unicodedata
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -311,5 +312,40 @@ def load_dataset(cfg: Mapping[str, Any], langs: Sequence[str],
         if max_cases < 1:
             raise ConfigError(f"data.max_cases must be >= 1 (null keeps every case), got {max_cases}")
         ds.cases = ds.cases[: int(max_cases)]
+    changed = nfc_cases(ds.cases)
+    if changed:
+        note = (f"{changed} text field(s) were not in Unicode NFC and were normalised (a subject "
+                f"and its prompt must compare equal however their letters were composed)")
+        ds.notes.append(note)
+        if report:
+            log.info("dataset %s: %s", name, note)
     ds.count_missing(langs)
     return ds
+
+
+def _nfc(text):
+    return unicodedata.normalize("NFC", text) if isinstance(text, str) else text
+
+
+def nfc_cases(cases: Sequence[EditCase]) -> int:
+    """Normalise every text of ``cases`` to Unicode NFC in place; returns how many fields
+    changed (a Tamil subject in NFC and its prompt in NFD look identical and never match)."""
+    changed = 0
+    for case in cases:
+        for lang, rec in list(case.langs.items()):
+            new = {}
+            for f in ("subject", "prompt", "target_new", "target_true"):
+                v = getattr(rec, f)
+                if _nfc(v) != v:
+                    new[f], changed = _nfc(v), changed + 1
+            reph = tuple(_nfc(x) for x in rec.rephrases)
+            changed += sum(a != b for a, b in zip(reph, rec.rephrases))
+            qas = {}
+            for f in ("locality", "portability"):
+                items = getattr(rec, f)
+                fixed = tuple(type(q)(_nfc(q.prompt), _nfc(q.answer)) for q in items)
+                changed += sum(q != r for q, r in zip(fixed, items))
+                qas[f] = fixed
+            if new or reph != rec.rephrases or any(qas[f] != getattr(rec, f) for f in qas):
+                case.langs[lang] = replace(rec, **new, rephrases=reph, **qas)
+    return changed
