@@ -25,6 +25,7 @@ TAMIL = Morphology(suffixes=("ில்", "க்கு"), stem_drop=("்",))
     ("लंदन", "London", "hi", (), "romanized"),
     ("India", "भारत", "hi", ("India",), "other_form"),                     # translation: only `also`
     ("Parisian", "Paris", "en", (), "none"),                               # same script: no fuzz
+    ('a Hebrew word meaning "the book of the soul" or', "तमिल", "hi", (), "none"),  # "the soul" is no window
     ("Toyota", "Honda", "en", (), "none"),
     ("Iraq", "Iran", "en", (), "none"),
     ("", "Paris", "en", (), "none"),

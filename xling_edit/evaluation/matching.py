@@ -216,8 +216,9 @@ def phonetic_key(word: str) -> str:
 
 def romanized_ratio(answer: str, target: str) -> float:
     """The best rapidfuzz ratio (0-100) between the target's phonetic key and the key of any
-    window of consecutive answer words of the target's word count ±1 written in another script
-    than the target (a same-script window is a spelling matter: 0; 0 also when either side has
+    window of consecutive answer words of the target's word count ±1 (a longer window only of
+    words with keys of :data:`MIN_KEY_LEN` letters or more) written in another script than the
+    target (a same-script window is a spelling matter: 0; 0 also when either side has
     no key of two letters); both keys must start with a vowel or both with a consonant, and keys
     shorter than :data:`MIN_KEY_LEN` letters must be identical."""
     from rapidfuzz import fuzz
@@ -236,6 +237,8 @@ def romanized_ratio(answer: str, target: str) -> float:
         for i in range(0, max(0, len(a_keys) - size) + 1):
             if answer_script(" ".join(a_words[i: i + size])) == t_script:
                 continue  # same script: spelling, not transliteration
+            if size > n and any(len(k) < MIN_KEY_LEN for k in a_keys[i: i + size]):
+                continue  # a longer window joins whole words only, not function words ("the soul")
             window = "".join(a_keys[i: i + size])
             if len(t) < MIN_KEY_LEN or len(window) < MIN_KEY_LEN:
                 best = max(best, 100.0 if window == t else 0.0)  # short keys: identical only
