@@ -107,3 +107,30 @@ def test_bad_cap_fails_before_loading(tmp_path):
 
     with pytest.raises(UserError, match="max_new_tokens must be an integer >= 1"):
         run(tmp_path, "eval.max_new_tokens=0")
+
+
+def test_rejudge_reproduces_the_run_and_follows_the_texts(tmp_path):
+    """Judging the stored answers again (no model) gives the run's own keys; a stored text
+    replaced by the expected answer then counts as matched."""
+    from xling_edit.evaluation.rejudge import rejudge_dir
+
+    run(tmp_path, "method=rome", "method.v_steps=2")
+    job = tmp_path / "job"
+    (job / ".hydra").mkdir(exist_ok=True)
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "model=tiny_llama", "data.max_cases=2", "eval_langs=[en,de,hi]"])
+    OmegaConf.save(cfg, job / ".hydra" / "config.yaml")
+    out, n = rejudge_dir(job)
+    before = [json.loads(l) for l in (job / "results.jsonl").read_text().splitlines()]
+    after = [json.loads(l) for l in out.read_text().splitlines()]
+    assert n == 0 and [l["post"] for l in after] == [l["post"] for l in before]
+    line = before[0]
+    rel = next(a for a in line["answers"] if a["metric"] == "reliability")
+    rel["post"] = rel["target"]
+    (job / "results.jsonl").write_text("".join(json.dumps(l, ensure_ascii=False) + "\n" for l in before))
+    out, n = rejudge_dir(job)
+    again = [json.loads(l) for l in out.read_text().splitlines()]
+    assert n >= 1 and again[0]["post"]["reliability.gen"] == 1.0
