@@ -36,15 +36,11 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "bmike53" / "counterfact"
 
 
-class _Stop(Exception):
-    pass
-
-
 def subject_keys(model, tok, spec, layer: int, items, batch: int = 16):
     """The down-projection input at the last token of each (prompt, subject span) item."""
     import torch
 
-    from xling_edit.evaluation.forward import pad_right
+    from xling_edit.evaluation.forward import _StopForward, pad_right
     from xling_edit.evaluation.text import encode, last_token_in_span
 
     mod = spec.module(model, "down_proj", layer)
@@ -58,13 +54,13 @@ def subject_keys(model, tok, spec, layer: int, items, batch: int = 16):
 
         def hook(_m, inp):
             got["x"] = inp[0].detach()
-            raise _Stop  # nothing above the edited layer is needed
+            raise _StopForward  # nothing above the edited layer is needed
 
         h = mod.register_forward_pre_hook(hook)
         try:
             with torch.inference_mode():
                 model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
-        except _Stop:
+        except _StopForward:
             pass
         finally:
             h.remove()

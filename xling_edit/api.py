@@ -72,6 +72,7 @@ def edit(overrides: Sequence[str] = (), *, subject: str, prompt: str, target: st
     from xling_edit.editing.base import EditRequest, build_editor
     from xling_edit.languages import DEFAULT_CONF_DIR, load_languages
     from xling_edit.models import ModelSpec, load_model
+    from xling_edit.models.loading import drop_gguf_quantizer
 
     cfg = compose([*overrides, f"edit_lang={lang}"])
     pipeline.seed_everything(cfg.seed)
@@ -98,15 +99,6 @@ def edit(overrides: Sequence[str] = (), *, subject: str, prompt: str, target: st
             params[d.param].add_(d.delta.to(params[d.param].dtype))
     model.xling_edit_context = out.context
     model.xling_edit_info = out.info
-    _make_saveable(model)
+    if getattr(model, "hf_quantizer", None) is not None:  # loaded straight from a GGUF file
+        drop_gguf_quantizer(model)
     return model, tok
-
-
-def _make_saveable(model) -> None:
-    """A model converted from GGUF refuses ``save_pretrained`` ("quantized with gguf");
-    its weights are plain fp32 tensors after loading, so clear the quantizer state."""
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config

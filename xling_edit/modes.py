@@ -244,7 +244,7 @@ def pre_answers(ev: CaseEval, ctx: Ctx) -> None:
     t = time.perf_counter()
     ev.prompts = gen_eval.answer_prompts(ev.case, ctx.eval_langs, ctx.edit_code, ctx.answer_prefix)
     texts = [p.text for p in ev.prompts]
-    stops = [tuple(ctx.registry[p.lang].get("sentence_end") or ()) for p in ev.prompts]
+    stops = gen_eval.stops_for(ev.prompts, ctx.registry)
     cache = ctx.pre_cache
     gens = cache.get_answers(texts, stops, _gen_options(ctx)) if cache is not None else None
     if gens is None:

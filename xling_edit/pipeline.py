@@ -31,6 +31,7 @@ from xling_edit.editing.base import build_editor
 from xling_edit.editing.stats import CovarianceProvider
 from xling_edit.errors import FailureGuard
 from xling_edit.evaluation.evaluate import EvalOptions, answer_prefixes
+from xling_edit.evaluation.matching import set_morphology
 from xling_edit.languages import (
     ALL_LANGUAGES, PROJECT_ROOT, find_conf_dir, load_languages, resolve_eval_langs,
 )
@@ -139,6 +140,8 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
     edit_code = str(cfg.edit_lang.code)
     registry[edit_code] = cfg.edit_lang  # the composed node is authoritative
     eval_langs = resolve_eval_langs(cfg.eval_langs, registry, edit_code)
+    for code in eval_langs:  # the answer matcher's inflection rules: the composed languages'
+        set_morphology(code, OmegaConf.to_container(registry[code].morphology))
     # {lang: text appended to every prompt before its answer} (data.answer_format)
     answer_format, prefixes = answer_prefixes(cfg.data, registry, eval_langs)
     spec = ModelSpec.from_config(cfg.model.templates)

@@ -53,11 +53,9 @@ def _check_languages_for_answers(cfg: DictConfig, registry, eval_langs) -> None:
         try:
             check_script(str(lang.script))
             morph = lang.get("morphology")
-            parse_morphology(OmegaConf.to_container(morph) if morph is not None else None,
-                             f"conf/edit_lang/{code}.yaml: morphology")
+            parse_morphology(OmegaConf.to_container(morph) if morph is not None else None)
         except ValueError as exc:
-            raise ConfigError(f"conf/edit_lang/{code}.yaml: {exc}" if "edit_lang" not in str(exc)
-                              else str(exc)) from None
+            raise ConfigError(f"conf/edit_lang/{code}.yaml: {exc}") from None
 
 
 def _check(cfg: DictConfig) -> dict[str, Any]:

@@ -148,6 +148,8 @@ def case_lines(ev, ctx, common: dict) -> list[dict]:
     subjects = info.pop("subjects", None)
     edited = [l for l in ctx.eval_langs if l in case.langs] if ctx.mode == "all_languages" else []
     rec_edit = case.langs.get(ctx.edit_code)
+    answers = answer_records(ev.prompts, ev.pre_judged, ev.post_judged if ev.status == "ok" else None) \
+        if ev.prompts and getattr(ctx.batch_size, "log_answers", False) else None
     lines = []
     for lang in ctx.eval_langs:
         rec = case.langs.get(lang)
@@ -172,9 +174,8 @@ def case_lines(ev, ctx, common: dict) -> list[dict]:
                 subject_words=len(rec.subject.split()),
             )
         line.update(subject=line_subject, edit=info, timings=ev.timings)
-        if ev.prompts and getattr(ctx.batch_size, "log_answers", False) and "pre" in line:
-            line["answers"] = answer_records(ev.prompts, ev.pre_judged,
-                                             ev.post_judged if ev.status == "ok" else None).get(lang, [])
+        if answers is not None and "pre" in line:
+            line["answers"] = answers.get(lang, [])
         lines.append(line)
     return lines
 

@@ -35,7 +35,7 @@ from typing import Mapping, Sequence
 
 from xling_edit.data.schema import EditCase
 from xling_edit.evaluation.evaluate import Context, context_for
-from xling_edit.evaluation.generate import Generated
+from xling_edit.evaluation.generate import Generated, generate_answers
 from xling_edit.evaluation.matching import (
     SUCCESS_RUNGS, answer_script, match_answer, ngram_entropy, same_answer,
 )
@@ -96,11 +96,11 @@ def answer_prompts(case: EditCase, langs: Sequence[str], edit_lang: str,
 
 
 def judge(prompts: Sequence[AnswerPrompt], gens: Sequence[Generated]) -> list[dict]:
-    """Per prompt: ``{"text", "rung", "script", "stop", "true_rung"}`` (true_rung on rel only)."""
+    """Per prompt: ``{"text", "rung", "script", "true_rung"}`` (true_rung on rel only)."""
     out = []
     for p, g in zip(prompts, gens):
         j = {"text": g.text, "rung": match_answer(g.text, p.target, p.lang, p.also),
-             "script": answer_script(g.text), "stop": g.stop}
+             "script": answer_script(g.text)}
         if p.kind == "rel" and p.true:
             j["true_rung"] = match_answer(g.text, p.true, p.lang)
         out.append(j)
@@ -161,13 +161,14 @@ def answer_records(prompts: Sequence[AnswerPrompt], pre: Sequence[dict] | None,
     return out
 
 
+def stops_for(prompts: Sequence[AnswerPrompt], languages: Mapping[str, Mapping]) -> list[tuple[str, ...]]:
+    """Each prompt's stop strings besides EOS and a newline: its language's ``sentence_end``."""
+    return [tuple(languages[p.lang].get("sentence_end") or ()) for p in prompts]
+
 
 def generate_for(model, tok, prompts: Sequence[AnswerPrompt], languages: Mapping[str, Mapping],
                  opts) -> list[Generated]:
     """The greedy answers to ``prompts`` (``opts``: the ``eval`` options: ``max_new_tokens``,
     ``gen_batch_size``); each stops at its language's ``sentence_end``."""
-    from xling_edit.evaluation.generate import generate_answers
-
-    stops = [tuple(languages[p.lang].get("sentence_end") or ()) for p in prompts]
-    return generate_answers(model, tok, [p.text for p in prompts], stops,
+    return generate_answers(model, tok, [p.text for p in prompts], stops_for(prompts, languages),
                             max_new_tokens=int(opts.max_new_tokens), batch_size=int(opts.gen_batch_size))

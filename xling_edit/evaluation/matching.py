@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Mapping, Sequence
 
@@ -56,7 +56,8 @@ _INDIC_SCRIPTS = ("Devanagari", "Bengali", "Gurmukhi", "Gujarati", "Oriya", "Tam
 _SCRIPT_RE = {s: regex.compile(rf"\p{{Script={s}}}") for s in (
     "Latin", *_INDIC_SCRIPTS, "Cyrillic", "Greek", "Arabic", "Hebrew", "Han", "Hiragana",
     "Katakana", "Hangul", "Thai", "Lao", "Khmer", "Myanmar", "Sinhala", "Tibetan", "Georgian",
-    "Armenian", "Ethiopic")}
+    "Armenian", "Ethiopic", "Bopomofo", "Mongolian", "Syriac", "Thaana", "Cherokee", "Ol_Chiki",
+    "Javanese", "Balinese", "Sundanese", "Tifinagh", "Canadian_Aboriginal")}
 
 
 # ------------------------------------------------------------------ scripts
@@ -79,16 +80,7 @@ def char_script(ch: str) -> str | None:
     for name, pat in _SCRIPT_RE.items():
         if pat.match(ch):
             return name
-    for name in _other_scripts():
-        if regex.match(rf"\p{{Script={name}}}", ch):
-            return name
     return None
-
-
-@lru_cache(maxsize=1)
-def _other_scripts() -> tuple[str, ...]:
-    return ("Bopomofo", "Mongolian", "Syriac", "Thaana", "Cherokee", "Ol_Chiki", "Javanese",
-            "Balinese", "Sundanese", "Tifinagh", "Canadian_Aboriginal")
 
 
 def answer_script(text: str) -> str | None:
@@ -221,8 +213,6 @@ def romanized_ratio(answer: str, target: str) -> float:
     target (a same-script window is a spelling matter: 0; 0 also when either side has
     no key of two letters); both keys must start with a vowel or both with a consonant, and keys
     shorter than :data:`MIN_KEY_LEN` letters must be identical."""
-    from rapidfuzz import fuzz
-
     t_words = _words(target)
     t_keys = [phonetic_key(romanize(w)) for w in t_words]
     t = "".join(t_keys)
@@ -239,13 +229,7 @@ def romanized_ratio(answer: str, target: str) -> float:
                 continue  # same script: spelling, not transliteration
             if size > n and any(len(k) < MIN_KEY_LEN for k in a_keys[i: i + size]):
                 continue  # a longer window joins whole words only, not function words ("the soul")
-            window = "".join(a_keys[i: i + size])
-            if len(t) < MIN_KEY_LEN or len(window) < MIN_KEY_LEN:
-                best = max(best, 100.0 if window == t else 0.0)  # short keys: identical only
-            elif (t[0] == "a") != (window[0] == "a"):
-                continue  # one starts with a vowel, the other not: another word
-            else:
-                best = max(best, fuzz.ratio(t, window))
+            best = max(best, _key_ratio(t, "".join(a_keys[i: i + size])))
     return best
 
 
@@ -294,13 +278,16 @@ def find_name(text: str, name: str, threshold: float = ROMANIZED_THRESHOLD,
                 score = 100.0
             else:
                 w = "".join(phonetic_key(romanize(x[2])) for x in win)
-                score = _key_ratio(t, w)
+                score = _key_ratio(t, w, suffix=True)
             if score >= threshold and (best is None or score > best.score):
                 best = NameSpan(start, end, chunk, score)
     return best
 
 
-def _key_ratio(t: str, w: str) -> float:
+def _key_ratio(t: str, w: str, suffix: bool = False) -> float:
+    """rapidfuzz ratio (0-100) of two phonetic keys: 0 when one starts with a vowel and the
+    other not, identity only for keys shorter than :data:`MIN_KEY_LEN`; ``suffix``: the second
+    key may also be cut to the first's length + 1 (a case suffix written onto a name)."""
     from rapidfuzz import fuzz
 
     if not t or not w:
@@ -310,7 +297,7 @@ def _key_ratio(t: str, w: str) -> float:
     if (t[0] == "a") != (w[0] == "a"):
         return 0.0
     score = fuzz.ratio(t, w)
-    if len(w) > len(t) + 1:
+    if suffix and len(w) > len(t) + 1:
         score = max(score, fuzz.ratio(t, w[: len(t) + 1]))
     return score
 

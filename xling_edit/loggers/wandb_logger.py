@@ -28,7 +28,6 @@ What is logged (``/`` separates W&B sections; metric keys use ``_`` instead of t
 
 from __future__ import annotations
 
-import json
 
 import logging
 import math
@@ -312,7 +311,9 @@ class WandbLogger(RunLogger):
         wandb, run = self.wandb, self.run
         rows = summary_table_rows(info, summary_rows)
         payload: dict[str, Any] = {"tables/summary": wandb.Table(columns=TABLE_COLUMNS, data=rows)}
-        answers = answers_table_rows(_read_lines(out_dir / "results.jsonl"))
+        from xling_edit.resume import RESULTS, read_lines
+
+        answers = answers_table_rows(read_lines(out_dir / RESULTS)[0])
         if answers:  # what the model said, per case, prompt and phase (eval.log_answers)
             payload["tables/answers"] = wandb.Table(columns=ANSWER_COLUMNS, data=answers)
         run.log(payload)
@@ -363,18 +364,6 @@ class WandbLogger(RunLogger):
 #: the per-case answers table's columns (one row per case, language and prompt)
 ANSWER_COLUMNS = ["case_id", "edit_lang", "eval_lang", "metric", "index", "prompt", "target",
                   "pre", "pre_rung", "post", "post_rung", "post_script"]
-
-
-def _read_lines(path: Path) -> list[dict]:
-    if not Path(path).is_file():
-        return []
-    out = []
-    for raw in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(raw))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 def answers_table_rows(lines: Sequence[Mapping]) -> list[list]:

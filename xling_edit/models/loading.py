@@ -35,6 +35,15 @@ def torch_dtype(name: str) -> torch.dtype:
         raise ConfigError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}") from None
 
 
+def drop_gguf_quantizer(model) -> None:
+    """transformers refuses to save a model "quantized with gguf"; its weights are already
+    dequantised, so dropping the quantizer state makes it an ordinary checkpoint."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
 def load_model(cfg: Mapping[str, Any], seed: int = 0):
     """Return ``(model, tokenizer)`` in eval mode with gradients off for every parameter."""
     source = cfg["source"]
@@ -260,12 +269,7 @@ def _gguf_cache(cfg: Mapping[str, Any]) -> str:
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
         )
-        # transformers refuses to save a model "quantized with gguf"; the weights are already
-        # dequantised, so dropping the quantizer state makes it an ordinary checkpoint.
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        drop_gguf_quantizer(model)
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
 
