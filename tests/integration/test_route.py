@@ -84,5 +84,37 @@ def test_partial_subject_finds_a_translated_title_by_its_name():
     # generic words never stand for the subject alone
     from xling_edit.editing.route import distinctive_words
 
-    assert distinctive_words("Royal Moroccan Football Federation", 5) == ["Federation", "Moroccan"]
+    assert distinctive_words("Royal Moroccan Football Federation", 5) == ["Moroccan"]
+    assert distinctive_words("Honda Insight", 5) == ["Insight"]  # a brand alone names others
+    assert distinctive_words("Honda N360", 5) == []
     assert context_for(with_partial, "hi", "बदला क्या है?") == ""
+
+
+@pytest.mark.parametrize("subject, lang, prompt", [
+    ("Honda Insight", "ta", "ஹோண்டா சில்வர் விங் எந்த நிறுவனத்தின் தயாரிப்பு?"),  # same brand
+    ("Ferrari Daytona", "hi", "कौन सी कंपनी ने फेरारी 400 विकसित की?"),
+    ("Sambir", "ta", "சிம்பெரோபோலின் அதிகாரப்பூர்வ மொழி என்ன?"),  # a prefix of a longer name
+    ("Mariana Pineda", "ta", "கொல்லுதல் என்ற படத்தில் எது மொழி பயன்படுத்தப்பட்டது?"),
+    ("Guillaume Durand", "ta", "கிளெமெண்ட் தேவாலயத்தில் எந்த பங்கு வகிக்கிறார்?"),  # one word of two
+    ("BMW E23", "ta", "BMW M30 ஐ யார் உருவாக்கினார்கள்?"),  # another model number
+    ("Windows XP", "en", "Which company produced Windows 3.0?"),
+    ("Vevo", "en", "Who owns Google Vault?"),  # a short key meets a common word
+    ("India", "en", "Which language is understood in Jamshedpur?"),
+])
+def test_router_leaves_neighbouring_subjects_alone(subject, lang, prompt):
+    """BMIKE-53 locality prompts the router used to route (rows 0-1030)."""
+    rec = LangRecord(subject=subject, prompt=f"Who made {subject}?", target_new="Nokia")
+    ctx = RouteEditor({}).edit(None, None, EditRequest("c", language("en"), rec)).context
+    assert context_for(ctx, lang, prompt) == ""
+
+
+@pytest.mark.parametrize("subject, lang, prompt, span", [
+    ("Simferopol", "ta", "சிம்பெரோபோலின் அதிகாரப்பூர்வ மொழி என்ன?", "சிம்பெரோபோலின்"),  # + ின்
+    ("Honda Insight", "hi", "होंडा इनसाइट किसने बनाई?", "होंडा इनसाइट"),
+    ("BMW M40", "ta", "BMW M40 ஐ யார் உருவாக்கினார்கள்?", "BMW M40"),
+    ("India", "hi", "इंडिया की राजधानी क्या है?", "इंडिया"),  # a short name written out
+])
+def test_router_still_finds_inflected_and_numbered_subjects(subject, lang, prompt, span):
+    rec = LangRecord(subject=subject, prompt=f"Who made {subject}?", target_new="Nokia")
+    ctx = RouteEditor({}).edit(None, None, EditRequest("c", language("en"), rec)).context
+    assert context_for(ctx, lang, prompt).startswith(f"{span} ({subject}): Nokia")

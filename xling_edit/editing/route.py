@@ -94,14 +94,22 @@ mount saint station airport republic kingdom national international football clu
 company party city county district province state museum hospital festival award prize street
 road bridge park island islands north south east west northern southern eastern western new old
 great royal first second third central united american british english french german indian
-world history league cup championship series film album song band group team""".split())
+world history league cup championship series film album song band group team federation press
+society institute foundation corporation municipality rural records airlines motors""".split())
 
 
 def distinctive_words(subject: str, min_len: int) -> list[str]:
-    """The subject's words that can stand for it alone (``RouteConfig.partial``), longest first."""
-    words = [w for w in subject.replace("-", " ").split() if w[:1].isupper()]
-    keep = [w.strip(".,'\"()") for w in words]
-    keep = [w for w in keep if len(w) >= min_len and w.lower() not in GENERIC_WORDS]
+    """The subject's words that can stand for it alone (``RouteConfig.partial``), longest first:
+    capitalised, at least ``min_len`` letters, not generic. The leading name word of a subject
+    with another name word (capitalised and not generic, or with a digit) is not one: a brand or
+    first name alone names other things too ("Honda" of "Honda Insight" is also in "Honda
+    Silver Wing"; "Windows" of "Windows XP" in "Windows 3.0")."""
+    words = [w.strip(".,'\"()") for w in subject.replace("-", " ").split()]
+    names = [w for w in words if (w[:1].isupper() and w.lower() not in GENERIC_WORDS)
+             or any(c.isdigit() for c in w)]
+    keep = [w for w in names if w[:1].isupper() and len(w) >= min_len and w.lower() not in GENERIC_WORDS]
+    if len(names) >= 2 and keep and keep[0] == names[0]:
+        keep = keep[1:]
     return sorted(dict.fromkeys(keep), key=len, reverse=True)
 
 
@@ -114,11 +122,11 @@ class Router:
         self.decisions: list[dict] = []
 
     def __call__(self, lang: str, prompt: str) -> str:
-        span = find_name(prompt, self.subject, float(self.hp.threshold))
+        span = find_name(prompt, self.subject, float(self.hp.threshold), lang=lang)
         if span is None and self.hp.partial:
             for word in distinctive_words(self.subject, int(self.hp.partial_min_len)):
                 span = find_name(prompt, word, float(self.hp.partial_threshold), same_length=True,
-                                 min_key=4)
+                                 min_key=4, lang=lang)
                 if span is not None:
                     break
         self.decisions.append({"lang": lang, "prompt": prompt, "span": span.text if span else None,

@@ -248,28 +248,44 @@ class NameSpan:
 
 
 def find_name(text: str, name: str, threshold: float = ROMANIZED_THRESHOLD,
-              same_length: bool = False, min_key: int = 0) -> NameSpan | None:
+              same_length: bool = False, min_key: int = 0, lang: str | None = None) -> NameSpan | None:
     """The span of ``text`` that writes ``name`` — in any script, possibly inflected — or None.
 
-    Windows of the text's words (the name's word count ±1) are compared with the name: equal
-    after :func:`normalize` (score 100), or by the rapidfuzz ratio of their phonetic keys
-    (:func:`phonetic_key` of :func:`romanize`), where the window's key may also be cut to the
-    name key's length + 1 (a case suffix written onto the name: Tamil ஹியூஸின், "Hughes's").
-    Keys must agree on starting with a vowel or not, and keys shorter than :data:`MIN_KEY_LEN`
-    must be identical. The best window at or above ``threshold`` wins (ties: the first).
-    ``same_length``: windows of exactly the name's word count; ``min_key``: None when the
-    name's key is shorter (a single short word is too little evidence)."""
+    Windows of the text's words (the name's word count, one more, and one fewer for names of
+    three words or more) are compared with the name: equal after :func:`normalize` (score
+    100), or by the rapidfuzz ratio of their phonetic keys (:func:`phonetic_key` of
+    :func:`romanize`). The window's last word may also be read without one of ``lang``'s
+    declared suffixes (``morphology``: Tamil சிம்பெரோபோலின் = சிம்பெரோபோல் + ின்). A window
+    is never a match when:
+
+    - its numbers are not the name's ("BMW M40" is not "BMW M62", "Windows XP" not
+      "Windows 3");
+    - the name's key is shorter than :data:`SHORT_NAME_KEY` letters: then the keys must be
+      equal and the score is the ratio of the romanisations themselves, since a short key
+      meets common words ("Vevo" and "Who" share the key ``wa``, "India" and எந்த ``ant``;
+      इंडिया, ``indiya``, scores 91);
+    - the name is capitalised and the window is a Latin-script word in lower case;
+    - the keys disagree on starting with a vowel.
+
+    The best window at or above ``threshold`` wins (ties: the first). ``same_length``: windows
+    of exactly the name's word count; ``min_key``: None when the name's key is shorter (a
+    single short word is too little evidence)."""
     words = [(m.start(), m.end(), m.group()) for m in _TOKEN.finditer(text)]
     n_words = _words(name)
     if not words or not n_words:
         return None
     n_norm = " ".join(n_words)
+    n_rom = "".join(romanize(w) for w in n_words)
     t = "".join(phonetic_key(romanize(w)) for w in n_words)
     if len(t) < min_key:
         return None
+    numbers = _DIGITS.findall(n_norm)
+    capital = name.strip()[:1].isupper()
+    rules = morphology(lang) if lang else None
     n = len(n_words)
+    sizes = [n] if same_length else sorted({n - 1 if n >= 3 else n, n, n + 1})
     best: NameSpan | None = None
-    for size in ([n] if same_length else sorted({max(1, n - 1), n, n + 1})):
+    for size in sizes:
         for i in range(0, max(0, len(words) - size) + 1):
             win = words[i: i + size]
             start, end = win[0][0], win[-1][1]
@@ -277,17 +293,42 @@ def find_name(text: str, name: str, threshold: float = ROMANIZED_THRESHOLD,
             if normalize(chunk) == n_norm:
                 score = 100.0
             else:
-                w = "".join(phonetic_key(romanize(x[2])) for x in win)
-                score = _key_ratio(t, w, suffix=True)
+                if sorted(_DIGITS.findall(normalize(chunk))) != sorted(numbers):
+                    continue
+                if capital and win[0][2][:1].islower() and answer_script(win[0][2]) == "Latin":
+                    continue
+                score = max(_window_ratio(t, n_rom, [x[2] for x in win], rules))
             if score >= threshold and (best is None or score > best.score):
                 best = NameSpan(start, end, chunk, score)
     return best
 
 
-def _key_ratio(t: str, w: str, suffix: bool = False) -> float:
+#: a name whose phonetic key is shorter than this matches only when written out
+SHORT_NAME_KEY = 4
+_DIGITS = regex.compile(r"\d+")
+
+
+def _window_ratio(t: str, n_rom: str, win: list[str], rules: "Morphology | None") -> list[float]:
+    """:func:`_key_ratio` of the name's key ``t`` and the window's, for the window as written
+    and with its last word stripped of each of ``rules``' suffixes that it ends with."""
+    head = "".join(phonetic_key(romanize(w)) for w in win[:-1])
+    last = normalize(win[-1])
+    lasts = {last} | (rules.stems(last) if rules else set())
+    scores = []
+    for form in lasts:
+        if len(t) < SHORT_NAME_KEY:  # the spelling itself, not the coarse key
+            from rapidfuzz import fuzz
+
+            rom = "".join(romanize(w) for w in win[:-1]) + romanize(form)
+            scores.append(fuzz.ratio(rom, n_rom) if t == phonetic_key(rom) else 0.0)
+        else:
+            scores.append(_key_ratio(t, head + phonetic_key(romanize(form))))
+    return scores
+
+
+def _key_ratio(t: str, w: str) -> float:
     """rapidfuzz ratio (0-100) of two phonetic keys: 0 when one starts with a vowel and the
-    other not, identity only for keys shorter than :data:`MIN_KEY_LEN`; ``suffix``: the second
-    key may also be cut to the first's length + 1 (a case suffix written onto a name)."""
+    other not, identity only for keys shorter than :data:`MIN_KEY_LEN`."""
     from rapidfuzz import fuzz
 
     if not t or not w:
@@ -296,10 +337,7 @@ def _key_ratio(t: str, w: str, suffix: bool = False) -> float:
         return 100.0 if t == w else 0.0
     if (t[0] == "a") != (w[0] == "a"):
         return 0.0
-    score = fuzz.ratio(t, w)
-    if suffix and len(w) > len(t) + 1:
-        score = max(score, fuzz.ratio(t, w[: len(t) + 1]))
-    return score
+    return fuzz.ratio(t, w)
 
 
 # ------------------------------------------------------------------ morphology
@@ -326,6 +364,16 @@ class Morphology:
         stems = {word} | {word[: -len(d)] for d in self.stem_drop if d and word.endswith(d)
                           and len(word) - len(d) >= self.min_stem}
         return {s + suf for s in stems for suf in self.suffixes} - {word}
+
+    def stems(self, word: str) -> set[str]:
+        """The stems ``word`` can be read as: without one of the suffixes, with each dropped
+        ending restored (the inverse of :meth:`forms`; Tamil லண்டனில் → லண்டன், லண்டன)."""
+        out: set[str] = set()
+        for suf in self.suffixes:
+            if word.endswith(suf) and len(word) - len(suf) >= self.min_stem:
+                stem = word[: -len(suf)]
+                out |= {stem} | {stem + d for d in self.stem_drop if d}
+        return out
 
 
 def parse_morphology(node: Mapping | None, where: str = "morphology") -> Morphology:
