@@ -3,7 +3,8 @@ predict the same subject's Hindi / Tamil key?
 
 MEMIT writes a value for a key: the edited projection's input at the subject's last token. An
 English edit writes it for the English key only; a Hindi question about the same subject reads
-the projection at the Hindi key. keybridge would fit, once per model, layer and language, a
+the projection at the Hindi key. keybridge (``xling_edit/editing/keybridge.py``, which this bench shares its key
+extraction and ridge with) fits, once per model, layer and language, a
 linear map from English subject keys to the language's subject keys on held-out subject pairs
 (BMIKE-53 rows >= 100, never an evaluated row), predict the Hindi/Tamil keys at edit time, and
 write the value for all of them. It is worth building only if the predicted key identifies the
@@ -36,46 +37,6 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "bmike53" / "counterfact"
 
 
-def subject_keys(model, tok, spec, layer: int, items, batch: int = 16):
-    """The down-projection input at the last token of each (prompt, subject span) item."""
-    import torch
-
-    from xling_edit.evaluation.forward import _StopForward, pad_right
-    from xling_edit.evaluation.text import encode, last_token_in_span
-
-    mod = spec.module(model, "down_proj", layer)
-    out = []
-    for b in range(0, len(items), batch):
-        chunk = items[b: b + batch]
-        encs = [encode(tok, p) for p, _, _ in chunk]
-        pos = [last_token_in_span(e, s, t) for e, (_, s, t) in zip(encs, chunk)]
-        ids, mask = pad_right([e.input_ids for e in encs], tok.pad_token_id, "cpu")
-        got = {}
-
-        def hook(_m, inp):
-            got["x"] = inp[0].detach()
-            raise _StopForward  # nothing above the edited layer is needed
-
-        h = mod.register_forward_pre_hook(hook)
-        try:
-            with torch.inference_mode():
-                model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
-        except _StopForward:
-            pass
-        finally:
-            h.remove()
-        out.append(got["x"][torch.arange(len(chunk)), torch.tensor(pos)].double())
-    return torch.cat(out)
-
-
-def ridge(X, Y, lam):
-    import torch
-
-    n = X.shape[0]
-    A = X @ X.T + lam * torch.eye(n, dtype=X.dtype)
-    return X.T @ torch.linalg.solve(A, Y)
-
-
 def retrieval(P, T, ks=(1, 5)):
     """Share of rows i whose prediction P[i] is closest (cosine) to T[i] among all rows of T."""
     import torch
@@ -99,6 +60,7 @@ def main(argv=None) -> int:
     import torch
 
     from xling_edit.bench.edit_bench import compose
+    from xling_edit.editing.keybridge import ridge, subject_keys
     from xling_edit.models import ModelSpec, load_model
 
     torch.set_num_threads(a.threads)

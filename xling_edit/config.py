@@ -685,8 +685,10 @@ class Config:
 
 def method_default(field_name: str, *, _parent_, _root_):
     """The ``${hp:<field>}`` resolver of ``conf/method/*.yaml``: the model's value
-    ``model.hparams.<method>.<field>`` if it sets one, else the default written in the method's
-    schema (the published value) — so every default is written once, in the schema."""
+    ``model.hparams.<method>.<field>`` if it sets one, else (for a method whose schema names
+    ``HPARAMS_FROM``, e.g. keybridge: memit) ``model.hparams.<that method>.<field>``, else the
+    default written in the method's schema (the published value) — so every default is written
+    once, in the schema."""
     from xling_edit.editing import discover
 
     name = _parent_.get("name")
@@ -694,11 +696,12 @@ def method_default(field_name: str, *, _parent_, _root_):
     if name not in schemas:
         raise ValueError(f"unknown method {name!r}; available: {sorted(schemas)}")
     hp = _root_.get("model", {}).get("hparams", {}) or {}
-    per_model = hp.get(name) or {}
-    if field_name in per_model:
-        value = per_model[field_name]
-        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     schema = schemas[name]
+    for source in (name, getattr(schema, "HPARAMS_FROM", None)):
+        per_model = (hp.get(source) or {}) if source else {}
+        if field_name in per_model:
+            value = per_model[field_name]
+            return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     if field_name not in schema.__dataclass_fields__:
         raise ValueError(f"${{hp:{field_name}}}: method {name!r} has no field {field_name!r}")
     return getattr(schema(), field_name)

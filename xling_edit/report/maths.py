@@ -563,7 +563,7 @@ def split_by(lines: Iterable[Mapping], key: str) -> dict:
 #: a sweep over methods: runs that agree on these and differ in (method, variant)
 SWEEP_KEYS = ("model", "dataset", "merge", "edit_lang")
 #: the method families in the order the report lists them; others follow alphabetically
-METHOD_ORDER = ("rome", "memit", "alphaedit", "lora", "ike")
+METHOD_ORDER = ("rome", "memit", "alphaedit", "lora", "ike", "route", "keybridge")
 #: columns that identify one row of a method × eval-language table
 METHOD_ROW_KEYS = SWEEP_KEYS + ("method", "variant", "edit_kind")
 
