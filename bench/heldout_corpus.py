@@ -1,6 +1,6 @@
 """Covariance text from BMIKE-53 records that are not evaluated (``stats.corpus=files``).
 
-The measurement behind the README's "Covariance: size or domain": per language, each held-out
+The measurement behind docs/methods.md's "Covariance: size or domain": per language, each held-out
 record's edit question with its true answer, its paraphrase, its locality question with its
 answer and its portability question with its answer, grouped into documents of at most
 ``--doc-tokens`` tokens (so ``stats.max_length`` truncates nothing). Records before ``--skip``

@@ -69,7 +69,7 @@ def edit(overrides: Sequence[str] = (), *, subject: str, prompt: str, target: st
 
     from xling_edit import pipeline
     from xling_edit.data.schema import LangRecord
-    from xling_edit.editing.base import EditRequest, build_editor
+    from xling_edit.editing.base import EditRequest, build_editor, capabilities
     from xling_edit.languages import DEFAULT_CONF_DIR, load_languages
     from xling_edit.models import ModelSpec, load_model
     from xling_edit.models.loading import drop_gguf_quantizer
@@ -86,7 +86,7 @@ def edit(overrides: Sequence[str] = (), *, subject: str, prompt: str, target: st
         if mcfg.get("use_covariance") else None
     editor = build_editor(mcfg.name, hparams=mcfg, spec=spec, seed=cfg.seed, covariance=cov,
                           covariance_label=cov.label if cov else "identity")
-    if hasattr(editor, "use_dataset"):  # IKE draws its demonstrations from a dataset
+    if capabilities(mcfg.name).uses_dataset:  # IKE draws its demonstrations from a dataset
         from xling_edit.data import load_dataset
         from xling_edit.languages import PROJECT_ROOT
 

@@ -535,7 +535,7 @@ class EvalConfig:
             ``locality.gen_agree`` and the line's ``answers``. false: teacher-forced scores only.
         max_new_tokens: the token cap of a generated answer (>= 1). An answer also stops at EOS,
             at a newline or at the language's ``sentence_end`` once it has begun. 24 was chosen
-            by measurement on Gemma-3-270M: README "Generated answers".
+            by measurement on Gemma-3-270M: docs/metrics.md, "Generated answers".
         gen_batch_size: prompts decoded together.
         log_answers: write each prompt's answers (text, rung, script, pre and post) into the
             results line's ``answers`` field (like evaluation harnesses' ``--log_samples``).
@@ -707,6 +707,20 @@ def method_default(field_name: str, *, _parent_, _root_):
     return getattr(schema(), field_name)
 
 
+def method_node(schema: type):
+    """A method schema as stored for ``conf/method/*.yaml``: every field (but ``name``) reads
+    ``${hp:<field>}``, so its value is the model's (``model.hparams.<method>``) else the
+    schema's published default, and a method YAML states only what differs
+    (schema < model.hparams < method YAML < command line)."""
+    import dataclasses
+
+    node = OmegaConf.structured(schema)
+    for f in dataclasses.fields(schema):
+        if f.name != "name":
+            node[f.name] = "${hp:" + f.name + "}"
+    return node
+
+
 def register_configs() -> None:
     """Store the run schema, the language schema and every registered method's schema (found
     by :func:`xling_edit.editing.discover`) in Hydra's ConfigStore, and register the ``hp``
@@ -718,7 +732,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="xling_edit_config", node=Config)
     for name, schema in discover().items():
-        cs.store(group="xling_edit_schema/method", name=name, node=schema)
+        cs.store(group="xling_edit_schema/method", name=name, node=method_node(schema))
     cs.store(group="xling_edit_schema", name="language", node=LanguageConfig)
 
 
@@ -732,6 +746,7 @@ def method_schemas(extra_module: str | None = None) -> dict[str, type]:
 # Fields that are per-model choices in the papers too (which layers, λ), the editing mode, or
 # fast paths with identical results: not deviations from the published algorithm.
 _NOT_ALGORITHM = {"name", "variant", "layer", "layers", "mom2_update_weight", "mode", "num_edits",
+                  "fit_root", "fit_dir", "fit_pattern",  # where keybridge reads its fit pairs
                   "eval_every", "heldout",
                   "subject_match_threshold", "v_from_layer", "v_head_at_targets",
                   "cache_factorization"}

@@ -77,18 +77,6 @@ class CaseEval:
     post_judged: list | None = None
 
 
-def check_mode(mode: str, group_size: int, editor) -> None:
-    if mode not in MODES:
-        raise ValueError(f"method.mode={mode!r} unknown; one of {list(MODES)}")
-    if mode in ("batch", "all_languages") and not getattr(editor, "batched", False):
-        raise ValueError(f"method.mode={mode} needs a method that edits many facts at once (memit)")
-    if group_size < 1:
-        raise ValueError(f"method.num_edits must be >= 1, got {group_size}")
-    if getattr(editor, "kind", "weights") == "context" and mode not in ("single",):
-        raise ValueError(f"method.mode={mode}: a context edit (the fact stated in the prompt) "
-                         f"has no weights to combine; use mode=single")
-
-
 def requests_for(ev: CaseEval, ctx: Ctx) -> list[EditRequest]:
     """The case's edit requests: one in the edit language, or one per language (all_languages).
     Sets the case to skipped when it has none."""
@@ -116,9 +104,7 @@ EDIT_ERRORS = (SkipCase, FloatingPointError, ValueError, RuntimeError, MemoryErr
 
 def run_group(cases, ctx: Ctx, common: dict) -> list[dict]:
     """Pre-evaluate, edit (per mode), post-evaluate and restore one group of cases."""
-    begin = getattr(ctx.editor, "begin_group", None)
-    if begin is not None:  # stateful methods (AlphaEdit's earlier-edit keys) start afresh
-        begin()
+    ctx.editor.begin_group()  # stateful methods (AlphaEdit's earlier-edit keys) start afresh
     evs = []
     for case in cases:
         rows, tok_errors = build_rows(case, ctx.eval_langs, ctx.tok, ctx.word_seps, ctx.answer_prefix)
@@ -288,7 +274,7 @@ def _pre_scores(rows, ctx: Ctx):
         if hit is not None:
             return hit
     scores = score_rows(ctx.model, ctx.tok, ctx.spec, rows, ctx.batch_size,
-                        keep_from=min(getattr(ctx.editor, "edit_layers", None) or [0]))
+                        keep_from=min(ctx.editor.edit_layers or [0]))
     if cache is not None:
         cache.put(rows, scores)
     return scores

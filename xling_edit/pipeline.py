@@ -16,6 +16,7 @@ import random
 import time
 import zlib
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +26,12 @@ from tqdm.auto import tqdm
 
 from xling_edit import modes, preflight, results, resume, runner
 from xling_edit.atomic import write_text_atomic
-from xling_edit.config import method_schemas
 from xling_edit.data import load_dataset
-from xling_edit.editing.base import build_editor
+from xling_edit.editing import method_config  # noqa: F401  (also pipeline.method_config, as before)
+from xling_edit.editing.base import build_editor, capabilities
 from xling_edit.editing.stats import CovarianceProvider
 from xling_edit.errors import FailureGuard
+from xling_edit.jobdir import JobDir
 from xling_edit.evaluation.evaluate import EvalOptions, answer_prefixes
 from xling_edit.evaluation.matching import set_morphology
 from xling_edit.languages import (
@@ -52,24 +54,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def method_config(cfg: DictConfig) -> DictConfig:
-    """The resolved method config. Per-model values reach it through the interpolations in
-    ``conf/method/<name>.yaml``; here we only check that ``model.hparams.<name>`` names real
-    fields (a typo there would otherwise be ignored silently)."""
-    name = cfg.method.name
-    schemas = method_schemas(cfg.method.get("module"))  # imports the editors (registry)
-    if name not in schemas:
-        raise ValueError(f"unknown method {name!r}; available: {sorted(schemas)}")
-    overrides = (cfg.model.hparams or {}).get(name) or {}
-    fields = set(schemas[name].__dataclass_fields__)
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"model.hparams.{name} has unknown fields {unknown}; known: {sorted(fields)}")
-    resolved = OmegaConf.to_container(cfg.method, resolve=True)
-    resolved.pop("module", None)  # where the method came from, not one of its settings
-    return OmegaConf.merge(OmegaConf.structured(schemas[name]), resolved)
 
 
 def model_identity(cfg, m) -> str:
@@ -127,15 +111,60 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict | None:
 
 
 def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | None:
-    """One rank's share of a job: set up, run ``groups[rank::world]`` of the unfinished groups,
-    and on rank zero gather every rank's lines and write the summaries."""
+    """One rank's share of a job, as its data flow: set up the rank, build what the job needs,
+    plan which groups this rank runs, run them, and on rank zero gather every rank's lines and
+    write the summaries."""
     t_start = time.perf_counter()
-    runner.setup_rank_logging(ri.rank, ri.world, out / "logs", ri.spawned)
+    s = _set_up_rank(ri, cfg, out)
+    # rank zero streams to the logger; built before the model so a missing package fails fast
+    logger = build_logger(cfg) if ri.is_zero else RunLogger()
+    done_lines = _open_job_dir(ri, cfg, s, fp)
+    b = _build(ri, cfg, s)
+    plan = _plan(ri, s, b, done_lines)
+    sink = LineSink(ri, s.job, plan.n_todo, logger,
+                    desc=f"{s.mcfg.name} {b.common['edit_lang']}")
+    with logger:  # closes the W&B run (as failed) whatever raises below
+        if ri.is_zero:
+            logger.start(cfg, out)
+        try:
+            _run_groups(ri, cfg, b, plan, sink)
+            if not ri.is_zero:
+                s.job.done_marker(ri.rank).write_text("done")
+                return None
+            runner.wait_for_ranks(ri, s.job, sink.forward_shards, float(cfg.runner.timeout_min) * 60)
+        finally:
+            sink.close()
+        info, summary_rows = _finish(ri, cfg, s, b, plan, fp, t_start)
+        logger.finish(out, info, summary_rows)
+    if cfg.print_tables:
+        results.print_report(summary_rows, info, s.eval_langs, out)
+    return info
+
+
+@dataclass
+class Setup:
+    """What a rank knows before any weights load (:func:`_set_up_rank`)."""
+
+    job: JobDir
+    registry: dict
+    edit_code: str
+    eval_langs: list[str]
+    answer_format: str
+    prefixes: dict
+    spec: ModelSpec
+    mcfg: DictConfig
+    mode: str
+    group_size: int
+
+
+def _set_up_rank(ri: runner.RankInfo, cfg: DictConfig, out: Path) -> Setup:
+    """Logging, threads and seeds of this rank; languages, answer cues, templates, the method."""
+    job = JobDir(out)
+    runner.setup_rank_logging(ri.rank, ri.world, job.logs, ri.spawned)
     threads = runner.rank_threads(cfg.threads, ri.world, ri.device.split(":")[0])
     if threads:
         torch.set_num_threads(threads)
     seed_everything(cfg.seed, cfg.runner.deterministic)
-
     registry = load_languages(find_conf_dir())
     edit_code = str(cfg.edit_lang.code)
     registry[edit_code] = cfg.edit_lang  # the composed node is authoritative
@@ -144,19 +173,38 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
         set_morphology(code, OmegaConf.to_container(registry[code].morphology))
     # {lang: text appended to every prompt before its answer} (data.answer_format)
     answer_format, prefixes = answer_prefixes(cfg.data, registry, eval_langs)
-    spec = ModelSpec.from_config(cfg.model.templates)
     mcfg = method_config(cfg)
-    mode, group_size = str(mcfg.get("mode", "single")), int(mcfg.get("num_edits", 1))
+    return Setup(job, registry, edit_code, eval_langs, answer_format, prefixes,
+                 ModelSpec.from_config(cfg.model.templates), mcfg,
+                 str(mcfg.get("mode", "single")), int(mcfg.get("num_edits", 1)))
 
-    # rank zero streams to the logger; built before the model so a missing package fails fast
-    logger = build_logger(cfg) if ri.is_zero else RunLogger()
-    if ri.is_zero:  # repair what an interrupted run left before anyone reads it
-        done_lines = resume.repair(out, per_case=len(eval_langs))
-        resume.write_job_file(out, fp, cfg, "running")
+
+def _open_job_dir(ri: runner.RankInfo, cfg: DictConfig, s: Setup, fp: str) -> list[dict]:
+    """Rank zero repairs what an interrupted run left and marks the job running; every rank
+    returns the lines already done."""
+    if ri.is_zero:
+        done_lines = resume.repair(s.job.path, per_case=len(s.eval_langs))
+        resume.write_job_file(s.job.path, fp, cfg, "running")
     ri.barrier()
-    if not ri.is_zero:
-        done_lines = resume.read_lines(out / resume.RESULTS)[0]
+    return done_lines if ri.is_zero else resume.read_lines(s.job.results)[0]
 
+
+@dataclass
+class Built:
+    """The loaded model, data, statistics and editor, and the evaluation context (:func:`_build`)."""
+
+    model_cfg: DictConfig
+    ds: object
+    cov: CovarianceProvider | None
+    editor: object
+    ctx: modes.Ctx
+    pre_cache: object
+    common: dict
+    t_loaded: float
+
+
+def _build(ri: runner.RankInfo, cfg: DictConfig, s: Setup) -> Built:
+    """Model (merged first when asked), dataset, statistics, editor, evaluation context."""
     with ri.zero_first():  # merging, GGUF conversion: once, then read from the cache
         model_cfg = cfg.model
         if cfg.merge.name != "none":
@@ -168,20 +216,18 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
         model, tok = load_model(model_cfg, seed=cfg.seed)
     t_loaded = time.perf_counter()
     preflight.check_loaded(model, cfg, model_cfg.name)  # templates, once more on the real model
-    ds = load_dataset(cfg.data, eval_langs, project_root=PROJECT_ROOT)
-    log.info("dataset %s: %d cases; eval languages %s", ds.name, len(ds.cases), eval_langs)
-    cov = covariance_provider(cfg, model_cfg, model, tok, spec, registry, eval_langs) \
+    ds = load_dataset(cfg.data, s.eval_langs, project_root=PROJECT_ROOT)
+    log.info("dataset %s: %d cases; eval languages %s", ds.name, len(ds.cases), s.eval_langs)
+    mcfg = s.mcfg
+    cov = covariance_provider(cfg, model_cfg, model, tok, s.spec, s.registry, s.eval_langs) \
         if mcfg.get("use_covariance") else None
-    editor = build_editor(mcfg.name, hparams=mcfg, spec=spec, seed=cfg.seed, covariance=cov,
+    editor = build_editor(mcfg.name, hparams=mcfg, spec=s.spec, seed=cfg.seed, covariance=cov,
                           covariance_label=cov.label if cov else "identity")
-    modes.check_mode(mode, group_size, editor)
-    if hasattr(editor, "use_dataset"):  # methods that learn from other cases (IKE's demonstrations)
-        editor.use_dataset(ds.cases)
+    capabilities(mcfg.name).check_mode(s.mode, s.group_size)
+    editor.use_dataset(ds.cases)  # IKE's demonstrations; cases keybridge must not fit on
     if cov is not None and ri.world > 1:
         with ri.zero_first():  # rank zero computes and caches; the others load
             cov.prefetch(list(editor.edit_layers))
-
-    word_seps = {c: registry[c].word_sep for c in eval_langs}
     eval_opts = EvalOptions.from_config(cfg.eval)
     pre_cache = None
     if eval_opts.pre_cache:
@@ -192,15 +238,34 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
         opts = {k: v for k, v in asdict(eval_opts).items() if k not in ("pre_cache", "reuse_lower_layers")}
         pre_cache = PreScoreCache(Path(os.path.expanduser(model_cfg.cache_dir)) / "pre_scores",
                                   f"{model_identity(cfg, model_cfg)}:{ri.device.split(':')[0]}", opts)
-    ctx = modes.Ctx(model, tok, spec, editor, registry, edit_code, eval_langs, word_seps,
-               prefixes, eval_opts, mode, pre_cache=pre_cache)
+    ctx = modes.Ctx(model, tok, s.spec, editor, s.registry, s.edit_code, s.eval_langs,
+                    {c: s.registry[c].word_sep for c in s.eval_langs}, s.prefixes, eval_opts,
+                    s.mode, pre_cache=pre_cache)
     common = {"model": cfg.model.name, "method": mcfg.name, "dataset": ds.name,
-              "merge": cfg.merge.name, "mode": mode, "answer_format": answer_format,
+              "merge": cfg.merge.name, "mode": s.mode, "answer_format": s.answer_format,
               "variant": str(mcfg.get("variant", "published")),
-              "edit_lang": ALL_LANGUAGES if mode == "all_languages" else edit_code}
-    size = group_size if mode in ("batch", "sequential") else 1
-    cases, heldout = ds.cases, []
-    n_held = int(mcfg.get("heldout", 0) or 0) if mode == "sequential" else 0
+              "edit_lang": ALL_LANGUAGES if s.mode == "all_languages" else s.edit_code}
+    return Built(model_cfg, ds, cov, editor, ctx, pre_cache, common, t_loaded)
+
+
+@dataclass
+class Plan:
+    """Which case groups exist, which are still to run, and which this rank runs (:func:`_plan`)."""
+
+    cases: list
+    heldout: list
+    size: int
+    mine: list
+    n_todo: int
+
+
+def _plan(ri: runner.RankInfo, s: Setup, b: Built, done_lines: list[dict]) -> Plan:
+    """Groups of cases (by mode), minus those done; this rank's share; the held-out cases of
+    sequential mode's stability curve; the curve's writer."""
+    mcfg = s.mcfg
+    size = s.group_size if s.mode in ("batch", "sequential") else 1
+    cases, heldout = b.ds.cases, []
+    n_held = int(mcfg.get("heldout", 0) or 0) if s.mode == "sequential" else 0
     if n_held:  # the last cases are never edited: the stability curve's held-out set
         if n_held >= len(cases):
             raise ValueError(f"method.heldout={n_held} leaves no case to edit ({len(cases)} cases)")
@@ -208,105 +273,108 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
     groups = [cases[i: i + size] for i in range(0, len(cases), size)]
     done = {(l["case_id"], l["edit_lang"]) for l in done_lines}
     todo = [(g, grp) for g, grp in enumerate(groups)
-            if not all((c.case_id, common["edit_lang"]) in done for c in grp)]
-    mine = todo[ri.rank::ri.world]
+            if not all((c.case_id, b.common["edit_lang"]) in done for c in grp)]
     n_todo = sum(len(grp) for _, grp in todo)
     if ri.is_zero and done_lines:
-        log.info("resuming %s: %d of %d cases already done, %d to run", out,
+        log.info("resuming %s: %d of %d cases already done, %d to run", s.job.path,
                  len(cases) - n_todo, len(cases), n_todo)
+    every = int(mcfg.get("eval_every", 0) or 0)
+    if s.mode == "sequential" and every or n_held:
+        b.ctx.eval_every, b.ctx.heldout = every, heldout
+        b.ctx.curve = ResultsWriter(s.job.curve(ri.rank)).write_many
+    return Plan(cases, heldout, size, todo[ri.rank::ri.world], n_todo)
 
-    shard_dir = out / resume.SHARDS
-    if ri.is_zero:
-        writer = ResultsWriter(out / resume.RESULTS)
-        tails = [resume.ShardTail(shard_dir / f"rank{r}.jsonl") for r in range(1, ri.world)]
-    else:
-        shard_dir.mkdir(exist_ok=True)
-        writer = ResultsWriter(shard_dir / f"rank{ri.rank}.jsonl")
-    if mode == "sequential" and int(mcfg.get("eval_every", 0) or 0) or n_held:
-        curve_writer = ResultsWriter(out / ("curve.jsonl" if ri.is_zero else f"curve.rank{ri.rank}.jsonl"))
-        ctx.eval_every = int(mcfg.get("eval_every", 0) or 0)
-        ctx.heldout, ctx.curve = heldout, curve_writer.write_many
-    bar = tqdm(total=n_todo, desc=f"{mcfg.name} {common['edit_lang']}", unit="case",
-               dynamic_ncols=True, disable=not ri.is_zero)
-    progress = Counter()
 
-    def record(lines: list[dict]) -> None:
-        writer.write_many(lines)  # rank zero: results.jsonl; the others: their shard
-        if ri.is_zero:
-            for u in results.unreached_targets(lines):
-                log.warning("case %s: the edit reached only %.0f%% of its target z "
-                            "(edit.target_reached %.3f < %.1f)", u["case_id"],
-                            100 * u["target_reached"], u["target_reached"], results.TARGET_REACHED_WARN)
-            n = len({l["case_id"] for l in lines})
-            progress["done"] += n
-            progress["failed"] += len({l["case_id"] for l in lines if l["status"] == "failed"})
-            bar.update(n)
-            logger.log_lines(lines, {**progress, "total": n_todo})
+class LineSink:
+    """Where a rank's finished lines go: its lines file (rank zero: ``results.jsonl``; the
+    others: their shard), and on rank zero the warnings, the progress bar and the run logger.
+    Rank zero also forwards the other ranks' shard lines through the same sink."""
 
-    def forward_shards() -> None:
-        for t in tails if ri.is_zero else []:
+    def __init__(self, ri: runner.RankInfo, job: JobDir, n_todo: int, logger, desc: str):
+        self.ri, self.n_todo, self.logger = ri, n_todo, logger
+        if not ri.is_zero:
+            job.shards.mkdir(exist_ok=True)
+        self.writer = ResultsWriter(job.lines_file(ri.rank))
+        self.tails = [resume.ShardTail(job.shard(r)) for r in range(1, ri.world)] if ri.is_zero else []
+        self.bar = tqdm(total=n_todo, desc=desc, unit="case", dynamic_ncols=True, disable=not ri.is_zero)
+        self.progress = Counter()
+
+    def record(self, lines: list[dict]) -> None:
+        self.writer.write_many(lines)
+        if not self.ri.is_zero:
+            return
+        for u in results.unreached_targets(lines):
+            log.warning("case %s: the edit reached only %.0f%% of its target z "
+                        "(edit.target_reached %.3f < %.1f)", u["case_id"],
+                        100 * u["target_reached"], u["target_reached"], results.TARGET_REACHED_WARN)
+        n = len({l["case_id"] for l in lines})
+        self.progress["done"] += n
+        self.progress["failed"] += len({l["case_id"] for l in lines if l["status"] == "failed"})
+        self.bar.update(n)
+        self.logger.log_lines(lines, {**self.progress, "total": self.n_todo})
+
+    def forward_shards(self) -> None:
+        """Rank zero: the other ranks' new lines, one case group at a time."""
+        for t in self.tails:
             lines = t.new_lines()
-            if lines:
-                for unit in runner.units(lines):
-                    record(unit)
+            for unit in runner.units(lines) if lines else []:
+                self.record(unit)
 
-    with logger:  # closes the W&B run (as failed) whatever raises below
-        if ri.is_zero:
-            logger.start(cfg, out)
-        try:
-            guard = FailureGuard(cfg.get("abort_after_failures", 5))  # first N cases all failing
-            for g, group in mine:
-                seed_everything(_group_seed(cfg.seed, group[0].case_id), cfg.runner.deterministic)
-                lines = modes.run_group(group, ctx, {**common, "group": g} if size > 1 else common)
-                record(lines)
-                guard.update(lines)
-                forward_shards()
-            if pre_cache is not None:
-                log.info("pre-edit scores: %d case(s) read from the cache, %d computed (%s)",
-                         pre_cache.hits, pre_cache.misses, pre_cache.dir)
-            if not ri.is_zero:
-                (shard_dir / f"rank{ri.rank}.done").write_text("done")
-                return None
-            runner.wait_for_ranks(ri, shard_dir, forward_shards, float(cfg.runner.timeout_min) * 60)
-        finally:
-            bar.close()
-            writer.close()
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
 
-        # rank zero: every line is in results.jsonl; put them in dataset order, then summarise
-        lines = resume.read_lines(out / resume.RESULTS)[0]
-        order = {c.case_id: i for i, c in enumerate(ds.cases)}
-        lines.sort(key=lambda l: order.get(l["case_id"], len(order)))
-        resume.write_lines(out / resume.RESULTS, lines)
-        resume.clear_shards(out)
-        summary_rows = summarize(lines, str(cfg.get("elfo", "macro")))
-        write_summary_csv(summary_rows, out / "summary.csv")
-        counts, localisation, failures = results.case_counts(lines, edit_code, eval_langs, mode)
-        missing = {k: v for k, v in ds.missing.items() if v}
-        info = {
-            **common, "eval_langs": eval_langs, "n_cases": len(ds.cases),
-            "case_status": dict(counts), "failures": failures,
-            "subject_localisation": dict(localisation),
-            "targets_not_reached": results.unreached_targets(lines),
-            "missing_languages": missing, "dataset_notes": ds.notes,
-            "invalid_records": {"policy": cfg.data.get("on_invalid", "error"),
-                                "count": len(ds.invalid), "records": ds.invalid},
-            "dataset_has_true_answer": any(r.target_true for c in ds.cases for r in c.langs.values()),
-            "stats_langs": preflight.stats_langs(cfg, eval_langs) if cov is not None else None,
-            "covariance": getattr(editor, "covariance_label", None) if mcfg.get("use_covariance") else "off",
-            "covariance_statistics": cov.summary() if cov is not None else None,
-            "pre_cache": pre_cache.summary() if pre_cache is not None else None,
-            "heldout_cases": [c.case_id for c in heldout],
-            "world_size": ri.world, "resumed_cases": len(cases) - n_todo,
-            "seconds": {"load": round(t_loaded - t_start, 2),
-                        "total": round(time.perf_counter() - t_start, 2)},
-            "config": OmegaConf.to_container(cfg, resolve=True),
-        }
-        write_text_atomic(out / "run_info.json", json.dumps(info, indent=2, ensure_ascii=False))
-        resume.write_job_file(out, fp, cfg, "finished", case_status=dict(counts))
-        logger.finish(out, info, summary_rows)
-    if cfg.print_tables:
-        results.print_report(summary_rows, info, eval_langs, out)
-    return info
+
+def _run_groups(ri: runner.RankInfo, cfg: DictConfig, b: Built, plan: Plan, sink: LineSink) -> None:
+    """Edit, evaluate and restore this rank's groups, each seeded by its first case."""
+    guard = FailureGuard(cfg.get("abort_after_failures", 5))  # first N cases all failing
+    for g, group in plan.mine:
+        seed_everything(_group_seed(cfg.seed, group[0].case_id), cfg.runner.deterministic)
+        lines = modes.run_group(group, b.ctx, {**b.common, "group": g} if plan.size > 1 else b.common)
+        sink.record(lines)
+        guard.update(lines)
+        sink.forward_shards()
+    if b.pre_cache is not None:
+        log.info("pre-edit scores: %d case(s) read from the cache, %d computed (%s)",
+                 b.pre_cache.hits, b.pre_cache.misses, b.pre_cache.dir)
+
+
+def _finish(ri: runner.RankInfo, cfg: DictConfig, s: Setup, b: Built, plan: Plan, fp: str,
+            t_start: float) -> tuple[dict, list[dict]]:
+    """Rank zero: every line in ``results.jsonl`` in dataset order, the summary, run_info.json,
+    job.json finished."""
+    job = s.job
+    lines = resume.read_lines(job.results)[0]
+    order = {c.case_id: i for i, c in enumerate(b.ds.cases)}
+    lines.sort(key=lambda l: order.get(l["case_id"], len(order)))
+    resume.write_lines(job.results, lines)
+    resume.clear_shards(job.path)
+    summary_rows = summarize(lines, str(cfg.get("elfo", "macro")))
+    write_summary_csv(summary_rows, job.summary)
+    counts, localisation, failures = results.case_counts(lines, s.edit_code, s.eval_langs, s.mode)
+    ds, cov = b.ds, b.cov
+    info = {
+        **b.common, "eval_langs": s.eval_langs, "n_cases": len(ds.cases),
+        "case_status": dict(counts), "failures": failures,
+        "subject_localisation": dict(localisation),
+        "targets_not_reached": results.unreached_targets(lines),
+        "missing_languages": {k: v for k, v in ds.missing.items() if v}, "dataset_notes": ds.notes,
+        "invalid_records": {"policy": cfg.data.get("on_invalid", "error"),
+                            "count": len(ds.invalid), "records": ds.invalid},
+        "dataset_has_true_answer": any(r.target_true for c in ds.cases for r in c.langs.values()),
+        "stats_langs": preflight.stats_langs(cfg, s.eval_langs) if cov is not None else None,
+        "covariance": b.editor.covariance_label if s.mcfg.get("use_covariance") else "off",
+        "covariance_statistics": cov.summary() if cov is not None else None,
+        "pre_cache": b.pre_cache.summary() if b.pre_cache is not None else None,
+        "heldout_cases": [c.case_id for c in plan.heldout],
+        "world_size": ri.world, "resumed_cases": len(plan.cases) - plan.n_todo,
+        "seconds": {"load": round(b.t_loaded - t_start, 2),
+                    "total": round(time.perf_counter() - t_start, 2)},
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    write_text_atomic(job.run_info, json.dumps(info, indent=2, ensure_ascii=False))
+    resume.write_job_file(job.path, fp, cfg, "finished", case_status=dict(counts))
+    return info, summary_rows
 
 
 def exit_code(info: dict | None, strict: bool) -> int:
@@ -321,10 +389,3 @@ def _group_seed(seed: int, case_id: str) -> int:
     """Each group's RNG state depends on the run seed and its first case only, so results do
     not depend on which rank runs it, in what order, or whether the run was resumed."""
     return zlib.crc32(f"{seed}:{case_id}".encode()) & 0x7FFFFFFF
-
-
-
-
-
-
-

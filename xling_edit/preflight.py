@@ -21,7 +21,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from xling_edit.config import MODES
 from xling_edit.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -60,9 +59,9 @@ def _check_languages_for_answers(cfg: DictConfig, registry, eval_langs) -> None:
 
 def _check(cfg: DictConfig) -> dict[str, Any]:
     from xling_edit.data import load_dataset
-    from xling_edit.editing.base import EDITORS
+    from xling_edit.editing import method_config
+    from xling_edit.editing.base import capabilities
     from xling_edit.languages import PROJECT_ROOT, find_conf_dir, load_languages, resolve_eval_langs
-    from xling_edit.pipeline import method_config
 
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -78,16 +77,9 @@ def _check(cfg: DictConfig) -> dict[str, Any]:
     _check_languages_for_answers(cfg, registry, eval_langs)
 
     mcfg = method_config(cfg)
-    mode, group = str(mcfg.get("mode", "single")), int(mcfg.get("num_edits", 1))
-    if mode not in MODES:
-        raise ConfigError(f"method.mode={mode!r} unknown; one of {list(MODES)}")
-    if mcfg.name not in EDITORS:
-        raise ConfigError(f"unknown method {mcfg.name!r}; available: {sorted(EDITORS)}")
-    if mode in ("batch", "all_languages") and not getattr(EDITORS[mcfg.name], "batched", False):
-        raise ConfigError(f"method.mode={mode} needs a method that edits many facts at once (memit)")
-    if group < 1:
-        raise ConfigError(f"method.num_edits must be >= 1, got {group}")
-    layers, option = edit_layers(mcfg)
+    caps = capabilities(mcfg.name)  # the registry says what the method can do
+    caps.check_mode(str(mcfg.get("mode", "single")), int(mcfg.get("num_edits", 1)))
+    layers, option = caps.configured_layers(mcfg)
 
     stats = stats_langs(cfg, eval_langs)
     _check_stats(cfg, stats, registry, edit_code, bool(mcfg.get("use_covariance", True)))
@@ -116,21 +108,14 @@ def _check(cfg: DictConfig) -> dict[str, Any]:
 
 def check_loaded(model, cfg: DictConfig, name: str | None = None) -> None:
     """The template and layer check of :func:`check` on a loaded model."""
+    from xling_edit.editing import method_config
+    from xling_edit.editing.base import capabilities
     from xling_edit.models.spec import ModelSpec
-    from xling_edit.pipeline import method_config
 
-    layers, option = edit_layers(method_config(cfg))
+    mcfg = method_config(cfg)
+    layers, option = capabilities(mcfg.name).configured_layers(mcfg)
     ModelSpec.from_config(cfg.model.templates).check(model, layers, f"model {name or cfg.model.name}",
                                                      option)
-
-
-def edit_layers(mcfg) -> tuple[list[int], str]:
-    """(the layers the method edits, the option naming them)."""
-    if "layers" in mcfg:
-        return [int(l) for l in mcfg.layers], "method.layers"
-    if "layer" in mcfg:
-        return [int(mcfg.layer)], "method.layer"
-    return [], "method (no layers)"  # e.g. a method that edits no weight
 
 
 def stats_langs(cfg: DictConfig, eval_langs) -> list[str]:

@@ -24,12 +24,10 @@ from typing import Any, Iterable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from xling_edit.atomic import write_text_atomic
+from xling_edit.jobdir import JOB_FILE, RESULTS, SHARDS, JobDir  # noqa: F401  (names kept here too)
 
 log = logging.getLogger(__name__)
 
-RESULTS = "results.jsonl"
-JOB_FILE = "job.json"
-SHARDS = ".shards"
 # Keys that change how a job runs or reports, not what it computes.
 VOLATILE_KEYS = ("runner", "logger", "resume", "resume_roots", "print_tables", "threads", "strict")
 VOLATILE_DATA_KEYS = ("max_cases", "case_ids")  # resuming may extend or narrow the case list
@@ -135,11 +133,9 @@ def complete_units(lines: Sequence[dict], per_case: int) -> list[dict]:
 def repair(out: Path, per_case: int) -> list[dict]:
     """Make ``out/results.jsonl`` hold only complete groups, each line once, merging lines that
     other ranks wrote to ``.shards/`` but rank zero had not forwarded; returns the lines."""
-    path = out / RESULTS
+    path = JobDir(out).results
     in_file, torn = read_lines(path)
-    shard_dir = out / SHARDS
-    from_shards = [l for shard in (sorted(shard_dir.glob("rank*.jsonl")) if shard_dir.is_dir() else [])
-                   for l in read_lines(shard)[0]]
+    from_shards = [l for shard in JobDir(out).shard_files() for l in read_lines(shard)[0]]
     unique, seen = [], set()
     for l in in_file + from_shards:  # each (case, edit, eval language) once, first wins
         if line_key(l) not in seen:
@@ -160,7 +156,7 @@ def write_lines(path: Path, lines: Sequence[dict]) -> None:
 
 
 def clear_shards(out: Path) -> None:
-    shard_dir = out / SHARDS
+    shard_dir = JobDir(out).shards
     if shard_dir.is_dir():
         for p in shard_dir.iterdir():
             p.unlink()

@@ -197,18 +197,20 @@ def units(lines: list[dict]) -> list[list[dict]]:
     return list(units.values())
 
 
-def wait_for_ranks(ri: RankInfo, shard_dir: Path, forward, timeout_s: float) -> None:
-    """Rank zero: keep forwarding the other ranks' lines until every rank has finished."""
+def wait_for_ranks(ri: RankInfo, job, forward, timeout_s: float) -> None:
+    """Rank zero: keep forwarding the other ranks' lines until every rank has finished
+    (``job``: the :class:`~xling_edit.jobdir.JobDir`)."""
     if ri.world == 1:
         return
+    shard_dir = job.shards
     last_change, seen = time.monotonic(), -1
     while True:
         forward()
-        finished = [r for r in range(1, ri.world) if (shard_dir / f"rank{r}.done").exists()]
+        finished = [r for r in range(1, ri.world) if job.done_marker(r).exists()]
         if len(finished) == ri.world - 1:
             forward()
             return
-        size = sum(p.stat().st_size for p in shard_dir.glob("rank*.jsonl")) if shard_dir.is_dir() else 0
+        size = sum(p.stat().st_size for p in job.shard_files())
         if size != seen:
             last_change, seen = time.monotonic(), size
         elif time.monotonic() - last_change > timeout_s:

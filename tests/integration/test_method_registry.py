@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from xling_edit.editing.base import EditOutcome, WeightDelta, register_editor
+from xling_edit.editing.base import EditOutcome, Editor, WeightDelta, register_editor
 
 
 @dataclass
@@ -37,10 +37,10 @@ class ToyConfig:
 
 
 @register_editor("toy", schema=ToyConfig)
-class ToyEditor:
+class ToyEditor(Editor):
     def __init__(self, hparams, spec, seed=0, covariance=None, covariance_label=None):
+        super().__init__(hparams, spec, seed, covariance, covariance_label)
         self.hp = ToyConfig(**{k: hparams[k] for k in ToyConfig.__dataclass_fields__ if k in hparams})
-        self.spec = spec
 
     @property
     def edit_layers(self):
@@ -110,3 +110,65 @@ def test_schema_default_and_per_model_value_are_written_once():
     assert gemma.method.v_steps == RomeConfig().v_steps  # schema default
     assert tiny.method.context_templates == [[5, 2]]
     assert memit.method.v_lr == 0.3 and memit.method.weight_decay == MemitConfig().weight_decay
+
+
+def test_the_registry_owns_what_a_method_can_do():
+    from xling_edit.editing import discover
+    from xling_edit.editing.base import capabilities
+
+    discover()
+    assert capabilities("ike").modes == ("single",) and capabilities("ike").uses_dataset
+    assert capabilities("route").kind == "context"
+    assert set(capabilities("memit").modes) == {"single", "batch", "all_languages", "sequential"}
+    assert capabilities("rome").modes == ("single", "sequential")
+    assert capabilities("keybridge").batched and capabilities("keybridge").uses_dataset
+    with pytest.raises(ValueError, match="context edit"):
+        capabilities("ike").check_mode("sequential", 2)
+    with pytest.raises(ValueError, match="many facts at once"):
+        capabilities("rome").check_mode("batch", 2)
+    with pytest.raises(ValueError, match="unknown method"):
+        capabilities("nope")
+
+
+def test_an_editor_without_the_base_class_is_adopted_with_a_deprecation_warning():
+    from dataclasses import dataclass
+
+    from xling_edit.editing import base
+
+    @dataclass
+    class OldConfig:
+        name: str = "old_style"
+
+    with pytest.warns(DeprecationWarning, match="subclass"):
+        @base.register_editor("old_style_test", schema=OldConfig)
+        class Old:
+            def __init__(self, hparams, spec=None, seed=0, covariance=None, covariance_label=None):
+                self.hp = hparams
+
+            def edit(self, model, tok, request):
+                return "edited"
+    try:
+        ed = base.build_editor("old_style_test", hparams={})
+        assert isinstance(ed, base.Editor) and ed.edit(None, None, None) == "edited"
+        ed.begin_group()  # the base class's hooks
+        assert ed.edit_layers == [] and base.capabilities("old_style_test").modes == ("single", "sequential")
+    finally:
+        base.EDITORS.pop("old_style_test"), base.SCHEMAS.pop("old_style_test")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method.layerz=[4]", "layerz"),              # the command line
+    ("+model.hparams.memit.layerz=[4]", "layerz"),  # the model's values
+])
+def test_a_misspelt_method_field_is_one_error_naming_it(override, message):
+    from hydra import compose, initialize_config_dir
+
+    from xling_edit import preflight
+    from xling_edit.config import register_configs
+    from xling_edit.errors import ConfigError
+
+    register_configs()
+    with pytest.raises(Exception, match=message):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=["method=memit", override])
+        preflight.check(cfg)

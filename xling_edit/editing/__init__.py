@@ -42,3 +42,24 @@ def import_method_module(ref: str):
         spec.loader.exec_module(mod)
         return mod
     return importlib.import_module(ref)
+
+
+def method_config(cfg):
+    """The resolved method config of a composed run config, as the method's schema: the
+    registry's check that ``model.hparams.<name>`` names real fields (a typo there would
+    otherwise be ignored silently) and that the method exists."""
+    from omegaconf import OmegaConf
+
+    name = cfg.method.name
+    schemas = discover(cfg.method.get("module"))  # imports the editors (registry)
+    if name not in schemas:
+        raise ValueError(f"unknown method {name!r}; available: {sorted(schemas)}")
+    fields = set(schemas[name].__dataclass_fields__)
+    for source in (name, getattr(schemas[name], "HPARAMS_FROM", None)):
+        overrides = ((cfg.model.hparams or {}).get(source) or {}) if source else {}
+        unknown = sorted(set(overrides) - fields) if source == name else []
+        if unknown:
+            raise ValueError(f"model.hparams.{name} has unknown fields {unknown}; known: {sorted(fields)}")
+    resolved = OmegaConf.to_container(cfg.method, resolve=True)
+    resolved.pop("module", None)  # where the method came from, not one of its settings
+    return OmegaConf.merge(OmegaConf.structured(schemas[name]), resolved)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -53,12 +53,123 @@ class EditOutcome:
         return "context" if self.context is not None else "weights"
 
 
-class Editor(Protocol):
-    def edit(self, model: nn.Module, tok, request: EditRequest) -> EditOutcome: ...
+class Editor:
+    """Base of every editing method. What a method can do is declared here, as class attributes
+    the pipeline reads through :func:`capabilities` (it never probes an editor's attributes);
+    what it must do is :meth:`edit`.
+
+    Capabilities:
+        kind: ``weights`` (deltas applied, then restored) or ``context`` (text before the
+            prompt; no weights change, so only ``mode=single``).
+        batched: :meth:`edit_batch` takes many requests at once (``mode=batch`` and
+            ``all_languages``).
+        sequential: edits may stay applied one after another (``mode=sequential``); stateful
+            methods reset in :meth:`begin_group`.
+        uses_dataset: :meth:`use_dataset` needs the run's cases (IKE's demonstrations,
+            keybridge's exclusions from its fit).
+        schema: the method's config dataclass (set by :func:`register_editor`).
+
+    Every editor is built as ``Editor(hparams, spec, seed, covariance, covariance_label)``.
+    """
+
+    kind: ClassVar[str] = "weights"
+    batched: ClassVar[bool] = False
+    sequential: ClassVar[bool] = True
+    uses_dataset: ClassVar[bool] = False
+    schema: ClassVar[type | None] = None
+
+    def __init__(self, hparams: Mapping[str, Any], spec=None, seed: int = 0,
+                 covariance: Callable[[int], torch.Tensor | None] | None = None,
+                 covariance_label: str | None = None):
+        self.spec, self.seed = spec, seed
+        self.covariance, self.covariance_label = covariance, covariance_label
+
+    @property
+    def edit_layers(self) -> list[int]:
+        """Blocks whose weights an edit changes (none for a context edit)."""
+        return []
+
+    def uses_statistics(self) -> bool:
+        """Whether this configuration reads covariance statistics (``use_covariance``)."""
+        return bool(getattr(self.hp, "use_covariance", False))
+
+    def edit(self, model: nn.Module, tok, request: EditRequest) -> EditOutcome:
+        raise NotImplementedError
+
+    def edit_batch(self, model: nn.Module, tok, requests: Sequence[EditRequest]) -> EditOutcome:
+        """Many requests in one edit; only ``batched`` methods take more than one."""
+        if len(requests) != 1:
+            raise ValueError(f"{type(self).__name__} edits one request at a time (batched=False)")
+        return self.edit(model, tok, requests[0])
+
+    def use_dataset(self, cases: Sequence) -> None:
+        """The run's cases, before the first edit (IKE draws demonstrations from them; keybridge
+        keeps them out of its fit). Default: unused."""
+
+    def begin_group(self) -> None:
+        """Called before each case group (a single case, a batch, or a sequence of edits that
+        stay applied). Default: no state to reset."""
 
 
-EDITORS: dict[str, Callable[..., Editor]] = {}
+@dataclass(frozen=True)
+class Capabilities:
+    """What the registry knows of a method without building it (:func:`capabilities`)."""
+
+    name: str
+    kind: str
+    batched: bool
+    sequential: bool
+    uses_dataset: bool
+    schema: type
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The ``method.mode`` values the method supports."""
+        if self.kind == "context":
+            return ("single",)
+        return ("single",) + (("batch", "all_languages") if self.batched else ()) + \
+            (("sequential",) if self.sequential else ())
+
+    def check_mode(self, mode: str, group_size: int) -> None:
+        """A clear ``ValueError`` when the method cannot run ``mode`` or the group size is not
+        positive."""
+        from xling_edit.config import MODES
+
+        if mode not in MODES:
+            raise ValueError(f"method.mode={mode!r} unknown; one of {list(MODES)}")
+        if group_size < 1:
+            raise ValueError(f"method.num_edits must be >= 1, got {group_size}")
+        if mode in self.modes:
+            return
+        if self.kind == "context":
+            raise ValueError(f"method.mode={mode}: a context edit (the fact stated in the prompt) "
+                             f"has no weights to combine; use mode=single")
+        if mode in ("batch", "all_languages"):
+            raise ValueError(f"method.mode={mode} needs a method that edits many facts at once "
+                             f"(batched: memit, alphaedit, keybridge); {self.name} is not")
+        raise ValueError(f"method.mode={mode}: {self.name} supports {list(self.modes)}")
+
+    def configured_layers(self, mcfg) -> tuple[list[int], str]:
+        """(the layers a method config edits, the option naming them): ``layers``, else
+        ``layer``, else none (a context edit)."""
+        if "layers" in mcfg:
+            return [int(l) for l in mcfg.layers], "method.layers"
+        if "layer" in mcfg:
+            return [int(mcfg.layer)], "method.layer"
+        return [], "method (no layers)"
+
+
+EDITORS: dict[str, type[Editor]] = {}
 SCHEMAS: dict[str, type] = {}  # method name -> its config dataclass
+
+
+def capabilities(name: str) -> Capabilities:
+    """The registered method ``name``'s capabilities (a ``ValueError`` naming the known ones)."""
+    if name not in EDITORS:
+        raise ValueError(f"unknown method {name!r}; available: {sorted(EDITORS)}")
+    cls = EDITORS[name]
+    return Capabilities(name, cls.kind, bool(cls.batched), bool(cls.sequential),
+                        bool(cls.uses_dataset), SCHEMAS[name])
 
 
 def register_editor(name: str, schema: type | None = None):
@@ -67,6 +178,15 @@ def register_editor(name: str, schema: type | None = None):
     method config against it and fills the defaults from it."""
 
     def deco(cls):
+        if not issubclass(cls, Editor):  # written before the base class: adopt it, say so once
+            import warnings
+
+            warnings.warn(f"editor {name!r} ({cls.__module__}.{cls.__name__}) does not subclass "
+                          f"xling_edit.editing.base.Editor; it is adopted for now (deprecated: "
+                          f"subclass Editor to declare its capabilities)", DeprecationWarning, stacklevel=2)
+            cls = type(cls.__name__, (cls, Editor), {"__module__": cls.__module__})
+        if cls.kind not in ("weights", "context"):
+            raise TypeError(f"editor {name!r}: kind must be 'weights' or 'context', not {cls.kind!r}")
         EDITORS[name] = cls
         s = schema if schema is not None else getattr(cls, "schema", None)
         if s is None:

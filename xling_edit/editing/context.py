@@ -16,6 +16,8 @@ from typing import Sequence
 
 import torch
 
+from xling_edit.editing.base import Editor
+
 
 def template_groups(context_templates: Sequence[Sequence[int]]) -> list[int]:
     """Group label of every prompt: 0 for the bare prompt, g + 1 for template group g."""
@@ -49,7 +51,7 @@ def generate_prefixes(model, tok, seeds: Sequence[str], context_templates: Seque
     return out
 
 
-class PrefixedEditor:
+class PrefixedEditor(Editor):
     """Shared by the editors: hyperparameter ``context_templates`` in ``self.hp``, ``self.seed``,
     and per-language context prefixes generated once and reused."""
 

@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from xling_edit.editing.base import EditOutcome, EditRequest, register_editor
+from xling_edit.editing.base import EditOutcome, EditRequest, Editor, register_editor
 from xling_edit.evaluation.text import join
 
 KINDS = ("copy", "update", "retain")
@@ -89,21 +89,17 @@ def build_context(request: EditRequest, pool: Sequence, k: int, seed: int) -> tu
 
 
 @register_editor("ike", schema=IkeConfig)
-class IkeEditor:
+class IkeEditor(Editor):
     """IKE (module docstring). ``use_dataset`` receives the dataset's cases (the demonstration
     pool) from the pipeline; ``edit`` returns a context edit (no weight delta)."""
 
     kind = "context"
-    batched = False
+    uses_dataset = True
 
     def __init__(self, hparams, spec=None, seed: int = 0, covariance=None, covariance_label=None):
+        super().__init__(hparams, spec, seed, covariance, covariance_label)
         self.hp = IkeConfig(**{f: hparams[f] for f in IkeConfig.__dataclass_fields__ if f in hparams})
-        self.seed = seed
         self.pool: list = []
-
-    @property
-    def edit_layers(self) -> list[int]:
-        return []  # touches no weight
 
     def use_dataset(self, cases: Sequence) -> None:
         self.pool = list(cases)

@@ -208,6 +208,7 @@ class KeybridgeEditor(MemitEditor):
     fit leaves out."""
 
     schema = KeybridgeConfig
+    uses_dataset = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

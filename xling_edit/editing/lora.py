@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xling_edit.config import schema_from_mapping
-from xling_edit.editing.base import EditOutcome, EditRequest, WeightDelta, register_editor
+from xling_edit.editing.base import EditOutcome, EditRequest, Editor, WeightDelta, register_editor
 from xling_edit.evaluation.forward import model_device
 from xling_edit.evaluation.text import Encoded, encode
 from xling_edit.models.spec import ModelSpec, is_transposed
@@ -154,7 +154,7 @@ def trainable_only(model: nn.Module, params: list[torch.Tensor] = ()) -> Iterato
 
 # ------------------------------------------------------------------ the editor
 @register_editor("lora", schema=LoraEditConfig)
-class LoraEditor:
+class LoraEditor(Editor):
     """LoRA adapters merged into dense deltas, or FT-L (module docstring).
 
     Args:
@@ -165,14 +165,12 @@ class LoraEditor:
     """
 
     schema = LoraEditConfig
-    batched = False
 
     def __init__(self, hparams: Mapping[str, Any], spec: ModelSpec, seed: int = 0,
                  covariance: Callable[[int], torch.Tensor | None] | None = None,
                  covariance_label: str | None = None):
+        super().__init__(hparams, spec, int(seed), covariance, covariance_label)
         self.hp = schema_from_mapping(LoraEditConfig, hparams)
-        self.spec = spec
-        self.seed = int(seed)
 
     @property
     def edit_layers(self) -> list[int]:

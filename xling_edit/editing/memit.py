@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from xling_edit.editing.base import (
-    EditOutcome, EditRequest, WeightDelta, applied, register_editor,
+    EditOutcome, EditRequest, Editor, WeightDelta, applied, register_editor,
 )
 from xling_edit.config import MemitConfig, published_deviations, schema_from_mapping
 from xling_edit.editing.context import PrefixedEditor
@@ -140,8 +140,7 @@ class MemitEditor(PrefixedEditor):
         if not self.hp.layers:
             raise ValueError("method.layers must name at least one layer")
         check_v_init(self.hp.v_init)  # an unknown v_init fails here, before any case
-        self.spec, self.seed = spec, seed
-        self.covariance, self.covariance_label = covariance, covariance_label
+        Editor.__init__(self, hparams, spec, seed, covariance, covariance_label)
 
     @property
     def edit_layers(self) -> list[int]:
@@ -248,10 +247,6 @@ class MemitEditor(PrefixedEditor):
             return memit_update_factored(resid, keys, solve, hp.mom2_update_weight)
         cov = self.covariance(layer) if use_cov else None  # plain: factorise λC + KKᵀ afresh
         return memit_update(resid, keys, cov, hp.mom2_update_weight)
-
-    def begin_group(self) -> None:
-        """Called by the pipeline before each case group (a single case, a batch, or a
-        sequence of edits that stay applied); MEMIT keeps no state between edits."""
 
     def after_edit(self, keys: dict[int, torch.Tensor]) -> None:
         """Called with each layer's keys once an edit is computed (AlphaEdit remembers them

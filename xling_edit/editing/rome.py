@@ -66,12 +66,9 @@ class RomeEditor(PrefixedEditor):
     def __init__(self, hparams: Mapping[str, Any], spec: ModelSpec, seed: int = 0,
                  covariance: Callable[[int], torch.Tensor | None] | None = None,
                  covariance_label: str | None = None):
+        super().__init__(hparams, spec, seed, covariance, covariance_label)
         self.hp = schema_from_mapping(RomeConfig, hparams)
         check_v_init(self.hp.v_init)  # an unknown v_init fails here, before any case
-        self.spec = spec
-        self.seed = seed
-        self.covariance = covariance
-        self.covariance_label = covariance_label
 
     @property
     def edit_layers(self) -> list[int]:

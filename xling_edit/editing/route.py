@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xling_edit.editing.base import EditOutcome, EditRequest, register_editor
+from xling_edit.editing.base import EditOutcome, EditRequest, Editor, register_editor
 from xling_edit.evaluation.matching import ROMANIZED_THRESHOLD, answer_script, find_name
 
 _SCHEMES = {"Devanagari": "DEVANAGARI", "Tamil": "TAMIL", "Kannada": "KANNADA", "Bengali": "BENGALI",
@@ -139,18 +139,14 @@ class Router:
 
 
 @register_editor("route", schema=RouteConfig)
-class RouteEditor:
+class RouteEditor(Editor):
     """``method=route`` (module docstring): a context edit whose context is a :class:`Router`."""
 
     kind = "context"
-    batched = False
 
     def __init__(self, hparams, spec=None, seed: int = 0, covariance=None, covariance_label=None):
+        super().__init__(hparams, spec, seed, covariance, covariance_label)
         self.hp = RouteConfig(**{f: hparams[f] for f in RouteConfig.__dataclass_fields__ if f in hparams})
-
-    @property
-    def edit_layers(self) -> list[int]:
-        return []  # touches no weight
 
     def edit(self, model, tok, request: EditRequest) -> EditOutcome:
         rec = request.record  # the edit language's record: subject, prompt, target_new

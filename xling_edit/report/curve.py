@@ -12,6 +12,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from xling_edit.jobdir import JobDir
+
 #: (set, metric) pairs drawn: edit success so far, and what the held-out cases keep
 CURVE_METRICS = (("edited", "reliability.token_acc"), ("edited", "generalization.token_acc"),
                  ("heldout", "locality.agree_token"), ("heldout", "locality.answer_token_acc"),
@@ -25,7 +27,7 @@ def load_curves(run_dirs: Sequence[Path]) -> list[dict]:
     written twice (a resumed group) keeps its last version."""
     latest: dict[tuple, dict] = {}
     for d in run_dirs:
-        for f in sorted(Path(d).glob("curve*.jsonl")):
+        for f in JobDir(d).curve_files():
             for raw in f.read_text(encoding="utf-8").splitlines():
                 try:
                     line = json.loads(raw)

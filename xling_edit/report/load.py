@@ -18,7 +18,7 @@ from xling_edit.report.maths import GROUP_KEYS, LINE_KEYS, field as line_field, 
 
 log = logging.getLogger(__name__)
 
-RESULTS = "results.jsonl"
+from xling_edit.jobdir import RESULTS
 RUN_INFO = "run_info.json"
 
 
