@@ -41,6 +41,9 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     # argparse (under Hydra) rejects overrides on both sides of -m; move the flag to the front so
     # `python run.py merge=ties_demo -m edit_lang=en,hi` works as well as `run.py -m ...`.
+    from xling_edit.config import upgrade_overrides
+
+    sys.argv[1:] = upgrade_overrides(sys.argv[1:])  # dataset= -> data= (deprecated spelling)
     multirun = [a for a in sys.argv[1:] if a in ("-m", "--multirun")]
     sys.argv[1:] = multirun + [a for a in sys.argv[1:] if a not in ("-m", "--multirun")]
     # an unknown group option (edit_lang=xx) in one line too, unless the traceback is wanted

@@ -59,7 +59,7 @@ def compose(model: str, dataset: str, cases: int, overrides: list[str]):
     register_configs()
     with initialize_config_dir(config_dir=str(DEFAULT_CONF_DIR), version_base="1.3"):
         return h_compose(config_name="config", overrides=[
-            f"model={model}", f"dataset={dataset}", f"data.max_cases={cases}", *overrides])
+            f"model={model}", f"data={dataset}", f"data.max_cases={cases}", *overrides])
 
 
 def is_blank(tok, token_id: int) -> bool:

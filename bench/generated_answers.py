@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     from xling_edit.models import load_model
 
     torch.set_num_threads(a.threads)
-    cfg = compose(a.model, ["dataset=bmike53_counterfact", f"data.max_cases={hi + 1}",
+    cfg = compose(a.model, ["data=bmike53_counterfact", f"data.max_cases={hi + 1}",
                             f"eval_langs=[{','.join(a.langs)}]", f"eval.max_new_tokens={a.cap}"])
     use_cap = a.use_cap or 24
     reg = load_languages()

@@ -10,7 +10,7 @@ language): the evaluated cases' prompts never enter C. English comes from the Ge
 first tenth), one document per line, and prints the token counts.
 
     .venv/bin/python bench/heldout_corpus.py /tmp/heldout            # Gemma-3-270M's tokenizer
-    python run.py method=rome dataset=bmike53_counterfact edit_lang=en data.max_cases=20 \\
+    python run.py method=rome data=bmike53_counterfact edit_lang=en data.max_cases=20 \\
         eval_langs=[en,de,hi,ta] stats.corpus=files \\
         "stats.files=[/tmp/heldout/full/en.txt,/tmp/heldout/full/de.txt,...]"
 
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     from xling_edit.languages import PROJECT_ROOT
     from xling_edit.models import load_model
 
-    cfg = compose(args.model, ["dataset=bmike53_counterfact"])
+    cfg = compose(args.model, ["data=bmike53_counterfact"])
     src = resolve_path(args.data or cfg.data.root, cfg.data.dir, project_root=PROJECT_ROOT)
     data = {l: json.loads((src / cfg.data.pattern.format(lang=l)).read_text(encoding="utf-8"))
             for l in LANGS}

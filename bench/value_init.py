@@ -44,7 +44,7 @@ def compose(args):
     from xling_edit.bench.edit_bench import compose as bench_compose
 
     return bench_compose(args.model, [
-        f"dataset={args.dataset}", f"method={args.method}", f"edit_lang={args.lang}",
+        f"data={args.dataset}", f"method={args.method}", f"edit_lang={args.lang}",
         f"data.max_cases={args.start + args.cases}", *args.override])
 
 

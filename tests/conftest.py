@@ -19,12 +19,18 @@ ROOT = Path(__file__).resolve().parents[1]
 # The reference data beside the project (../shared/data), or wherever XLING_EDIT_DATA points.
 SHARED_DATA = Path(os.environ.get("XLING_EDIT_DATA") or ROOT.parent / "shared" / "data")
 TINY = ("tiny_llama", "tiny_gpt2", "tiny_gemma3")
+# Test-only models (random tiny members of each family) live here, not in the user's conf/model;
+# a Hydra composition or run.py reaches them with this override.
+TEST_CONF = ROOT / "tests" / "conf"
+SEARCHPATH = f"hydra.searchpath=[file://{TEST_CONF}]"
 
 torch.set_num_threads(2)
 
 
 def model_cfg(name: str):
-    return OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"))
+    path = TEST_CONF / "model" / f"{name}.yaml"
+    path = path if path.exists() else ROOT / "conf" / "model" / f"{name}.yaml"
+    return OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
 
 
 @pytest.fixture(scope="session", params=TINY)

@@ -2,7 +2,7 @@
 
     from xling_edit import api
 
-    df = api.run(["method=rome", "dataset=bmike53_counterfact", "data.max_cases=5"])
+    df = api.run(["method=rome", "data=bmike53_counterfact", "data.max_cases=5"])
     df.groupby("eval_lang")["post.reliability.gen"].mean()
 
     model, tok = api.edit(["method=rome"], subject="Danielle Darrieux",
@@ -25,10 +25,11 @@ def compose(overrides: Sequence[str] = ()):
     from hydra import compose as h_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from xling_edit.config import register_configs
+    from xling_edit.config import register_configs, upgrade_overrides
     from xling_edit.languages import DEFAULT_CONF_DIR
 
     register_configs()
+    overrides = upgrade_overrides(overrides)
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(DEFAULT_CONF_DIR), version_base="1.3"):

@@ -9,7 +9,7 @@ fake language that ``edit_lang=glob(*)`` picks up).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -314,7 +314,7 @@ class LanguageConfig:
 
 @dataclass
 class DatasetConfig:
-    """Where edit cases come from (``conf/dataset/*.yaml``, composed into ``data``).
+    """Where edit cases come from (``conf/data/*.yaml``: ``data=<option>``).
 
     Args:
         name: dataset name recorded in results.
@@ -705,6 +705,29 @@ def method_default(field_name: str, *, _parent_, _root_):
     if field_name not in schema.__dataclass_fields__:
         raise ValueError(f"${{hp:{field_name}}}: method {name!r} has no field {field_name!r}")
     return getattr(schema(), field_name)
+
+
+#: old command-line group names -> their names now (kept working for one release)
+RENAMED_GROUPS = {"dataset": "data"}
+
+
+def upgrade_overrides(args: Sequence[str]) -> list[str]:
+    """Command-line overrides with renamed groups spelled as they are now (``dataset=x`` ->
+    ``data=x``), one deprecation line on stderr per old spelling."""
+    import re
+    import sys
+
+    out = []
+    for a in args:
+        m = re.match(r"^([+~]{0,2})([a-z_]+)(=|@|$)(.*)$", a)
+        if m and m.group(2) in RENAMED_GROUPS:
+            new = RENAMED_GROUPS[m.group(2)]
+            print(f"deprecated: `{m.group(2)}=` is now `{new}=` ({a!r} read as "
+                  f"{m.group(1) + new + m.group(3) + m.group(4)!r}); the old spelling goes in the "
+                  f"next release", file=sys.stderr, flush=True)
+            a = m.group(1) + new + m.group(3) + m.group(4)
+        out.append(a)
+    return out
 
 
 def method_node(schema: type):

@@ -179,7 +179,8 @@ def unknown_group_option(argv, conf_dir) -> str | None:
     from pathlib import Path
 
     conf_dir = Path(conf_dir)
-    if any(a.startswith(("--config-path", "--config-dir", "-cp", "-cd", "--config-name", "-cn"))
+    if any(a.startswith(("--config-path", "--config-dir", "-cp", "-cd", "--config-name", "-cn",
+                         "hydra.searchpath"))
            for a in argv):
         return None
     for arg in argv:

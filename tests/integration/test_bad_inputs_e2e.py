@@ -43,7 +43,7 @@ def test_wfd_format_file_with_invalid_records_runs(tmp_path, shared_data):
     d = tmp_path / "data" / "bmike53" / "WikiFactDiff"  # the release's folder and file names
     d.mkdir(parents=True)
     (d / "wfd_test_de.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    r, job = run_py(tmp_path, "dataset=bmike53_wfd", f"data.root={tmp_path / 'data'}", "edit_lang=de",
+    r, job = run_py(tmp_path, "data=bmike53_wfd", f"data.root={tmp_path / 'data'}", "edit_lang=de",
                     "eval_langs=[en,de]", "print_tables=true")
     assert r.returncode in (0, 3), r.stderr[-3000:]
     info = json.loads((job / "run_info.json").read_text())
@@ -59,7 +59,7 @@ def test_wfd_format_file_with_invalid_records_runs(tmp_path, shared_data):
 
 @pytest.mark.shared
 def test_english_only_on_bmike53(tmp_path, shared_data):
-    r, job = run_py(tmp_path, "dataset=bmike53_counterfact", f"data.root={shared_data}", "eval_langs=[en]",
+    r, job = run_py(tmp_path, "data=bmike53_counterfact", f"data.root={shared_data}", "eval_langs=[en]",
                     "data.max_cases=2")
     assert r.returncode in (0, 3), r.stderr[-3000:]
     info = json.loads((job / "run_info.json").read_text())
@@ -74,7 +74,7 @@ def test_zsre_without_true_answer_prints_na(tmp_path):
     d = tmp_path / "data" / "bmike53" / "zsre"
     d.mkdir(parents=True)
     (d / "zsre_test_de.json").write_text(json.dumps(rows), encoding="utf-8")
-    r, job = run_py(tmp_path, "dataset=bmike53_zsre", f"data.root={tmp_path / 'data'}", "eval_langs=[en,de]",
+    r, job = run_py(tmp_path, "data=bmike53_zsre", f"data.root={tmp_path / 'data'}", "eval_langs=[en,de]",
                     "print_tables=true")
     assert r.returncode in (0, 3), r.stderr[-3000:]
     assert "reliability.prob (post-edit): n/a: dataset has no true answer" in r.stdout

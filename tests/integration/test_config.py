@@ -6,7 +6,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SEARCHPATH
 from xling_edit.config import register_configs
 from xling_edit.languages import load_languages, resolve_eval_langs
 
@@ -15,7 +15,7 @@ register_configs()
 
 def cfg(*overrides):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=[SEARCHPATH, *overrides])
 
 
 def test_default_composition():
@@ -91,3 +91,26 @@ def test_model_configs_compose(model):
     c = cfg(f"model={model}")
     assert c.model.templates.down_proj.count("{}") == 1
     OmegaConf.to_container(c.method, resolve=True)
+
+
+def test_the_old_dataset_group_name_still_works_with_a_deprecation_line(capsys):
+    from xling_edit import api
+    from xling_edit.config import upgrade_overrides
+
+    assert upgrade_overrides(["-m", "dataset=a,b", "+dataset=c", "data.max_cases=3", "data=d"]) == \
+        ["-m", "data=a,b", "+data=c", "data.max_cases=3", "data=d"]
+    assert capsys.readouterr().err.count("deprecated: `dataset=` is now `data=`") == 2
+    assert api.compose(["dataset=bmike53_zsre"]).data.name == "bmike53_zsre"
+    assert api.compose(["data=bmike53_zsre", "data.max_cases=2"]).data.max_cases == 2
+
+
+def test_mode_and_stats_groups_set_their_sections():
+    from xling_edit import api
+
+    cfg = api.compose(["method=memit", "mode=batch", "stats=none"])
+    assert (cfg.method.mode, cfg.method.num_edits, cfg.stats.corpus) == ("batch", 10, "none")
+    seq = api.compose(["method=rome", "mode=sequential", "method.num_edits=3"])
+    assert (seq.method.mode, seq.method.num_edits, seq.method.eval_every) == ("sequential", 3, 0)
+    plain = api.compose(["method=rome"])
+    assert plain.method.mode == "single" and plain.stats.corpus == "builtin"
+    assert api.compose(["stats=hf_wikipedia"]).stats.hf_path == "wikimedia/wikipedia"

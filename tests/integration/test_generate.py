@@ -8,7 +8,7 @@ import torch
 
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SEARCHPATH
 from xling_edit.config import register_configs
 from xling_edit.evaluation.generate import cut_answer, generate_answers
 from xling_edit.models import load_model
@@ -20,7 +20,7 @@ PROMPTS = ["The capital of France is", "Q: Who wrote Hamlet? Answer:", "x",
 def tiny_model(name: str):
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"model={name}"])
+        cfg = compose(config_name="config", overrides=[SEARCHPATH, f"model={name}"])
     return load_model(cfg.model, seed=0)
 
 

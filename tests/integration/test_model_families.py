@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tests.conftest import ROOT, language
+from tests.conftest import ROOT, SEARCHPATH, language
 from xling_edit import pipeline
 from xling_edit.config import RomeConfig, register_configs
 from xling_edit.data.schema import LangRecord
@@ -46,7 +46,7 @@ def cache(tmp_path_factory):
 
 def compose_cfg(*overrides):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=[SEARCHPATH, *overrides])
 
 
 @pytest.mark.parametrize("tiny", sorted(FAMILIES))

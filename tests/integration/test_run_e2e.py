@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SEARCHPATH
 
 FAST = ["stats.per_lang=4", "data.max_cases=2"]
 
@@ -21,7 +21,7 @@ def run(*args, cwd=ROOT):
 @pytest.mark.parametrize("model", ["tiny_gpt2", "tiny_gemma3"])
 def test_single_run_writes_results(tmp_path, model):
     out = tmp_path / "job"
-    r = run(f"model={model}", *FAST, f"hydra.run.dir={out}", f"model.cache_dir={tmp_path / 'cache'}")
+    r = run(f"model={model}", SEARCHPATH, *FAST, f"hydra.run.dir={out}", f"model.cache_dir={tmp_path / 'cache'}")
     lines = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
     assert len(lines) == 2 * 8  # cases x eval languages
     assert {l["eval_lang"] for l in lines} == {"en", "de", "fr", "it", "es", "hi", "ta", "kn"}
@@ -75,7 +75,7 @@ def test_help_and_cfg_job():
 @pytest.mark.shared
 def test_bmike_tamil_reports_localisation(tmp_path, shared_data):
     out = tmp_path / "job"
-    r = run("model=tiny_llama", "dataset=bmike53_counterfact", "edit_lang=ta", "data.max_cases=6",
+    r = run("model=tiny_llama", "data=bmike53_counterfact", "edit_lang=ta", "data.max_cases=6",
             f"data.root={shared_data}", "eval_langs=[en,ta,kn]", "stats.per_lang=4",
             f"hydra.run.dir={out}", f"model.cache_dir={tmp_path / 'cache'}")
     info = json.loads((out / "run_info.json").read_text())

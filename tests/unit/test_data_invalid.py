@@ -100,7 +100,7 @@ def test_english_only_on_real_bmike53(shared_data):
 def test_public_dataset_configs_skip_and_wfd_points_at_the_release_names():
     def data(name):
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            return compose(config_name="config", overrides=[f"dataset={name}"]).data
+            return compose(config_name="config", overrides=[f"data={name}"]).data
     wfd = data("bmike53_wfd")
     assert (wfd.loader, wfd.dir, wfd.pattern) == ("bmike53", "bmike53/WikiFactDiff", "wfd_test_{lang}.json")
     for name in ("bmike53_counterfact", "bmike53_zsre", "bmike53_wfd", "easyedit_counterfact"):

@@ -45,7 +45,7 @@ def bmike_dir(tmp_path, text: str) -> list[str]:
     d = tmp_path / "data" / "bm"
     d.mkdir(parents=True)
     (d / "cf_de.json").write_text(text, encoding="utf-8")
-    return [f"data.root={tmp_path / 'data'}", "dataset=bmike53_counterfact", "data.dir=bm",
+    return [f"data.root={tmp_path / 'data'}", "data=bmike53_counterfact", "data.dir=bm",
             "data.pattern='cf_{lang}.json'", "eval_langs=[en,de]"]
 
 
@@ -101,7 +101,7 @@ def test_missing_field_names_file_case_and_field(tmp_path, no_weights):
 @pytest.mark.parametrize("overrides,expected", [
     (["eval_langs=[en,xx]"], "eval_langs ['xx'] unknown; available:"),
     (["data.max_cases=0"], "data.max_cases must be >= 1"),
-    (["dataset=bmike53_counterfact", "data.root=/nonexistent"], "BMIKE-53 directory not found: /nonexistent/bmike53/counterfact"),
+    (["data=bmike53_counterfact", "data.root=/nonexistent"], "BMIKE-53 directory not found: /nonexistent/bmike53/counterfact"),
     (["method=rome", "method.mode=batch"], "method.mode=batch needs a method that edits many facts at once"),
     (["stats.langs=[xx]"], "stats.langs ['xx']: none has a built-in statistics text"),
     (["+model.hparams.rome.nonsense=1"], "model.hparams.rome has unknown fields ['nonsense']"),
