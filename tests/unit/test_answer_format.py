@@ -52,12 +52,12 @@ def test_format_errors_are_explicit():
 
 
 def test_dataset_defaults_cue_for_question_prompts_only():
-    bmike = sorted((ROOT / "conf" / "dataset").glob("bmike53_*.yaml"))
+    bmike = sorted((ROOT / "conf" / "data").glob("bmike53_*.yaml"))
     assert len(bmike) >= 2
     for path in bmike:  # question prompts
         assert OmegaConf.load(path).answer_format == "cue", path.name
     for name in ("builtin", "easyedit_counterfact"):  # fill-in prompts
-        assert OmegaConf.load(ROOT / "conf" / "dataset" / f"{name}.yaml").answer_format == "none", name
+        assert OmegaConf.load(ROOT / "conf" / "data" / f"{name}.yaml").answer_format == "none", name
 
 
 def record(q: str, ans: str) -> LangRecord:
