@@ -28,6 +28,7 @@ import torch
 from xling_edit.config import MODES
 from xling_edit.editing.base import EditRequest, SkipCase, applied
 from xling_edit.editing.localize import find_subject
+from xling_edit.editing.reference import line_deviations
 from xling_edit.evaluation import answers as gen_eval
 from xling_edit.evaluation import scorers
 from xling_edit.evaluation.evaluate import build_rows, lang_metrics, score_rows
@@ -57,6 +58,10 @@ class Ctx:
     curve: Any = None
     _heldout_evals: list | None = None
     pre_cache: Any = None  # evaluation.pre_cache.PreScoreCache, or None
+    # how the run's setup differs from the method's published one (editing.reference), added
+    # to every line's edit.deviations with the per-case subject localisation
+    deviations: dict = field(default_factory=dict)
+    published: Any = None
 
 
 @dataclass
@@ -203,7 +208,19 @@ def run_group(cases, ctx: Ctx, common: dict) -> list[dict]:
             if ctx.curve is not None and not (ctx.eval_every and len(done) % ctx.eval_every == 0):
                 curve_point(ctx, done, deltas, common)  # the last point of the curve
             post_eval(done, deltas)  # all edits in place; compared with cached pre-edit scores
+    for ev in evs:
+        _add_deviations(ev, ctx)
     return [line for ev in evs for line in case_lines(ev, ctx, common)]
+
+
+def _add_deviations(ev: CaseEval, ctx: Ctx) -> None:
+    """``edit.deviations``: the method config's (the editor's own) plus the run's setup and
+    this case's subject localisation (:mod:`xling_edit.editing.reference`)."""
+    if not ev.edit_info:
+        return
+    extra = {**ctx.deviations, **line_deviations(ctx.published, ev.edit_info.get("subject"))}
+    if extra or "deviations" in ev.edit_info:
+        ev.edit_info["deviations"] = {**(ev.edit_info.get("deviations") or {}), **extra}
 
 
 # ------------------------------------------------------------------ generated answers

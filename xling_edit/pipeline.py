@@ -29,6 +29,7 @@ from xling_edit.atomic import write_text_atomic
 from xling_edit.data import load_dataset
 from xling_edit.editing import method_config  # noqa: F401  (also pipeline.method_config, as before)
 from xling_edit.editing.base import build_editor, capabilities
+from xling_edit.editing.reference import setup_deviations
 from xling_edit.editing.stats import CovarianceProvider
 from xling_edit.errors import FailureGuard
 from xling_edit.jobdir import JobDir
@@ -240,7 +241,11 @@ def _build(ri: runner.RankInfo, cfg: DictConfig, s: Setup) -> Built:
                                   f"{model_identity(cfg, model_cfg)}:{ri.device.split(':')[0]}", opts)
     ctx = modes.Ctx(model, tok, s.spec, editor, s.registry, s.edit_code, s.eval_langs,
                     {c: s.registry[c].word_sep for c in s.eval_langs}, s.prefixes, eval_opts,
-                    s.mode, pre_cache=pre_cache)
+                    s.mode, pre_cache=pre_cache, published=editor.published_setup(),
+                    deviations=setup_deviations(editor.published_setup(), mcfg, cfg.stats,
+                                                s.registry[s.edit_code],
+                                                bool(mcfg.get("use_covariance")) and cov is not None,
+                                                editor.practice()))
     common = {"model": cfg.model.name, "method": mcfg.name, "dataset": ds.name,
               "merge": cfg.merge.name, "mode": s.mode, "answer_format": s.answer_format,
               "variant": str(mcfg.get("variant", "published")),
@@ -367,6 +372,8 @@ def _finish(ri: runner.RankInfo, cfg: DictConfig, s: Setup, b: Built, plan: Plan
         "covariance_statistics": cov.summary() if cov is not None else None,
         "pre_cache": b.pre_cache.summary() if b.pre_cache is not None else None,
         "heldout_cases": [c.case_id for c in plan.heldout],
+        "published_reference": getattr(b.ctx.published, "source", None),
+        "setup_deviations": b.ctx.deviations,
         "world_size": ri.world, "resumed_cases": len(plan.cases) - plan.n_todo,
         "seconds": {"load": round(b.t_loaded - t_start, 2),
                     "total": round(time.perf_counter() - t_start, 2)},

@@ -62,15 +62,19 @@ def summarize(records: Sequence[Mapping], elfo: str = DEFAULT_ELFO) -> list[dict
     (:func:`xling_edit.aggregate.pool_lines`: by default the macro mean over the scope's
     languages, ``elfo="pooled"`` the mean over its lines), rounded to 4 decimals."""
     records = ok_lines(records)
-    first = {}
+    first, deviations = {}, {}
     for r in records:  # which configuration made the numbers: the method and its variant
         first.setdefault(str(r["edit_lang"]), r)
+        deviations.setdefault(str(r["edit_lang"]), set()).update(
+            ((r.get("edit") or {}).get("deviations") or {}).keys())
     rows = []
     for (edit, ev), pooled in pool_lines(records, SUMMARY_KEYS, elfo=elfo).items():
         r0 = first[edit]
         for phase in ("pre", "post"):
             row = {"method": r0.get("method"), "variant": r0.get("variant", "published"),
-                   "edit_lang": edit, "eval_lang": ev, "phase": phase, "n": pooled["n"]}
+                   "edit_lang": edit, "eval_lang": ev, "phase": phase, "n": pooled["n"],
+                   # every way any line differs from the published method (edit.deviations)
+                   "deviations": " ".join(sorted(deviations.get(edit, ()))) or "none"}
             for k in SUMMARY_KEYS:
                 v = pooled[phase][k]
                 row[k] = round(v, 4) if v is not None else None
@@ -79,7 +83,7 @@ def summarize(records: Sequence[Mapping], elfo: str = DEFAULT_ELFO) -> list[dict
 
 
 def write_summary_csv(rows: Sequence[Mapping], path: Path) -> None:
-    cols = ["method", "variant", "edit_lang", "eval_lang", "phase", "n"] + SUMMARY_KEYS
+    cols = ["method", "variant", "edit_lang", "eval_lang", "phase", "n"] + SUMMARY_KEYS + ["deviations"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols)
     w.writeheader()

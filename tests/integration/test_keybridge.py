@@ -100,6 +100,13 @@ def test_keybridge_end_to_end_on_a_tiny_model(tmp_path):
     bridge = lines[0]["edit"]["bridge"]["hi"]
     assert bridge["pairs"] == 70 and bridge["rows"] == [10, 79]
     assert lines[0]["method"] == "keybridge"
+    # the setup beyond the method config is in every line: built-in statistics, their ridge
+    dev = lines[0]["edit"]["deviations"]
+    assert dev["statistics"].startswith("builtin:") and dev["stats.ridge"] == 1e-3
+    summary = (tmp_path / "job" / "summary.csv").read_text().splitlines()
+    assert summary[0].endswith(",deviations") and "statistics" in summary[1].split(",")[-1]
+    info = json.loads((tmp_path / "job" / "run_info.json").read_text())
+    assert "kmeng01/memit" in info["published_reference"]
     cached = sorted((tmp_path / "cache" / "stats").glob("keybridge-hi-*.safetensors"))
     layers = lines[0]["edit"]["layers"]
     assert [c.name.split("-")[2] for c in cached] == [f"l{l}" for l in layers]  # one fit per layer

@@ -18,6 +18,7 @@ cached per (model, layer, corpus, threshold) beside the statistics.
 from __future__ import annotations
 
 import logging
+import dataclasses
 from dataclasses import dataclass, field
 from typing import List
 from pathlib import Path
@@ -82,6 +83,11 @@ class AlphaEditEditor(MemitEditor):
     """
 
     schema = AlphaEditConfig
+    # AlphaEdit's reference code keeps MEMIT's prefixes, KL prompt and Wikipedia statistics
+    published = dataclasses.replace(MemitEditor.published, source=(
+        "Fang et al. 2025 (AlphaEdit; its reference code keeps MEMIT's context prefixes, KL "
+        "prompt, subject templates and 100,000-sample Wikipedia statistics, which also size "
+        "the null space)"))
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

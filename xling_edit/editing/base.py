@@ -73,6 +73,8 @@ class Editor:
     """
 
     kind: ClassVar[str] = "weights"
+    #: the published setup beyond the schema (statistics, prefixes, ...): reference.Published
+    published: ClassVar[Any] = None
     batched: ClassVar[bool] = False
     sequential: ClassVar[bool] = True
     uses_dataset: ClassVar[bool] = False
@@ -92,6 +94,15 @@ class Editor:
     def uses_statistics(self) -> bool:
         """Whether this configuration reads covariance statistics (``use_covariance``)."""
         return bool(getattr(self.hp, "use_covariance", False))
+
+    def published_setup(self):
+        """The :class:`~xling_edit.editing.reference.Published` setup this configuration is
+        compared with (default: the class's ``published``)."""
+        return self.published
+
+    def practice(self) -> dict[str, str]:
+        """How this configuration does what :attr:`Published.practice` describes, in words."""
+        return {}
 
     def edit(self, model: nn.Module, tok, request: EditRequest) -> EditOutcome:
         raise NotImplementedError

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from xling_edit.editing.base import EditOutcome, EditRequest, Editor, register_editor
+from xling_edit.editing.reference import Published
 from xling_edit.evaluation.text import join
 
 KINDS = ("copy", "update", "retain")
@@ -95,6 +96,15 @@ class IkeEditor(Editor):
 
     kind = "context"
     uses_dataset = True
+    published = Published(
+        source="Zheng et al. 2023 (IKE): k = 32 demonstrations retrieved by nearest-neighbour "
+               "similarity from a training split (EasyEdit's IKE: k = 16)",
+        fields={"k": 32},
+        practice={"demonstrations": "nearest neighbours from a training split disjoint from "
+                                    "the evaluated cases"})
+
+    def practice(self) -> dict[str, str]:
+        return {"demonstrations": "random, from the evaluated dataset's other cases"}
 
     def __init__(self, hparams, spec=None, seed: int = 0, covariance=None, covariance_label=None):
         super().__init__(hparams, spec, seed, covariance, covariance_label)

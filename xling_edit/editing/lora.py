@@ -31,6 +31,7 @@ from torch import nn
 
 from xling_edit.config import schema_from_mapping
 from xling_edit.editing.base import EditOutcome, EditRequest, Editor, WeightDelta, register_editor
+from xling_edit.editing.reference import Published
 from xling_edit.evaluation.forward import model_device
 from xling_edit.evaluation.text import Encoded, encode
 from xling_edit.models.spec import ModelSpec, is_transposed
@@ -165,6 +166,26 @@ class LoraEditor(Editor):
     """
 
     schema = LoraEditConfig
+    #: EasyEdit's LoRA baseline (hparams/LoRA, e.g. llama-7b.yaml, as audited in issue 23)
+    published = Published(
+        source="EasyEdit's LoRA baseline (hparams/LoRA/*.yaml): AdaLoRA on q_proj and v_proj "
+               "of every layer, dropout 0.1, 70 steps, no early stop",
+        fields={"kind": "adalora", "target": ["q_proj", "v_proj"], "layers": "all",
+                "dropout": 0.1, "steps": 70, "loss_stop": None})
+    #: ROME's FT-L baseline (kmeng01/rome, baselines/ft): one layer's MLP weights, L-inf bound
+    published_ft_l = Published(
+        source="Meng et al. 2022, FT-L baseline (kmeng01/rome baselines/ft): one layer's MLP "
+               "weights, L-inf norm constraint 5e-4, Adam lr 5e-4, 25 steps",
+        fields={"norm_constraint": 5e-4, "lr": 5e-4, "steps": 25},
+        practice={"loss_and_clamp": "kmeng01/rome baselines/ft's loss position and clamping"})
+
+    def published_setup(self):
+        return self.published_ft_l if self.hp.kind == "full" else self.published
+
+    def practice(self) -> dict[str, str]:
+        if self.hp.kind == "full":  # not reproduced: ours is the target NLL after the prompt
+            return {"loss_and_clamp": "target-token NLL after the prompt; clamp after every step"}
+        return {}
 
     def __init__(self, hparams: Mapping[str, Any], spec: ModelSpec, seed: int = 0,
                  covariance: Callable[[int], torch.Tensor | None] | None = None,

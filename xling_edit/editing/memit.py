@@ -30,6 +30,7 @@ from xling_edit.editing.base import (
 )
 from xling_edit.config import MemitConfig, published_deviations, schema_from_mapping
 from xling_edit.editing.context import PrefixedEditor
+from xling_edit.editing.reference import WIKIPEDIA_100K, Published
 from xling_edit.editing.value import (
     Prepared, average_keys, check_v_init, optimise_values, prepare, probe_at_subject,
     value_options,
@@ -132,6 +133,14 @@ class MemitEditor(PrefixedEditor):
 
     batched = True
     schema = MemitConfig
+    published = Published(
+        source="Meng et al. 2023; kmeng01/memit: memit/memit_main.py (context prefixes generated "
+               "from 'The', 'Therefore', 'Because', 'I', 'You', joined with '. '), "
+               "rome/compute_v.py via memit/compute_z.py (KL at '{} is a'), hparams "
+               "(C from 100,000 Wikipedia samples, no ridge), exact subject templates",
+        context_seeds=("The", "Therefore", "Because", "I", "You"), context_join=". ",
+        kl_prompt="{subject} is a", statistics=WIKIPEDIA_100K, stats_ridge=0.0,
+        subject_match="exact")
 
     def __init__(self, hparams: Mapping[str, Any], spec: ModelSpec, seed: int = 0,
                  covariance: Callable[[int], torch.Tensor | None] | None = None,

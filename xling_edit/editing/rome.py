@@ -22,6 +22,7 @@ import torch
 
 from xling_edit.editing.base import EditOutcome, EditRequest, WeightDelta, register_editor
 from xling_edit.config import RomeConfig, published_deviations, schema_from_mapping
+from xling_edit.editing.reference import WIKIPEDIA_100K, Published
 from xling_edit.editing.context import PrefixedEditor
 from xling_edit.editing.value import (
     average_keys, check_v_init, optimise_value, prepare, value_options,
@@ -62,6 +63,14 @@ class RomeEditor(PrefixedEditor):
     Raises:
         SkipCase: the subject cannot be located in the prompt.
     """
+
+    published = Published(
+        source="Meng et al. 2022; kmeng01/rome: rome/rome_main.py (context prefixes generated "
+               "from '<|endoftext|>', joined with '. '), rome/compute_v.py (KL at '{} is a'), "
+               "rome/layer_stats.py and hparams (C from 100,000 Wikipedia samples, no ridge), "
+               "rome/repr_tools.py (the subject is the template's literal fill)",
+        context_seeds=("<|endoftext|>",), context_join=". ", kl_prompt="{subject} is a",
+        statistics=WIKIPEDIA_100K, stats_ridge=0.0, subject_match="exact")
 
     def __init__(self, hparams: Mapping[str, Any], spec: ModelSpec, seed: int = 0,
                  covariance: Callable[[int], torch.Tensor | None] | None = None,

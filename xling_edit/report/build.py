@@ -312,9 +312,23 @@ def _counter(c: Counter | dict | None) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(c.items(), key=lambda kv: (-kv[1], str(kv[0]))))
 
 
+def _deviations(lines) -> str:
+    """Every ``edit.deviations`` item of a run's lines with the values seen (``none``: the
+    published method as declared in xling_edit/editing/reference.py)."""
+    seen: dict[str, set] = {}
+    for l in lines:
+        for k, v in ((l.get("edit") or {}).get("deviations") or {}).items():
+            seen.setdefault(k, set()).add(json.dumps(v, ensure_ascii=False, sort_keys=True))
+    if not seen:
+        return "none"
+    return "; ".join(f"`{k}`: {', '.join(sorted(v)[:3])}{' …' if len(v) > 3 else ''}"
+                     for k, v in sorted(seen.items()))
+
+
 def _runs_table(runs: Sequence[Run], out: Path) -> str:
     header = ["run", "model", "dataset", "method", "merge", "variant", "edit", "eval langs", "cases",
-              "case status (lines)", "line status", "covariance", "seconds"]
+              "case status (lines)", "line status", "covariance", "deviations from the published method",
+              "seconds"]
     rows = []
     for r in runs:
         st = agg.status_counts(r.lines)
@@ -326,7 +340,7 @@ def _runs_table(runs: Sequence[Run], out: Path) -> str:
                      len({l.get("case_id") for l in r.lines}), _counter(st["cases"]),
                      _counter(st["lines"]),
                      info.get("covariance", "–" if r.info else "no run_info.json (running or crashed?)"),
-                     (info.get("seconds") or {}).get("total", "–")])
+                     _deviations(r.lines), (info.get("seconds") or {}).get("total", "–")])
     return tb.markdown(header, [[tb.fmt(x) for x in row] for row in rows])
 
 
