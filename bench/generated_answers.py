@@ -53,7 +53,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from xling_edit.bench.edit_bench import compose
+    from bench.edit_bench import compose
     from xling_edit.data import load_dataset
     from xling_edit.evaluation import answers as A
     from xling_edit.evaluation.evaluate import answer_prefixes

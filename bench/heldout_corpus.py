@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="gemma3_270m", help="whose tokenizer counts the tokens")
     args = ap.parse_args(argv)
 
-    from xling_edit.bench.edit_bench import compose
+    from bench.edit_bench import compose
     from xling_edit.data.loaders import resolve_path
     from xling_edit.languages import PROJECT_ROOT
     from xling_edit.models import load_model

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     import torch
 
-    from xling_edit.bench.edit_bench import compose
+    from bench.edit_bench import compose
     from xling_edit.editing.keybridge import ridge, subject_keys
     from xling_edit.models import ModelSpec, load_model
 

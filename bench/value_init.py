@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 def compose(args):
     """The run's config for this model, dataset, method and edit language (plus overrides)."""
-    from xling_edit.bench.edit_bench import compose as bench_compose
+    from bench.edit_bench import compose as bench_compose
 
     return bench_compose(args.model, [
         f"data={args.dataset}", f"method={args.method}", f"edit_lang={args.lang}",

@@ -77,12 +77,12 @@ def one_thread():
 
 
 def run_bench(tmp_path: Path, *args: str):
-    """``python -m xling_edit.bench`` on tiny_llama (its own cache under ``tmp_path``, 1 thread,
+    """``python bench/edit_bench.py`` on tiny_llama (its own cache under ``tmp_path``, 1 thread,
     4 statistics paragraphs per language) with ``args``; asserts it succeeded and returns the
     finished process and its JSON results."""
     out = tmp_path / "bench.json"
     r = subprocess.run(
-        [sys.executable, "-m", "xling_edit.bench", "--model", "tiny_llama", *args, "--out", str(out),
+        [sys.executable, str(ROOT / "bench" / "edit_bench.py"), "--model", "tiny_llama", *args, "--out", str(out),
          "--override", f"model.cache_dir={tmp_path / 'cache'}", "--override", "stats.per_lang=4",
          "--override", "threads=1"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env={"TQDM_DISABLE": "1", **os.environ})

@@ -539,7 +539,7 @@ class EvalConfig:
         gen_batch_size: prompts decoded together.
         log_answers: write each prompt's answers (text, rung, script, pre and post) into the
             results line's ``answers`` field (like evaluation harnesses' ``--log_samples``).
-    The plain settings exist for ``python -m xling_edit.bench``, which times both in one
+    The plain settings exist for ``python bench/edit_bench.py``, which times both in one
     process; results are the same (argmax metrics identical, NLLs equal to float rounding).
     """
 

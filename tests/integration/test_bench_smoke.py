@@ -1,4 +1,4 @@
-"""`python -m xling_edit.bench` runs end to end on a tiny model (the benchmark is not a test)."""
+"""`python bench/edit_bench.py` runs end to end on a tiny model (the benchmark is not a test)."""
 
 from tests.conftest import run_bench
 
@@ -21,7 +21,7 @@ def test_bench_requests_use_the_pipelines_answer_format(tmp_path):
     """The benchmark edits with the prompts the pipeline would use: each language's answer cue
     when the dataset asks for it (a question dataset edited without its cue measures another
     prompt than the study's)."""
-    from xling_edit.bench.edit_bench import Setup, compose
+    from bench.edit_bench import Setup, compose
 
     cfg = compose("tiny_llama", ["data.answer_format=cue", "data.max_cases=1", "stats.per_lang=2",
                                  f"model.cache_dir={tmp_path}", "threads=1", "eval_langs=[en,de]"])

@@ -1,11 +1,11 @@
 """The benchmark: seconds per ROME / MEMIT edit, per 8-language evaluation, statistics
 throughput and peak memory on one model, each fast path against the plain path it replaces.
 
-    python -m xling_edit.bench                         # default model (Gemma-3-270M), 3 repeats
-    python -m xling_edit.bench --quick                 # 1 repeat, MEMIT batch 4: a first look
-    python -m xling_edit.bench --model tiny_llama      # seconds; the smoke test uses it
-    python -m xling_edit.bench --override stats.per_lang=10 --out my.json
-    python -m xling_edit.bench --only stats --stats-tokens 50000   # the statistics item alone
+    python bench/edit_bench.py                         # default model (Gemma-3-270M), 3 repeats
+    python bench/edit_bench.py --quick                 # 1 repeat, MEMIT batch 4: a first look
+    python bench/edit_bench.py --model tiny_llama      # seconds; the smoke test uses it
+    python bench/edit_bench.py --override stats.per_lang=10 --out my.json
+    python bench/edit_bench.py --only stats --stats-tokens 50000   # the statistics item alone
 
 Fast and plain paths run interleaved in the same process on the same cases (the value
 optimisation takes the same steps on both), so each ratio compares like with like even when
@@ -49,8 +49,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-from omegaconf import OmegaConf
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python bench/edit_bench.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 EDIT_FLAGS = ("v_from_layer", "v_head_at_targets", "cache_factorization")
 EVAL_FLAGS = ("batched", "head_at_targets", "reuse_lower_layers", "inference_mode")
@@ -458,7 +462,7 @@ def _status_kb(field: str) -> int:
 
 
 def run_memory_probe(model: str, overrides: list[str], log: Callable) -> dict | None:
-    cmd = [sys.executable, "-m", "xling_edit.bench", "--memory-probe", "--model", model]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", "--model", model]
     for o in overrides:
         cmd += ["--override", o]
     env = {**os.environ, "TQDM_DISABLE": "1"}
@@ -631,7 +635,7 @@ ONLY_NOTE = {"stats": "statistics in alternating rounds",
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m xling_edit.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python bench/edit_bench.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="gemma3_270m", help="a conf/model/ config (default gemma3_270m)")
     p.add_argument("--repeats", type=int, default=3, help="runs per figure; medians are reported")
     p.add_argument("--quick", action="store_true", help="1 repeat, MEMIT batch 4, 10k statistics tokens")
@@ -765,3 +769,7 @@ def _brief(eq: dict) -> str:
     return (f"evaluation {eq['eval_identical']}, trajectory {eq['same_trajectory']}, "
             f"metrics {eq['end_to_end_argmax_and_prob_identical']} "
             f"(NLLs within {eq['end_to_end_max_nll_diff']:.0e})")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Benchmarks and measurement scripts (run as ``python bench/<name>.py``; see README.md here)."""
