@@ -116,14 +116,17 @@ class Setup:
 
     def editor(self, method: str, **flags):
         """An editor for ``method``: a key of :attr:`method_cfgs` (a ``conf/method`` file name,
-        composed on first use); ``flags`` override its fields."""
+        composed on first use); ``flags``: its fast paths (:class:`EditPaths` fields, False for
+        the plain path)."""
         from xling_edit.editing.base import build_editor  # editors registered by the pipeline import
+        from xling_edit.fastpaths import EditPaths
 
         if method not in self.method_cfgs:
             self.method_cfgs[method] = compose_method(self.cfg, method)
-        hp = OmegaConf.merge(self.method_cfgs[method], flags)
+        hp = self.method_cfgs[method]
         ed = build_editor(str(hp.name), hparams=hp, spec=self.spec, seed=self.cfg.seed,
                           covariance=self.cov, covariance_label=self.cov.label if self.cov else None)
+        ed.paths = replace(EditPaths(), **flags)
         # one set of context prefixes for every flag variant of a method file (its templates)
         shared = self.__dict__.setdefault("_prefix_cache", {}).setdefault(method, {})
         ed.__dict__["_prefixes"] = shared

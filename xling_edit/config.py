@@ -135,11 +135,6 @@ class EditMethodConfig:
             report). 0: no curve.
         heldout: ``sequential`` only: the last ``heldout`` cases of the dataset are never
             edited; the curve tracks their locality and their own facts (``fact.*``).
-        v_from_layer: fast path: the value optimisation computes the blocks below the edited
-            one once and runs only the edited block and up at each step (same trajectory);
-            false runs the full depth every step (the plain path, for benchmarks).
-        v_head_at_targets: fast path: the value optimisation applies the LM head only at the
-            target and KL positions; false computes full logits at every position (plain).
         v_init: where the value optimisation starts (xling_edit/editing/value.py). ``zero``
             (published): Adam from delta = 0. ``bare``: first the same optimisation on the bare
             prompt and the KL prompt alone (2 rows instead of every context prompt; stopped at
@@ -151,9 +146,6 @@ class EditMethodConfig:
             start's. (A third start, a line search along the first gradient, saved nothing
             there — 14.2 steps, 96 s — and was removed.) The warm-up's forwards are recorded
             as ``edit.init_forwards`` (outside ``edit.steps``).
-        cache_factorization: fast path: the covariance statistics are factorised (Cholesky)
-            once per layer and reused by every edit (ROME's C⁻¹k, MEMIT's (λC + KKᵀ)⁻¹K by
-            the push-through identity); false solves with C afresh at every edit (plain).
     """
 
     name: str = MISSING
@@ -172,9 +164,6 @@ class EditMethodConfig:
     num_edits: int = 1
     eval_every: int = 0
     heldout: int = 0
-    v_from_layer: bool = True
-    v_head_at_targets: bool = True
-    cache_factorization: bool = True
     v_init: str = "zero"
 
 
@@ -515,14 +504,6 @@ class EvalConfig:
 
     Args:
         batch_size: rows (prompt + target) per padded forward pass.
-        batched: fast path: all rows of a case (every language, metric, protocol) in
-            length-sorted padded batches, one forward pass per batch; false: one pass per row.
-        head_at_targets: fast path: the forward stops after the final norm and the LM head is
-            applied only at scored positions; false: full logits at every position.
-        reuse_lower_layers: fast path: the post-edit pass feeds the pre-edit hidden states
-            entering the lowest edited block and runs only the blocks from there up; false:
-            full depth.
-        inference_mode: fast path: score under ``torch.inference_mode``; false: plain grad mode.
         head_chunk: scored positions per LM-head product (bounds the [positions, vocab]
             logits' memory).
         pre_cache: keep the unedited model's scores of every case on disk
@@ -539,15 +520,10 @@ class EvalConfig:
         gen_batch_size: prompts decoded together.
         log_answers: write each prompt's answers (text, rung, script, pre and post) into the
             results line's ``answers`` field (like evaluation harnesses' ``--log_samples``).
-    The plain settings exist for ``python bench/edit_bench.py``, which times both in one
-    process; results are the same (argmax metrics identical, NLLs equal to float rounding).
+    The fast paths' plain counterparts are not settings here: :mod:`xling_edit.fastpaths`.
     """
 
     batch_size: int = 32
-    batched: bool = True
-    head_at_targets: bool = True
-    reuse_lower_layers: bool = True
-    inference_mode: bool = True
     head_chunk: int = 32
     pre_cache: bool = True
     generate: bool = True
@@ -713,12 +689,21 @@ RENAMED_GROUPS = {"dataset": "data"}
 
 def upgrade_overrides(args: Sequence[str]) -> list[str]:
     """Command-line overrides with renamed groups spelled as they are now (``dataset=x`` ->
-    ``data=x``), one deprecation line on stderr per old spelling."""
+    ``data=x``) and former benchmark switches dropped (:data:`xling_edit.fastpaths.MOVED_KEYS`),
+    one deprecation line on stderr per old spelling."""
     import re
     import sys
 
+    from xling_edit.fastpaths import MOVED_KEYS
+
     out = []
     for a in args:
+        key = a.lstrip("+~").split("=", 1)[0]
+        if key in MOVED_KEYS:  # a benchmark switch now: identical results either way
+            print(f"deprecated: `{key}` is no longer a setting (a fast path's plain counterpart: "
+                  f"xling_edit/fastpaths.py, timed by bench/edit_bench.py; results are the same); "
+                  f"{a!r} ignored. Accepted until the next release", file=sys.stderr, flush=True)
+            continue
         m = re.match(r"^([+~]{0,2})([a-z_]+)(=|@|$)(.*)$", a)
         if m and m.group(2) in RENAMED_GROUPS:
             new = RENAMED_GROUPS[m.group(2)]
@@ -771,8 +756,7 @@ def method_schemas(extra_module: str | None = None) -> dict[str, type]:
 _NOT_ALGORITHM = {"name", "variant", "layer", "layers", "mom2_update_weight", "mode", "num_edits",
                   "fit_root", "fit_dir", "fit_pattern",  # where keybridge reads its fit pairs
                   "eval_every", "heldout",
-                  "subject_match_threshold", "v_from_layer", "v_head_at_targets",
-                  "cache_factorization"}
+                  "subject_match_threshold"}
 
 
 def published_deviations(hp) -> dict:

@@ -114,3 +114,18 @@ def test_mode_and_stats_groups_set_their_sections():
     plain = api.compose(["method=rome"])
     assert plain.method.mode == "single" and plain.stats.corpus == "builtin"
     assert api.compose(["stats=hf_wikipedia"]).stats.hf_path == "wikimedia/wikipedia"
+
+
+def test_benchmark_switches_left_the_user_config_with_a_deprecation_line(capsys):
+    from xling_edit import api
+    from xling_edit.config import EditMethodConfig, EvalConfig, upgrade_overrides
+
+    for name in ("batched", "head_at_targets", "reuse_lower_layers", "inference_mode"):
+        assert name not in EvalConfig.__dataclass_fields__
+    for name in ("v_from_layer", "v_head_at_targets", "cache_factorization"):
+        assert name not in EditMethodConfig.__dataclass_fields__
+    assert upgrade_overrides(["eval.batched=false", "method.cache_factorization=false", "seed=1"]) == ["seed=1"]
+    assert capsys.readouterr().err.count("is no longer a setting") == 2
+    assert api.compose(["eval.inference_mode=false"]).seed == 0  # accepted, ignored
+    with pytest.raises(Exception):  # and not a config key any more
+        cfg("eval.batched=false")

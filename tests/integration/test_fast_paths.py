@@ -13,6 +13,7 @@ from xling_edit.editing.rome import RomeEditor
 from xling_edit.editing.value import optimise_value, prepare
 from xling_edit.evaluation.evaluate import EvalOptions, build_rows, lang_metrics, score_rows
 from xling_edit.evaluation.forward import LowerStates, edited_layers, model_device
+from xling_edit.fastpaths import EditPaths
 
 RECORD = LangRecord(subject="Eiffel Tower", prompt="The Eiffel Tower is located in",
                     target_new="Rome", target_true="Paris",
@@ -138,7 +139,9 @@ def test_cached_factorisation_gives_the_same_rome_update(tiny):
     req = EditRequest("c0", language("en"), RECORD)
     fast = RomeEditor(rome_hp(cfg, layer=0), spec, covariance=cov).edit(model, tok, req)
     assert cov.solves == 1
-    plain = RomeEditor(rome_hp(cfg, layer=0, cache_factorization=False), spec, covariance=cov).edit(model, tok, req)
+    plain_ed = RomeEditor(rome_hp(cfg, layer=0), spec, covariance=cov)
+    plain_ed.paths = EditPaths(cache_factorization=False)
+    plain = plain_ed.edit(model, tok, req)
     assert cov.solves == 1
     assert torch.allclose(fast.tensors["u"], plain.tensors["u"], rtol=1e-8, atol=1e-10)
     assert torch.allclose(fast.deltas[0].delta, plain.deltas[0].delta, rtol=1e-5, atol=1e-7)
@@ -169,9 +172,9 @@ def test_memit_fast_equals_plain(tiny):
             EditRequest("c1", language("en"), LangRecord(subject="Angela Merkel",
                         prompt="Angela Merkel was born in", target_new="Paris"))]
     fast = MemitEditor(hp, spec, covariance=cov).edit_batch(model, tok, reqs)
-    plain = MemitEditor(OmegaConf.merge(hp, dict(v_from_layer=False, v_head_at_targets=False,
-                                                 cache_factorization=False)),
-                        spec, covariance=cov).edit_batch(model, tok, reqs)
+    plain_ed = MemitEditor(hp, spec, covariance=cov)
+    plain_ed.paths = EditPaths.plain()
+    plain = plain_ed.edit_batch(model, tok, reqs)
     assert fast.info["steps"] == plain.info["steps"]
     for a, b in zip(fast.deltas, plain.deltas):
         assert a.param == b.param

@@ -12,6 +12,7 @@ from xling_edit import pipeline
 from xling_edit.config import register_configs
 from xling_edit.editing import keybridge as kb
 from xling_edit.editing.memit import memit_update
+from xling_edit.fastpaths import EditPaths
 
 register_configs()
 
@@ -51,7 +52,8 @@ def test_update_writes_the_value_at_every_predicted_key():
                    torch.zeros(d_in, d_in, dtype=torch.float64), 1.0, 1.0, 10)
     p = br(k_en)
     ed = kb.KeybridgeEditor.__new__(kb.KeybridgeEditor)
-    ed.hp = kb.KeybridgeConfig(bridge_langs=["hi"], mom2_update_weight=1e-6, cache_factorization=False)
+    ed.hp = kb.KeybridgeConfig(bridge_langs=["hi"], mom2_update_weight=1e-6)
+    ed.paths = EditPaths(cache_factorization=False)
     ed.bridges = {(4, "hi"): br}
     dw = ed.layer_update(4, r, k_en, use_cov=False)
     assert torch.allclose(dw @ k_en, r, atol=1e-4) and torch.allclose(dw @ p, r, atol=1e-4)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from xling_edit.data.schema import LangRecord
+from xling_edit.fastpaths import EditPaths
 
 
 class SkipCase(Exception):
@@ -79,6 +80,9 @@ class Editor:
     sequential: ClassVar[bool] = True
     uses_dataset: ClassVar[bool] = False
     schema: ClassVar[type | None] = None
+
+    #: the fast paths (xling_edit.fastpaths.EditPaths; the benchmark sets the plain ones)
+    paths: ClassVar[Any] = EditPaths()
 
     def __init__(self, hparams: Mapping[str, Any], spec=None, seed: int = 0,
                  covariance: Callable[[int], torch.Tensor | None] | None = None,

@@ -173,7 +173,7 @@ class MemitEditor(PrefixedEditor):
         # 1. targets z at the top layer, in residual-stream units
         space = hp.z_space
         # every request's delta in one padded batch per step (each still gets its own trajectory)
-        values = optimise_values(model, spec, top, preps, **value_options(hp, space))
+        values = optimise_values(model, spec, top, preps, **value_options(hp, space, self.paths))
         with torch.no_grad():
             if space == "residual":  # v0 is h_L at the bare prompt's subject: z = h + delta
                 resid_target = torch.stack([v.delta.double() for v in values])
@@ -250,7 +250,7 @@ class MemitEditor(PrefixedEditor):
         """ΔW_l (out × in, float64) from this layer's residual share R [d_out, n] and keys
         K [d_in, n]: MEMIT's R Kᵀ (λC + KKᵀ)⁻¹. Subclasses change the solve (AlphaEdit)."""
         hp = self.hp
-        if (hp.cache_factorization and hp.mom2_update_weight > 0
+        if (self.paths.cache_factorization and hp.mom2_update_weight > 0
                 and (not use_cov or hasattr(self.covariance, "solve"))):
             solve = (lambda x: self.covariance.solve(layer, x)) if use_cov else None
             return memit_update_factored(resid, keys, solve, hp.mom2_update_weight)

@@ -89,13 +89,13 @@ class RomeEditor(PrefixedEditor):
         t0 = time.perf_counter()
         prep = prepare(tok, request, self.prefixes(model, tok, request.lang),
                        hp.subject_match_threshold, model_device(model))
-        res = optimise_value(model, self.spec, hp.layer, prep, **value_options(hp, "mlp_out"))
+        res = optimise_value(model, self.spec, hp.layer, prep, **value_options(hp, "mlp_out", self.paths))
         down = self.spec.module(model, "down_proj", hp.layer)
         w = weight_as_out_in(down).detach()
         k_bar = average_keys(res.keys, self.prompt_groups if hp.key_average == "templates" else None)
         k_star = k_bar if hp.consistent_key else res.keys[0]
         use_cov = bool(hp.use_covariance and self.covariance)
-        if use_cov and hp.cache_factorization and hasattr(self.covariance, "solve"):
+        if use_cov and self.paths.cache_factorization and hasattr(self.covariance, "solve"):
             u, cov = self.covariance.solve(hp.layer, k_bar[:, None])[:, 0], True  # cached factor
         else:
             cov = self.covariance(hp.layer) if use_cov else None

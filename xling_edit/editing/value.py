@@ -414,13 +414,17 @@ def _stack_logits(model, spec: ModelSpec, st: _Stack, head_at_targets: bool) -> 
     return full_logits_at(model, st.ids, st.mask, st.rows, st.pos)
 
 
-def value_options(hp, space: str = "mlp_out") -> dict:
-    """:func:`optimise_value`'s settings from a method config (``RomeConfig`` / ``MemitConfig``);
+def value_options(hp, space: str = "mlp_out", paths=None) -> dict:
+    """:func:`optimise_value`'s settings from a method config (``RomeConfig`` / ``MemitConfig``)
+    and the editor's fast paths (:class:`xling_edit.fastpaths.EditPaths`; default: all on);
     ``init`` is checked where it is used (:func:`optimise_values`, the editors' constructors)."""
+    from xling_edit.fastpaths import EditPaths
+
+    paths = paths or EditPaths()
     return dict(steps=hp.v_steps, lr=hp.v_lr, loss_stop=hp.v_loss_stop,
                 clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor,
-                weight_decay=hp.weight_decay, space=space, from_layer=hp.v_from_layer,
-                head_at_targets=hp.v_head_at_targets, init=hp.v_init)
+                weight_decay=hp.weight_decay, space=space, from_layer=paths.v_from_layer,
+                head_at_targets=paths.v_head_at_targets, init=hp.v_init)
 
 
 def project_to_ball(x: torch.Tensor, radius: float) -> torch.Tensor:

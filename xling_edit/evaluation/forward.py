@@ -34,10 +34,27 @@ class _StopForward(Exception):
     """Raised by a hook to end a forward pass once the needed activations are captured."""
 
 
+@dataclass
 class EvalOptions(EvalConfig):
     """How rows are scored: the fields and defaults of :class:`xling_edit.config.EvalConfig`
-    (``eval.*`` in the config, documented there), plus constructors from a config node and
-    for the plain path."""
+    (``eval.*`` in the config, documented there), the fast paths (not user settings:
+    :mod:`xling_edit.fastpaths`; the benchmark and the tests turn them off), and constructors
+    from a config node and for the plain path.
+
+    Args:
+        batched: all rows of a case (every language, metric, protocol) in length-sorted padded
+            batches, one forward pass per batch (plain: one pass per row).
+        head_at_targets: the forward stops after the final norm and the LM head is applied
+            only at scored positions (plain: full logits at every position).
+        reuse_lower_layers: the post-edit pass feeds the pre-edit hidden states entering the
+            lowest edited block and runs only the blocks from there up (plain: full depth).
+        inference_mode: score under ``torch.inference_mode`` (plain: the caller's grad mode).
+    """
+
+    batched: bool = True
+    head_at_targets: bool = True
+    reuse_lower_layers: bool = True
+    inference_mode: bool = True
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | int | EvalConfig | None) -> "EvalOptions":
