@@ -11,8 +11,10 @@ is the working tree's.
     .venv/bin/python bench/localize_diff.py --old HEAD~3 --negative-control
     .venv/bin/python bench/localize_diff.py --data /path/to/shared/data
 
-``--fixture`` (on by default) also scores both on the hand-labelled fixture
-(tests/fixtures/localize_bmike53.json, scoring from tests/unit/test_localize.py);
+``--fixture`` (on by default) also scores both, per language, on the hand-labelled fixtures
+(tests/fixtures/localize_bmike53.json; tests/fixtures/localize_bn_mr.json, Bengali and Marathi
+with their ``morphology`` registered from their language files; scoring from
+tests/unit/test_localize.py; the new matcher is told each record's language);
 ``--negative-control`` counts matches of each subject in other cases' prompts (all wrong).
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib.util
+import inspect
 import json
 import subprocess
 import sys
@@ -32,6 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 OLD_REV = "8f5a23973645db221839682d3b9749c371b34aea"
 LANGS = ("en", "de", "fr", "it", "es", "hi", "ta")
 METHODS = ("exact", "normalized", "fuzzy", "translit", "none")
+# Languages without a BMIKE-53 file, scored on a hand-written fixture with their language files
+INLINE_FIXTURE = "tests/fixtures/localize_bn_mr.json"
+NEW_LANGS = {"bn": "conf/edit_lang/_template.yaml.example",
+             "mr": "tests/fixtures/edit_lang/mr.yaml"}
 
 
 def load_module(path: Path, name: str):
@@ -89,16 +96,47 @@ def compare(old, new, data: Path, out) -> None:
         print(f"{lang}\t{i}\t{case_id}\t{a}\t{b}", file=out)
 
 
+def register_new_languages() -> None:
+    """Bengali (the language template's values) and Marathi (tests/fixtures/edit_lang/mr.yaml)
+    registered as the pipeline registers a composed language: their ``morphology`` only."""
+    from omegaconf import OmegaConf
+
+    from xling_edit.evaluation.matching import set_morphology
+
+    for code, path in NEW_LANGS.items():
+        set_morphology(code, OmegaConf.to_container(OmegaConf.load(ROOT / path)).get("morphology"))
+
+
+def matcher(module):
+    """``(prompt, subject, lang) -> match``: the language named where the module takes it."""
+    if "lang" in inspect.signature(module.find_subject).parameters:
+        return lambda prompt, subject, lang: module.find_subject(prompt, subject, lang=lang)
+    return lambda prompt, subject, lang: module.find_subject(prompt, subject)
+
+
 def fixture(old, new, data: Path, out) -> None:
     sys.path.insert(0, str(ROOT / "tests" / "unit"))
-    from test_localize import fixture_scores  # the test's own scoring
+    from test_localize import fixture_cases, scores  # the test's own scoring
 
-    print("\nHand-labelled fixture (tests/fixtures/localize_bmike53.json):", file=out)
-    for name, module in (("old", old), ("new", new)):
-        s = fixture_scores(module.find_subject, data)
-        print(f"{name}: precision {s['precision']:.3f} ({s['correct']}/{s['returned']}), "
-              f"recall {s['recall']:.3f} ({s['correct']}/{s['present']}) of {s['n']} records",
-              file=out)
+    register_new_languages()
+    inline = json.loads((ROOT / INLINE_FIXTURE).read_text(encoding="utf-8"))["records"]
+    sets = [("tests/fixtures/localize_bmike53.json", fixture_cases(data)),
+            (f"{INLINE_FIXTURE} (bn, mr: rules from their YAML)",
+             [(r["lang"], r["prompt"], r["subject"], r["src"], i) for i, r in enumerate(inline)])]
+    print("\nHand-labelled fixtures, precision and recall per language:", file=out)
+    for name, cases in sets:
+        got = {label: scores(cases, m) for label, m in (("old", matcher(old)),
+                                                       ("new", matcher(new)))}
+        print(f"{name}:", file=out)
+        for lang in [*got["old"]["by_lang"], "all"]:
+            cells = []
+            for label in ("old", "new"):
+                s = got[label] if lang == "all" else got[label]["by_lang"][lang]
+                cells.append(f"{label}: precision {s['precision']:.3f} ({s['correct']}/"
+                             f"{s['returned']}), recall {s['recall']:.3f} ({s['correct']}/"
+                             f"{s['present']})")
+            n = got["old"]["n"] if lang == "all" else got["old"]["by_lang"][lang]["n"]
+            print(f"  {lang:<4} {n:>3} records   " + "   ".join(cells), file=out)
 
 
 def negative_control(old, new, data: Path, out, shifts=(1, 7, 31, 101)) -> None:

@@ -15,7 +15,7 @@ from xling_edit.config import STATS_LANGS
 
 # Bengali halves for two built-in facts (the data a user adding Bengali brings). The prompts keep
 # the subject a word of its own ("ফ্রান্স দেশের ...", "of the country France"): the attached
-# genitive of "ফ্রান্সের রাজধানী" is not matched by the subject localiser (cases are skipped).
+# genitive "ফ্রান্সের রাজধানী" is matched through the template's morphology (tests/unit/test_localize_yaml.py).
 BN = {
     "capital_france": {
         "subject": "ফ্রান্স", "prompt": "ফ্রান্স দেশের রাজধানী হল", "rephrases": ["ফ্রান্সের রাজধানী শহরের নাম"],

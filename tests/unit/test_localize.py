@@ -151,25 +151,54 @@ def span_is_correct(prompt: str, label: str | None, m) -> bool:
     return start <= m.start and start + last_word.start() < m.end <= end
 
 
-def fixture_scores(matcher, shared_data) -> dict:
-    """Precision and recall of ``matcher(prompt, subject)`` on the hand-labelled fixture."""
+def scores(cases, matcher) -> dict:
+    """Precision and recall of ``matcher(prompt, subject, lang)`` on labelled cases ``(lang,
+    prompt, subject, label, where)`` (``label``: the substring naming the subject, or None;
+    ``where``: the record's row, reported with wrong spans), overall and per language
+    (``by_lang``)."""
+    def tally(rows):
+        returned = correct = present = 0
+        wrong = []
+        for lang, prompt, subject, label, m, where in rows:
+            present += label is not None
+            returned += m is not None
+            ok = span_is_correct(prompt, label, m)
+            correct += ok
+            if m is not None and not ok:
+                wrong.append((lang, where, prompt[m.start:m.end], label))
+        return {"n": len(rows), "returned": returned, "correct": correct, "present": present,
+                "precision": correct / returned if returned else float("nan"),
+                "recall": correct / present if present else float("nan"), "wrong": wrong}
+
+    rows = [(lang, prompt, subject, label, matcher(prompt, subject, lang), where)
+            for lang, prompt, subject, label, where in cases]
+    out = tally(rows)
+    out["by_lang"] = {lang: tally([r for r in rows if r[0] == lang])
+                      for lang in dict.fromkeys(r[0] for r in rows)}
+    return out
+
+
+def fixture_cases(shared_data) -> list[tuple]:
+    """(lang, prompt, subject, label, row) of every record of the hand-labelled fixture."""
     records = json.loads(FIXTURE.read_text(encoding="utf-8"))["records"]
     files = {lang: _rows(shared_data, lang) for lang in {r["lang"] for r in records}}
-    returned = correct = present = 0
-    wrong = []
+    cases = []
     for r in records:
         half = files[r["lang"]][r["row"]][r["lang"]]
         assert half["case_id"] == r["case_id"], r
-        m = matcher(half["src"], half["subject"])
-        present += r["src"] is not None
-        returned += m is not None
-        ok = span_is_correct(half["src"], r["src"], m)
-        correct += ok
-        if m is not None and not ok:
-            wrong.append((r["lang"], r["row"], half["src"][m.start:m.end], r["src"]))
-    return {"n": len(records), "returned": returned, "correct": correct, "present": present,
-            "precision": correct / returned if returned else float("nan"),
-            "recall": correct / present if present else float("nan"), "wrong": wrong}
+        cases.append((r["lang"], half["src"], half["subject"], r["src"], r["row"]))
+    return cases
+
+
+def fixture_scores(matcher, shared_data) -> dict:
+    """Precision and recall of ``matcher(prompt, subject)`` on the hand-labelled fixture."""
+    return scores(fixture_cases(shared_data),
+                  lambda prompt, subject, lang: matcher(prompt, subject))
+
+
+def summary(s: dict) -> str:
+    return (f"precision {s['precision']:.3f} ({s['correct']}/{s['returned']}), recall "
+            f"{s['recall']:.3f} ({s['correct']}/{s['present']})")
 
 
 @pytest.mark.shared
@@ -186,9 +215,8 @@ def test_fixture_is_well_formed(shared_data):
 @pytest.mark.shared
 def test_precision_on_hand_labelled_bmike53(shared_data, record_property):
     s = fixture_scores(find_subject, shared_data)
-    line = (f"localize fixture ({s['n']} BMIKE-53 de/hi/ta records): precision "
-            f"{s['precision']:.3f} ({s['correct']}/{s['returned']}), recall {s['recall']:.3f} "
-            f"({s['correct']}/{s['present']})")
+    line = f"localize fixture ({s['n']} BMIKE-53 de/hi/ta records): {summary(s)}"
+    line += "".join(f"; {lang} {summary(t)}" for lang, t in s["by_lang"].items())
     print(line)
     record_property("summary", line)
     assert s["precision"] >= 0.98, s["wrong"]

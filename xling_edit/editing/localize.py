@@ -13,22 +13,36 @@ Cars") while the prompt transliterates it ("लॉरेंट कार्स")
 
 In step 3 *every* word must find a good counterpart (an average let "Frank Sinatra" find
 "France is"). Two words of one script match when they are equal after folding (case, Latin
-diacritics, Devanagari nukta/candrabindu, digits, ordinals "1st"/"1."), when the prompt's is an
-inflection of the subject's (a short list of case endings per script, below: "India" is not
-found in "Indiana" nor "Jordan" in "Jordanian"), or, for spelling variants of names
+diacritics, nuktas, Devanagari candrabindu, zero-width joiners, digits, ordinals "1st"/"1."),
+when the prompt's is an inflection of the subject's, or, for spelling variants of names
 ("Wallonia"/"Wallonien", "Chernomyrdin"/"Tschernomyrdin"), when both are at least
 ``_VARIANT_MIN_LEN`` characters long, their lengths nearly agree and difflib's ratio reaches
 the threshold. Words in different scripts (transliteration) are compared by consonant
 skeletons (Brahmic scripts romanised through their shared ISCII-derived code-point layout;
 voicing, aspiration and doubling dropped; Latin spellings read several ways: "ch" as k or sh,
-soft c and g, ...), must agree on starting with a vowel or not, and a Tamil or Kannada prompt
-word may carry a case ending after the name ("கான்ராயின்" for "Conroy"). Skeletons are short,
+soft c and g, ...), must agree on starting with a vowel or not, and a prompt word may carry one
+of the language's suffixes after the name ("கான்ராயின்" for "Conroy"). Skeletons are short,
 so a transliterated name needs more: a mean similarity of at least (1 + threshold) / 2, at
 least ``_MIN_TRANSLIT_CONSONANTS`` consonants or a matching consonant-vowel shape, and a lone
 transliterated word an identical skeleton ("Liminka" is not "मोनाको") — unless an identical
 word of the same script anchors the match ("Honda N360"). A subject's articles and prepositions
 may meet any function word ("Der Betrug" → "im Betrug"), but the last subject word must match
 in its own right.
+
+Inflections are the language's own data, not code: the ``morphology`` of its language file
+(``conf/edit_lang/<code>.yaml``: ``suffixes``, ``stem_drop``, ``min_stem``; the rules the answer
+matcher's ``inflected`` rung reads, :class:`xling_edit.evaluation.matching.Morphology`). A prompt
+word inflects a subject word when it is one of the rule's forms of it (a suffix after the word,
+or after the word less a dropped ending: Tamil லண்டன் → லண்டனில், Hindi जिला → जिले, Bengali
+ফ্রান্স → ফ্রান্সের, Marathi भारत → भारताची), possibly with the consonant before a dropped
+ending doubled, as Brahmic orthography writes it (இன்சைட் → இன்சைட்டை). "India" is still not
+found in "Indiana" nor "Jordan" in "Jordanian": those endings are no one's suffixes. A new
+language gets its inflected subjects found by its YAML alone. What stays in code is generic:
+the folding, the doubling, and for Latin-script words German declension (genitive -s, weak
+adjective endings), kept as it was since a flat suffix list would also take "Wiener" for
+"Wien". ``find_subject``'s ``lang`` names the prompt's language; without it the rules of every
+known language apply together (a rule can only meet words of its own script, but two languages
+of one script, Hindi and Marathi, then share their suffixes).
 
 The span ends at the inflected stem ("லண்டன" in "லண்டனில்"), so the key is read at the last
 token of the name rather than of a case ending, and leaves out leading function words that did
@@ -42,6 +56,9 @@ import re
 import unicodedata
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from typing import Tuple
+
+from xling_edit.evaluation.matching import Morphology, morphology
 
 _WORD = re.compile(r"[^\s.,;:!?¿¡\"'“”‘’«»()\[\]{}।॥—–-]+")
 
@@ -64,16 +81,21 @@ class SubjectMatch:
         return asdict(self)
 
 
-def find_subject(prompt: str, subject: str, threshold: float = 0.8) -> SubjectMatch | None:
+def find_subject(prompt: str, subject: str, threshold: float = 0.8,
+                 lang: "str | Morphology | None" = None) -> SubjectMatch | None:
     """Character span of ``subject`` in ``prompt``, or None when it cannot be found reliably.
 
     ``threshold``: the similarity every non-identical word pair must reach (difflib's ratio of
     the folded spellings, or of the consonant skeletons across scripts).
+    ``lang``: the prompt's language code, whose ``morphology`` (conf/edit_lang/<code>.yaml, or
+    the rules registered for it) says how names inflect; a :class:`Morphology`; or None for
+    every known language's rules (:func:`language_rules`).
     """
     subject = subject.strip()
     if not subject:
         return None
-    hit = _verbatim(prompt, subject)
+    rules = language_rules(lang)
+    hit = _verbatim(prompt, subject, rules)
     if hit is not None:
         return hit
     sub = [_Word.of(m) for m in _WORD.finditer(subject)]
@@ -81,7 +103,7 @@ def find_subject(prompt: str, subject: str, threshold: float = 0.8) -> SubjectMa
     n = len(sub)
     best = None
     for w in range(len(words) - n + 1) if n else ():
-        got = _align(sub, words[w:w + n], threshold)
+        got = _align(sub, words[w:w + n], threshold, rules)
         if got is not None and (best is None or got[0] > best[0]):
             best = got
     if best is None:
@@ -99,7 +121,7 @@ def _is_word_char(ch: str) -> bool:
     return _WORD.fullmatch(ch) is not None
 
 
-def _boundary_ok(prompt: str, subject: str, start: int, end: int) -> bool:
+def _boundary_ok(prompt: str, subject: str, start: int, end: int, rules: Rules) -> bool:
     """A verbatim hit must not be part of a longer word, unless the rest is an inflection."""
     if start > 0 and _is_word_char(prompt[start - 1]) and _is_word_char(subject[0]):
         return False
@@ -109,7 +131,8 @@ def _boundary_ok(prompt: str, subject: str, start: int, end: int) -> bool:
             return True
         last = _WORD.findall(subject)[-1]
         begin = max(word.start(), end - len(last))
-        return inflection_stem(prompt[begin:end], prompt[begin:word.end()]) is not None
+        stem, whole = prompt[begin:end], prompt[begin:word.end()]
+        return _inflection(_fold(stem), _fold(whole), _script(whole), rules) is not None
     return True
 
 
@@ -123,10 +146,10 @@ def _normalized_with_map(text: str) -> tuple[str, list[int]]:
     return "".join(out), idx
 
 
-def _verbatim(prompt: str, subject: str) -> SubjectMatch | None:
+def _verbatim(prompt: str, subject: str, rules: Rules) -> SubjectMatch | None:
     i = prompt.find(subject)
     while i >= 0:
-        if _boundary_ok(prompt, subject, i, i + len(subject)):
+        if _boundary_ok(prompt, subject, i, i + len(subject), rules):
             return SubjectMatch(i, i + len(subject), "exact", 1.0, subject)
         i = prompt.find(subject, i + 1)
     norm_prompt, back = _normalized_with_map(prompt)
@@ -134,7 +157,7 @@ def _verbatim(prompt: str, subject: str) -> SubjectMatch | None:
     j = norm_prompt.find(norm_subject)
     while j >= 0:
         start, end = back[j], back[j + len(norm_subject) - 1] + 1
-        if _boundary_ok(prompt, subject, start, end):
+        if _boundary_ok(prompt, subject, start, end, rules):
             return SubjectMatch(start, end, "normalized", 1.0, prompt[start:end])
         j = norm_prompt.find(norm_subject, j + 1)
     return None
@@ -163,9 +186,12 @@ def _script(word: str) -> str:
     return max(counts, key=counts.get) if counts else ""
 
 
-# Devanagari nukta dropped and candrabindu read as anusvara; the Tamil aytham that marks a
-# foreign sound (ஃப = f) dropped: spellings of one name vary in these.
-_MARK_FOLD = {"\u093c": "", "\u0901": "\u0902", "\u0b83": ""}
+# Nuktas dropped (Devanagari क़ = क; Bengali য় = য, as the answer matcher's normalize() and so
+# the languages' parsed suffixes read them) and Devanagari candrabindu read as anusvara; the
+# Tamil aytham that marks a foreign sound (ஃப = f) dropped; zero-width (non-)joiners dropped
+# (Kannada ಲಂಡನ್‌ನಲ್ಲಿ): spellings of one name vary in these.
+_MARK_FOLD = {**dict.fromkeys("\u093c\u09bc\u0a3c\u0abc\u0b3c\u0cbc\u0c3c", ""),
+              "\u0901": "\u0902", "\u0b83": "", "\u200c": "", "\u200d": ""}
 _ORDINAL = re.compile(r"(\d+)(?:st|nd|rd|th|er|re|e|°|º|ª|o|a)")  # 1st, 1er, 1°, 2nd, 3a
 
 
@@ -205,17 +231,18 @@ def _lcp(a: str, b: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Inflection, per script: each rule gets the folded subject word ``s`` and prompt word ``p``
-# and returns the length of the stem of ``p`` (where the span ends) when ``p`` is ``s``
-# inflected, else None.
+# Inflection: the language's declared morphology (``morphology:`` in conf/edit_lang/<code>.yaml,
+# the rules the answer matcher's ``inflected`` rung reads), plus German declension for Latin words.
 
 _LATIN_ADJ_ENDINGS = ("en", "em", "er", "es", "e")
 
 
 def _latin_inflection(s: str, p: str) -> int | None:
-    """German declension, the only inflection of names among the Latin-script languages here:
-    genitive -s/-es (Königreichs), -n after -e/-er/-el (Ersten, Müllmännern), -en after a
-    consonant, adjective endings exchanged (Souveräner → Souveränen, Zweiter → Zweite)."""
+    """German declension, kept in code for every Latin-script word (as before the languages'
+    ``morphology`` drove localisation): genitive -s/-es (Königreichs), -n after -e/-er/-el
+    (Ersten, Müllmännern), -en after a consonant, adjective endings exchanged (Souveräner →
+    Souveränen, Zweiter → Zweite). A flat suffix list cannot hold these conditions without
+    also taking "Wiener" for "Wien" or "Hamburger" for "Hamburg"."""
     if len(s) < 3:
         return None
     if p in (s + "s", s + "es"):
@@ -237,117 +264,113 @@ def _latin_inflection(s: str, p: str) -> int | None:
     return None
 
 
-# Hindi direct/oblique/plural forms: (subject ending, prompt ending) after the shared stem.
-_DEVANAGARI_PAIRS = {("\u093e", "\u0947"), ("\u0947", "\u093e"),  # -ā ↔ -e (जिला/जिले)
-                     ("\u093e", "\u094b\u0902"), ("", "\u094b\u0902"),  # -ā/-∅ → -oṃ (द्वीपों)
-                     ("\u093e\u0902", "\u094b\u0902"),  # -āṃ → -oṃ (किंवदंतियाँ → -यों)
-                     ("\u090f\u0902", "\u0913\u0902"),  # -eṃ → -oṃ (सेवाएँ → सेवाओं)
-                     ("\u0947\u0902", "\u094b\u0902")}
+Rules = Tuple[Morphology, ...]
 
 
-def _devanagari_inflection(s: str, p: str) -> int | None:
-    k = _lcp(s, p)
-    if k >= 1 and (s[k:], p[k:]) in _DEVANAGARI_PAIRS:
-        return k
+@lru_cache(maxsize=256)
+def _folded_rules(m: Morphology) -> Morphology:
+    """``m`` with its suffixes and dropped endings folded like the words they meet (candrabindu
+    as anusvara, nukta dropped, ...), duplicates and empty strings left out."""
+    def fold_all(xs):
+        return tuple(dict.fromkeys(f for f in map(_fold, xs) if f))
+    return Morphology(fold_all(m.suffixes), fold_all(m.stem_drop), m.min_stem)
+
+
+@lru_cache(maxsize=1)
+def _project_codes() -> tuple[str, ...]:
+    from xling_edit.languages import DEFAULT_CONF_DIR
+
+    return tuple(p.stem for p in sorted((DEFAULT_CONF_DIR / "edit_lang").glob("*.yaml")))
+
+
+def _known_morphologies() -> list[Morphology]:
+    """Every language's rules: the project's language files and whatever was registered
+    (:func:`xling_edit.evaluation.matching.set_morphology`: the pipeline registers the
+    composed languages, a user's own conf directory included)."""
+    from xling_edit.evaluation import matching
+
+    for code in _project_codes():
+        morphology(code)  # read once, then registered
+    return list(matching.registered_morphologies().values())
+
+
+def language_rules(lang: "str | Morphology | None" = None) -> Rules:
+    """The (folded) inflection rules localisation uses for ``lang``: a language code (its
+    ``morphology``: registered, else ``conf/edit_lang/<code>.yaml``; none for a language
+    without a file), a :class:`Morphology`, or None for every known language's rules together
+    (each rule can only meet words of its own script, since suffixes are written in it; two
+    languages of one script, e.g. Hindi and Marathi, then share their suffixes)."""
+    if isinstance(lang, Morphology):
+        found = [lang]
+    elif isinstance(lang, str):
+        found = [morphology(lang)]
+    elif lang is None:
+        found = _known_morphologies()
+    else:  # e.g. a language config: its code is meant, and silence would drop every rule
+        raise TypeError(f"lang must be a language code, a Morphology or None, got {type(lang)}")
+    rules = (_folded_rules(m) for m in found)
+    return tuple(dict.fromkeys(m for m in rules if m.suffixes))
+
+
+@lru_cache(maxsize=65536)
+def _forms(m: Morphology, s: str) -> frozenset[str]:
+    return frozenset(m.forms(s))
+
+
+def _is_vowel_sign(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Mn", "Mc") and unicodedata.combining(ch) != 9
+
+
+def _geminated(m: Morphology, s: str, p: str) -> bool:
+    """``p`` is ``s`` with a dropped ending (a final virama or vowel sign, declared in
+    ``stem_drop``), its last consonant doubled, and a suffix that starts with a vowel sign:
+    Tamil இன்சைட் → இன்சைட்டை, நாடு → நாட்டின், Kannada ಬಸ್ → ಬಸ್ಸಿನಲ್ಲಿ. Brahmic
+    orthography (the doubled consonant written with the script's virama), not a list."""
+    for d in m.stem_drop:
+        t = s[:-len(d)] if d else ""
+        if (not t or not s.endswith(d) or len(t) < m.min_stem
+                or unicodedata.category(t[-1]) != "Lo"):
+            continue
+        n = len(t)
+        if (p.startswith(t) and len(p) > n + 2 and unicodedata.combining(p[n]) == 9
+                and p[n + 1] == t[-1] and p[n + 2:] in m.suffixes and _is_vowel_sign(p[n + 2])):
+            return True
+    return False
+
+
+def _inflection(s: str, p: str, script: str, rules: Rules) -> int | None:
+    """Where the stem of the folded prompt word ``p`` ends when it is the folded subject word
+    ``s`` inflected: one of ``rules``' forms of ``s`` (a suffix after ``s`` or after ``s``
+    less a dropped ending: லண்டன் → லண்டனில், जिला → जिले) or such a form with the doubled
+    consonant of :func:`_geminated`; for a Latin word also German declension. The span ends
+    where ``s`` and ``p`` part (லண்டன / லண்டனில் → "லண்டன"), None when ``p`` is no such form."""
+    if not s or not p or s == p:
+        return None
+    if script == "LATIN":
+        k = _latin_inflection(s, p)
+        if k is not None:
+            return k
+    for m in rules:
+        if p in _forms(m, s) or _geminated(m, s, p):
+            return _lcp(s, p)
     return None
 
 
-_TA_PULLI = "\u0bcd"
-_TA_U = "\u0bc1"
-_TA_SIGNS = {chr(c) for c in range(0x0BBE, 0x0BCD)} | {"\u0bd7"}
-# Case endings in their vowel-sign form, as they follow a consonant stem (-il, -in, -ai, -ukku,
-# -uṭaṉ, -āl, -iṭam, -āka, ...), alone and in their usual combinations.
-_TA_V_ENDINGS = (
-    "ில்", "ின்", "ை", "ுக்கு", "ுடன்", "ால்", "ிடம்", "ாக", "ான", "ும்", "ோடு",
-    "ிலிருந்து", "ிடமிருந்து", "ினால்", "ினுடைய", "ுடைய", "ிலும்", "ினும்", "ையும்",
-    "ுக்கும்", "ுக்கான", "ுக்காக", "ிற்கு", "ிலுள்ள", "ிலான", "ின", "ினது", "ினை", "ுடனான",
-)
-_TA_C_ENDINGS = ("க்கு", "க்கான", "க்காக", "க்கும்")  # dative straight after a vowel
-_TA_SANDHI = ("", "க்", "ச்", "த்", "ப்")  # doubled initial of the next word ("ஐப் பற்றி")
-_TA_V = frozenset(e + d for e in _TA_V_ENDINGS for d in _TA_SANDHI)
-_TA_C = frozenset(e + d for e in _TA_C_ENDINGS for d in _TA_SANDHI)
-_TA_GLIDE = frozenset(g + e for g in ("வ", "ய") for e in _TA_V)  # ரோமானியா → ரோமானியாவின்
-_TA_ATT = frozenset("த்த" + e for e in _TA_V)  # -att- augment: மாகாணத்தில், பாலஸ்தீனத்தின்
+def inflection_stem(subject_word: str, prompt_word: str,
+                    lang: "str | Morphology | None" = None) -> int | None:
+    """Length of the stem of the folded ``prompt_word`` when it inflects ``subject_word``
+    (``lang``: as in :func:`find_subject`)."""
+    return _inflection(_fold(subject_word), _fold(prompt_word), _script(prompt_word),
+                       language_rules(lang))
 
 
-def _tamil_inflection(s: str, p: str) -> int | None:
-    """A final pulli gives way to the ending's vowel (லண்டன் → லண்டனில்), a final ட்/க்/...
-    may double (இன்சைட் → இன்சைட்டை), -am nouns take -att- (மாகாணம் → மாகாணத்தில்), a
-    final -u drops, doubling the consonant before it or not (போலந்து → போலந்தின், நாடு →
-    நாட்டின்), and vowel-final words take a glide (ரோமானியா → ரோமானியாவின்) or -kku."""
-    if len(s) < 2 or s == p:
-        return None
-
-    def after(stem: str, tails: frozenset, end: int | None = None) -> int | None:
-        ok = p.startswith(stem) and p[len(stem):] in tails
-        return (len(stem) if end is None else end) if ok else None
-
-    last = s[-1]
-    if last == _TA_PULLI:
-        stem = s[:-1]
-        found = after(stem, _TA_V) or after(s + s[-2], _TA_V, len(s)) or after(stem, _TA_ATT)
-        if found is None and stem.endswith("ம"):
-            found = after(stem[:-1], _TA_ATT)
-        return found
-    if last == _TA_U:
-        stem = s[:-1]
-        return (after(stem, _TA_V) or after(stem + _TA_PULLI + stem[-1], _TA_V, len(stem))
-                or after(s, _TA_C) or after(s, _TA_GLIDE))
-    found = after(s, _TA_GLIDE) or after(s, _TA_C)
-    if found is None and last not in _TA_SIGNS:  # inherent -a: உலகளாவிய → உலகளாவியத்தின்
-        found = after(s, _TA_ATT)
-    return found
-
-
-_KN_VIRAMA = "\u0ccd"
-_KN_U = "\u0cc1"
-_KN_SIGNS_I_E = set("\u0cbf\u0cc0\u0cc6\u0cc7\u0cc8")
-# Common Kannada case endings (genitive, locative, dative, accusative, ablative, comitative),
-# by what the word ends in.
-_KN_AFTER_A = frozenset(("ದ", "ದಲ್ಲಿ", "ಕ್ಕೆ", "ವನ್ನು", "ದಿಂದ", "ವು", "ದೊಂದಿಗೆ"))
-_KN_AFTER_I = frozenset(("ಯ", "ಯಲ್ಲಿ", "ಗೆ", "ಯನ್ನು", "ಯಿಂದ", "ಯೊಂದಿಗೆ"))
-_KN_AFTER_U = frozenset(("ಿನ", "ಿನಲ್ಲಿ", "ಿಗೆ", "ನ್ನು", "ಿನಿಂದ", "ಿನೊಂದಿಗೆ"))  # replace -u
-_KN_AFTER_VIRAMA = frozenset(("ನ", "ನಲ್ಲಿ", "ಗೆ", "ನ್ನು", "ನಿಂದ", "ನೊಂದಿಗೆ"))  # ಲಂಡನ್‌ನಲ್ಲಿ
-
-
-def _kannada_inflection(s: str, p: str) -> int | None:
-    last = s[-1:]
-    if last == _KN_U and p.startswith(s[:-1]) and p[len(s) - 1:] in _KN_AFTER_U:
-        return len(s) - 1
-    if not p.startswith(s) or p == s:
-        return None
-    tail = p[len(s):].lstrip("\u200c")
-    if last == _KN_VIRAMA:
-        ok = tail in _KN_AFTER_VIRAMA
-    elif last in _KN_SIGNS_I_E:
-        ok = tail in _KN_AFTER_I
-    else:
-        ok = tail in _KN_AFTER_A
-    return len(s) if ok else None
-
-
-_TA_TAILS = _TA_V | _TA_GLIDE | _TA_C | _TA_ATT
-_KN_TAILS = _KN_AFTER_A | _KN_AFTER_I | _KN_AFTER_U | _KN_AFTER_VIRAMA
-_INFLECTIONS = {"LATIN": _latin_inflection, "DEVANAGARI": _devanagari_inflection,
-                "TAMIL": _tamil_inflection, "KANNADA": _kannada_inflection}
-
-
-def inflection_stem(subject_word: str, prompt_word: str) -> int | None:
-    """Length of the stem of the folded ``prompt_word`` when it inflects ``subject_word``."""
-    s, p = _fold(subject_word), _fold(prompt_word)
-    rule = _INFLECTIONS.get(_script(prompt_word))
-    return rule(s, p) if rule and s and p and s != p else None
-
-
-def _stems(word: str, script: str) -> list[int]:
-    """Candidate stem lengths of a folded prompt word: itself, then without a case ending,
-    longest first (for transliterated names, whose citation form is unknown)."""
-    out = [len(word)]
-    if script == "TAMIL":
-        out += [k for k in range(len(word) - 1, 0, -1) if word[k:] in _TA_TAILS]
-    elif script == "KANNADA":
-        out += [k for k in range(len(word) - 1, 0, -1) if word[k:].lstrip("\u200c") in _KN_TAILS]
-    return out
+def _stems(word: str, rules: Rules) -> list[int]:
+    """Candidate stem lengths of a folded prompt word: itself, then without one of the rules'
+    suffixes, longest first (for transliterated names, whose citation form is unknown:
+    கான்ராயின் → கான்ராய)."""
+    cut = {len(word) - len(x) for m in rules for x in m.suffixes
+           if word.endswith(x) and len(word) - len(x) >= m.min_stem}
+    return [len(word), *sorted(cut - {len(word)}, reverse=True)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -557,11 +580,10 @@ class _Pair:
     same_skeleton: bool = False  # cross-script words of one consonant skeleton
 
 
-def _same_script(s: _Word, p: _Word, threshold: float) -> _Pair | None:
+def _same_script(s: _Word, p: _Word, threshold: float, rules: Rules) -> _Pair | None:
     if s.folded == p.folded:
         return _Pair(1.0, p.end)
-    rule = _INFLECTIONS.get(p.script)
-    k = rule(s.folded, p.folded) if rule else None
+    k = _inflection(s.folded, p.folded, p.script, rules)
     if k is not None:
         return _Pair(0.95, p.offset(k))
     a, b = s.folded, p.folded
@@ -574,12 +596,12 @@ def _same_script(s: _Word, p: _Word, threshold: float) -> _Pair | None:
     return _Pair(ratio, p.end) if ratio >= threshold else None
 
 
-def _cross_script(s: _Word, p: _Word, threshold: float) -> _Pair | None:
+def _cross_script(s: _Word, p: _Word, threshold: float, rules: Rules) -> _Pair | None:
     if not _initials_agree(s, p):
         return None
     targets = _skeletons(s.folded, s.script, s.text.isupper() and len(s.text) <= 5)
     best: tuple[float, int, int] | None = None
-    for k in _stems(p.folded, p.script):
+    for k in _stems(p.folded, rules):
         for cand in _skeletons(p.folded[:k], p.script, p.text.isupper() and len(p.text) <= 5):
             for target in targets:
                 if min(len(target), len(cand)) < 2 and target != cand:
@@ -597,18 +619,18 @@ def _cross_script(s: _Word, p: _Word, threshold: float) -> _Pair | None:
     return _Pair(ratio, p.offset(k), True, consonants, shape, exact)
 
 
-def _pair(s: _Word, p: _Word, threshold: float) -> _Pair | None:
+def _pair(s: _Word, p: _Word, threshold: float, rules: Rules) -> _Pair | None:
     if not s.script or not p.script or s.script == p.script:
-        return _same_script(s, p, threshold)
-    return _cross_script(s, p, threshold)
+        return _same_script(s, p, threshold, rules)
+    return _cross_script(s, p, threshold, rules)
 
 
-def _align(sub: list[_Word], window: list[_Word], threshold: float):
+def _align(sub: list[_Word], window: list[_Word], threshold: float, rules: Rules):
     """(mean score, span start, span end, cross-script?) of one alignment, or None."""
     scores, start, end, crossed = [], None, None, []
     anchored = False
     for i, (s, p) in enumerate(zip(sub, window)):
-        pair = _pair(s, p, threshold)
+        pair = _pair(s, p, threshold, rules)
         if pair is None:
             if s.is_function and p.is_function and i < len(sub) - 1:
                 continue  # "Der Betrug" → "im Betrug": articles change in translation

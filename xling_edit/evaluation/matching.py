@@ -416,6 +416,11 @@ def set_morphology(lang: str, node: Mapping | Morphology | None) -> None:
     _MORPHOLOGY[lang] = node if isinstance(node, Morphology) else parse_morphology(node, f"{lang}.morphology")
 
 
+def registered_morphologies() -> dict[str, Morphology]:
+    """{language code: rules} registered so far (:func:`set_morphology`, :func:`morphology`)."""
+    return dict(_MORPHOLOGY)
+
+
 def morphology(lang: str) -> Morphology:
     """``lang``'s rules: registered ones, else read once from ``conf/edit_lang/<lang>.yaml``
     (none for a language without a file)."""
