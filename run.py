@@ -1,6 +1,6 @@
 """Entry point: ``python run.py [overrides]`` / ``python run.py -m edit_lang=en,hi,ta``.
 
-Exit status: 0; 3 when ``strict`` (the default) and some case failed or was skipped (every case
+Exit status: 0; 3 when no case was edited, or when ``strict`` (the default) and some case failed or was skipped (every case
 is still recorded, see ``run_info.json``); 2 for a configuration or data error (one line
 ``error: ...``, before any weights load; ``HYDRA_FULL_ERROR=1`` shows the traceback); 1 when a
 job crashed or was aborted (``abort_after_failures``).
@@ -25,7 +25,13 @@ def main(cfg: DictConfig) -> None:
     from xling_edit.pipeline import exit_code, run
 
     try:
-        _exit_codes.append(exit_code(run(cfg), bool(cfg.strict)))
+        info = run(cfg)
+        code = exit_code(info, bool(cfg.strict))
+        if code and info:  # one line saying why, on the console (run.log has it too)
+            why = "no case was edited" if not info["case_status"].get("ok") else \
+                "some cases were not edited (strict=true)"
+            print(f"exit {code}: {why}: {info.get('outcome')}", file=sys.stderr, flush=True)
+        _exit_codes.append(code)
     except UserError as exc:  # configuration / data: one line, no traceback
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -357,10 +357,12 @@ def _finish(ri: runner.RankInfo, cfg: DictConfig, s: Setup, b: Built, plan: Plan
     summary_rows = summarize(lines, str(cfg.get("elfo", "macro")))
     write_summary_csv(summary_rows, job.summary)
     counts, localisation, failures = results.case_counts(lines, s.edit_code, s.eval_langs, s.mode)
+    outcome = results.outcome_line(counts, failures)
+    (log.info if set(counts) <= {"ok"} else log.warning)("%s", outcome)  # console and run.log
     ds, cov = b.ds, b.cov
     info = {
         **b.common, "eval_langs": s.eval_langs, "n_cases": len(ds.cases),
-        "case_status": dict(counts), "failures": failures,
+        "case_status": dict(counts), "outcome": outcome, "failures": failures,
         "subject_localisation": dict(localisation),
         "targets_not_reached": results.unreached_targets(lines),
         "missing_languages": {k: v for k, v in ds.missing.items() if v}, "dataset_notes": ds.notes,
@@ -385,10 +387,15 @@ def _finish(ri: runner.RankInfo, cfg: DictConfig, s: Setup, b: Built, plan: Plan
 
 
 def exit_code(info: dict | None, strict: bool) -> int:
-    """0, or 3 when ``strict`` and some case failed or was skipped (see ``run_info.json``)."""
-    if not info or not strict:
+    """0, or 3 when no case was edited at all, or when ``strict`` and some case failed or was
+    skipped (``run_info.json`` ``outcome`` and ``failures`` say why)."""
+    if not info:
         return 0
     status = info.get("case_status", {})
+    if not status.get("ok", 0):
+        return 3
+    if not strict:
+        return 0
     return 3 if status.get("failed", 0) or status.get("skipped", 0) else 0
 
 

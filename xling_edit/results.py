@@ -143,6 +143,22 @@ def case_counts(lines, edit_code, eval_langs, mode):
     return counts, localisation, failures
 
 
+def outcome_line(counts: Mapping, failures: Sequence[Mapping], top: int = 3) -> str:
+    """One line saying what happened to the cases: how many were edited, skipped and failed,
+    with the most common reasons (quoted names folded, so one reason counts once)."""
+    import re
+
+    n = sum(counts.values())
+    parts = [f"{counts.get('ok', 0)} edited"]
+    for status in ("skipped", "failed"):
+        reasons = Counter(re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", str(f.get("reason") or "?"))[:120]
+                          for f in failures if f.get("status") == status)
+        if reasons:
+            common = "; ".join(f"{r} (×{c})" for r, c in reasons.most_common(top))
+            parts.append(f"{sum(reasons.values())} {status}: {common}")
+    return f"{n} case(s): " + ", ".join(parts)
+
+
 def case_lines(ev, ctx, common: dict) -> list[dict]:
     """The results lines of one evaluated case (``modes.CaseEval``): one per evaluation
     language, with pre/post metrics, status, the edit's info and the case's timings."""

@@ -125,3 +125,34 @@ def test_a_crashed_job_is_marked_failed(tmp_path, monkeypatch):
         pipeline.run(cfg(tmp_path, "data.max_cases=1", "eval_langs=[en]"), out)
     job = json.loads((out / "job.json").read_text())
     assert job["status"] == "failed" and "KeyError" in job["error"]
+
+
+def test_a_run_that_edits_nothing_exits_3_and_says_why(tmp_path):
+    """Every subject missing from its prompt: every case skipped; exit 3, one line with the
+    reason on the console, the same line in run_info.json's outcome (strict=false too)."""
+    rows = [{"case_id": i, "subject": f"Nobody{i}", "prompt": "The capital of France is",
+             "target_new": "Rome", "ground_truth": "Paris", "rephrase_prompt": "France's capital is",
+             "locality_prompt": "The capital of Spain is", "locality_ground_truth": "Madrid"}
+            for i in range(2)]
+    path = tmp_path / "nosubject.json"
+    path.write_text(json.dumps(rows))
+    r, job = run_py(tmp_path, "data=easyedit_counterfact", f"data.file={path}", "data.root=/",
+                    "eval_langs=[en]", "strict=false")
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "exit 3: no case was edited: 2 case(s): 0 edited, 2 skipped: subject '…' not found" in r.stderr
+    info = json.loads((job / "run_info.json").read_text())
+    assert info["outcome"].startswith("2 case(s): 0 edited, 2 skipped")
+
+
+def test_outcome_line_and_exit_codes():
+    from xling_edit.results import outcome_line
+
+    line = outcome_line({"ok": 3, "skipped": 2, "failed": 1},
+                        [{"status": "skipped", "reason": "subject 'A' not found in prompt 'x'"},
+                         {"status": "skipped", "reason": "subject 'B' not found in prompt 'y'"},
+                         {"status": "failed", "reason": "ValueError: boom"}])
+    assert line == ("6 case(s): 3 edited, 2 skipped: subject '…' not found in prompt '…' (×2), "
+                    "1 failed: ValueError: boom (×1)")
+    assert pipeline.exit_code({"case_status": {"ok": 1, "skipped": 1}}, strict=False) == 0
+    assert pipeline.exit_code({"case_status": {"ok": 1, "skipped": 1}}, strict=True) == 3
+    assert pipeline.exit_code({"case_status": {"skipped": 2}}, strict=False) == 3
