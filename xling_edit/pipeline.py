@@ -33,6 +33,7 @@ from xling_edit.editing.reference import setup_deviations
 from xling_edit.editing.stats import CovarianceProvider
 from xling_edit.errors import FailureGuard
 from xling_edit.jobdir import JobDir
+from xling_edit.provenance import provenance
 from xling_edit.evaluation.evaluate import EvalOptions, answer_prefixes
 from xling_edit.evaluation.matching import set_morphology
 from xling_edit.languages import (
@@ -380,6 +381,8 @@ def _finish(ri: runner.RankInfo, cfg: DictConfig, s: Setup, b: Built, plan: Plan
         "seconds": {"load": round(b.t_loaded - t_start, 2),
                     "total": round(time.perf_counter() - t_start, 2)},
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "provenance": provenance(PROJECT_ROOT, getattr(getattr(b.ctx.model, "config", None),
+                                                       "_name_or_path", None)),
     }
     write_text_atomic(job.run_info, json.dumps(info, indent=2, ensure_ascii=False))
     resume.write_job_file(job.path, fp, cfg, "finished", case_status=dict(counts))

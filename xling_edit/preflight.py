@@ -95,6 +95,7 @@ def _check(cfg: DictConfig) -> dict[str, Any]:
         if skeleton is not None:
             ModelSpec.from_config(cfg.model.templates).check(
                 skeleton, layers, f"model {cfg.model.name}", option)
+            check_post_mlp_norm(skeleton, cfg, mcfg, layers)
             checked = True
     if not checked:
         log.info("model templates are checked once the model is loaded (its structure is not "
@@ -104,6 +105,41 @@ def _check(cfg: DictConfig) -> dict[str, Any]:
              len(ds.cases), eval_langs, option, layers, stats)
     return {"eval_langs": eval_langs, "stats_langs": stats, "edit_layers": layers,
             "n_cases": len(ds.cases), "templates_checked": checked}
+
+
+#: module names of a norm applied to the MLP output before the residual add (Gemma-2/3)
+POST_MLP_NORMS = ("post_feedforward_layernorm", "post_mlp_layernorm", "post_ffn_norm")
+
+
+def check_post_mlp_norm(model, cfg: DictConfig, mcfg, layers) -> None:
+    """A ``ConfigError`` when the model normalises the MLP output before the residual add but its
+    templates do not say so (``model.templates.mlp_out_norm``) and the method spreads a
+    residual-space target over projection outputs (MEMIT, AlphaEdit, keybridge with
+    ``z_space=residual`` or without ``invert_out_norm``): the published MEMIT then reaches only
+    a fraction of its target, or the opposite of it. Names the template and the variant."""
+    if not layers or "z_space" not in mcfg:
+        return
+    templates = cfg.model.templates
+    block = str(templates.layer).format(int(layers[0]))
+    try:
+        children = [n for n, _ in model.get_submodule(block).named_children()]
+    except AttributeError:
+        return
+    found = [n for n in children if n in POST_MLP_NORMS]
+    if not found:
+        return
+    if not templates.get("mlp_out_norm"):
+        raise ConfigError(
+            f"model {cfg.model.name} normalises the MLP output ({block}.{found[0]}) before the "
+            f"residual add, but model.templates.mlp_out_norm is not set: {mcfg.name} would write "
+            f"residual-space shares that the norm rescales. Set model.templates.mlp_out_norm="
+            f"{str(templates.layer)}.{found[0]} and use the Gemma variant method.z_space=mlp_out "
+            f"method.invert_out_norm=true (as conf/model/gemma3_270m.yaml does)")
+    if mcfg.get("z_space") == "residual" or not mcfg.get("invert_out_norm"):
+        log.warning("model %s normalises the MLP output (%s); %s runs with z_space=%s, "
+                    "invert_out_norm=%s: the published form reaches only part of its target here "
+                    "(variant gemma_out_norm: method.z_space=mlp_out method.invert_out_norm=true)",
+                    cfg.model.name, found[0], mcfg.name, mcfg.get("z_space"), mcfg.get("invert_out_norm"))
 
 
 def check_loaded(model, cfg: DictConfig, name: str | None = None) -> None:
@@ -116,6 +152,7 @@ def check_loaded(model, cfg: DictConfig, name: str | None = None) -> None:
     layers, option = capabilities(mcfg.name).configured_layers(mcfg)
     ModelSpec.from_config(cfg.model.templates).check(model, layers, f"model {name or cfg.model.name}",
                                                      option)
+    check_post_mlp_norm(model, cfg, mcfg, layers)
 
 
 def stats_langs(cfg: DictConfig, eval_langs) -> list[str]:

@@ -36,6 +36,8 @@ def test_single_run_writes_results(tmp_path, model):
     assert any(row.startswith("rome,published,en,ELFO,post") for row in summary)
     info = json.loads((out / "run_info.json").read_text())
     assert info["case_status"] == {"ok": 2}
+    assert info["provenance"]["packages"]["torch"] and "code" in info["provenance"]
+    assert info["outcome"] == "2 case(s): 2 edited"
     assert "reliability.token_acc (post-edit)" in r.stdout
     header = next(l for l in r.stdout.splitlines() if l.startswith("edit\\eval"))
     for code in ("de", "en", "es", "fr", "hi", "it", "kn", "ta", "ELFI", "ELFO"):

@@ -126,3 +126,14 @@ def test_nearby_modules_of_a_phi_style_model():
     assert "model.layers.0.mlp has: activation_fn, fc1, fc2" in str(e.value)
     assert ("final_norm='model.norm': no module 'model.norm' (model has: embed_tokens, layers, "
             "rotary_emb, embed_dropout, final_layernorm)") in str(e.value)
+
+
+def test_a_post_mlp_norm_model_wired_without_its_template_is_stopped(tmp_path, no_weights):
+    """A Gemma-style block (post_feedforward_layernorm) whose templates lack mlp_out_norm: MEMIT
+    would write residual shares the norm rescales; said before loading, naming the fix."""
+    from tests.conftest import SEARCHPATH
+
+    msg = fails_before_loading(tmp_path, SEARCHPATH, "model=tiny_gemma3", "method=memit",
+                               "model.templates.mlp_out_norm=null")
+    assert "post_feedforward_layernorm" in msg and "model.templates.mlp_out_norm=" in msg
+    assert "method.z_space=mlp_out method.invert_out_norm=true" in msg
