@@ -123,8 +123,8 @@ def _job(ri: runner.RankInfo, cfg: DictConfig, out: Path, fp: str) -> dict | Non
     done_lines = _open_job_dir(ri, cfg, s, fp)
     b = _build(ri, cfg, s)
     plan = _plan(ri, s, b, done_lines)
-    sink = LineSink(ri, s.job, plan.n_todo, logger,
-                    desc=f"{s.mcfg.name} {b.common['edit_lang']}")
+    sink = LineSink(ri, s.job, plan.n_todo, logger, desc=f"{s.mcfg.name} {b.common['edit_lang']}",
+                    done_before=len(plan.cases) - plan.n_todo)
     with logger:  # closes the W&B run (as failed) whatever raises below
         if ri.is_zero:
             logger.start(cfg, out)
@@ -296,8 +296,9 @@ class LineSink:
     others: their shard), and on rank zero the warnings, the progress bar and the run logger.
     Rank zero also forwards the other ranks' shard lines through the same sink."""
 
-    def __init__(self, ri: runner.RankInfo, job: JobDir, n_todo: int, logger, desc: str):
-        self.ri, self.n_todo, self.logger = ri, n_todo, logger
+    def __init__(self, ri: runner.RankInfo, job: JobDir, n_todo: int, logger, desc: str,
+                 done_before: int = 0):
+        self.ri, self.n_todo, self.logger, self.done_before = ri, n_todo, logger, done_before
         if not ri.is_zero:
             job.shards.mkdir(exist_ok=True)
         self.writer = ResultsWriter(job.lines_file(ri.rank))
@@ -317,7 +318,9 @@ class LineSink:
         self.progress["done"] += n
         self.progress["failed"] += len({l["case_id"] for l in lines if l["status"] == "failed"})
         self.bar.update(n)
-        self.logger.log_lines(lines, {**self.progress, "total": self.n_todo})
+        # the logger counts the resumed job's cases too: its x-axis goes on where it stopped
+        self.logger.log_lines(lines, {**self.progress, "done": self.progress["done"] + self.done_before,
+                                      "total": self.n_todo + self.done_before})
 
     def forward_shards(self) -> None:
         """Rank zero: the other ranks' new lines, one case group at a time."""

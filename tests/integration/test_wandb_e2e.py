@@ -78,3 +78,18 @@ def test_sweep_gives_one_run_per_job_in_one_group(tmp_path):
     runs = [check_job_run(j, j.name.split("_")[-1]) for j in jobs]
     assert runs[0].run_id != runs[1].run_id
     assert runs[0].group == runs[1].group and runs[0].group.endswith("sweep")
+
+
+@pytest.mark.slow
+def test_a_resumed_job_continues_its_wandb_run(tmp_path):
+    """Same job directory, same W&B run id, the x-axis going on; a per-case table and the
+    results file as an artifact; flat keys to group by."""
+    job = tmp_path / "job"
+    base = [a for a in ARGS if not a.startswith("data.max_cases")]
+    run_py(tmp_path, *base, "data.max_cases=1", "logger=wandb", f"hydra.run.dir={job}")
+    run_py(tmp_path, *base, "data.max_cases=2", "logger=wandb", f"hydra.run.dir={job}", f"resume={job}")
+    first, second = (read_run(p) for p in offline_runs(job))
+    assert first.run_id == second.run_id
+    assert [h["progress/cases_done"] for h in second.history if "progress/cases_done" in h] == [2]
+    assert "tables/cases" in second.history_keys and second.config["x_method"] == "rome"
+    assert second.config["x_edit_lang"] == "en"

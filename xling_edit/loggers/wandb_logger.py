@@ -223,6 +223,8 @@ class WandbLogger(RunLogger):
         tags = (default_tags(cfg) if s.get("auto_tags", True) else []) + [str(t) for t in s.get("tags") or []]
         config = _config_dict(cfg)
         config["job_info"] = {"out_dir": str(out_dir.resolve()), "overrides": _job_overrides()}
+        # flat keys to group and filter by (W&B's grouping, parallel coordinates)
+        config.update(group_keys(cfg))
         self.elfo = str(cfg.get("elfo", "macro")) if hasattr(cfg, "get") else "macro"
         self._reset_stream()
         self._closed = False
@@ -230,7 +232,9 @@ class WandbLogger(RunLogger):
             project=s.get("project") or "xling_edit", entity=s.get("entity") or None,
             group=group, name=s.get("run_name") or default_run_name(cfg), job_type=s.get("job_type") or None,
             tags=list(dict.fromkeys(t[:64] for t in tags)), notes=s.get("notes") or None,
-            config=config, dir=str(self.dir), mode=self.mode, reinit="finish_previous")
+            config=config, dir=str(self.dir), mode=self.mode, reinit="finish_previous",
+            # a resumed job (same job directory) continues its W&B run, its x-axis included
+            id=s.get("run_id") or stable_run_id(out_dir), resume="allow")
         for prefix in ("progress", "case", "ELFI", "ELFO", "time"):
             self.run.define_metric(f"{prefix}/*", step_metric=STEP)
         where = getattr(self.run, "dir", None)
@@ -313,10 +317,18 @@ class WandbLogger(RunLogger):
         payload: dict[str, Any] = {"tables/summary": wandb.Table(columns=TABLE_COLUMNS, data=rows)}
         from xling_edit.resume import RESULTS, read_lines
 
-        answers = answers_table_rows(read_lines(out_dir / RESULTS)[0])
+        lines = read_lines(out_dir / RESULTS)[0]
+        payload["tables/cases"] = wandb.Table(columns=CASE_COLUMNS, data=case_table_rows(lines))
+        answers = answers_table_rows(lines)
         if answers:  # what the model said, per case, prompt and phase (eval.log_answers)
             payload["tables/answers"] = wandb.Table(columns=ANSWER_COLUMNS, data=answers)
         run.log(payload)
+        art = wandb.Artifact(f"results-{run.id}", type="results",
+                             description="results.jsonl, summary.csv and run_info.json of the job")
+        for name in (RESULTS, "summary.csv", "run_info.json"):
+            if (out_dir / name).is_file():
+                art.add_file(str(out_dir / name), name=name)
+        run.log_artifact(art)
         for k, v in headline_summary(info, summary_rows).items():
             run.summary[k] = v
         if self.s.get("report", True):
@@ -362,6 +374,44 @@ class WandbLogger(RunLogger):
 
 
 #: the per-case answers table's columns (one row per case, language and prompt)
+def stable_run_id(out_dir: Path) -> str:
+    """The W&B run id of a job directory: the same whenever the job runs (a resume continues
+    the run), different for every other directory."""
+    import hashlib
+
+    return hashlib.sha256(str(Path(out_dir).resolve()).encode()).hexdigest()[:16]
+
+
+def group_keys(cfg) -> dict:
+    """Top-level config keys to group runs by in W&B (the nested config has them too)."""
+    get = lambda *path: OmegaConf.select(cfg, ".".join(path), default=None)  # noqa: E731
+    return {"x_method": get("method", "name"), "x_variant": get("method", "variant"),
+            "x_model": get("model", "name"), "x_edit_lang": get("edit_lang", "code"),
+            "x_dataset": get("data", "name"), "x_merge": get("merge", "name")}
+
+
+CASE_COLUMNS = ["case_id", "edit_lang", "eval_lang", "status", "subject", "target_new",
+                "pre_reliability_gen", "post_reliability_gen", "pre_reliability_token_acc",
+                "post_reliability_token_acc", "post_generalization_gen", "post_locality_gen_agree",
+                "post_portability_gen"]
+
+
+def case_table_rows(lines: Sequence[Mapping]) -> list[list]:
+    """One row per results line (case × evaluation language): status, target and the headline
+    scores before and after the edit; columns :data:`CASE_COLUMNS`."""
+    rows = []
+    for l in lines:
+        pre, post = l.get("pre") or {}, l.get("post") or {}
+        rows.append([l.get("case_id"), l.get("edit_lang"), l.get("eval_lang"), l.get("status"),
+                     (l.get("subject") or {}).get("matched") if isinstance(l.get("subject"), Mapping) else None,
+                     l.get("target_new"),
+                     _number(pre.get("reliability.gen")), _number(post.get("reliability.gen")),
+                     _number(pre.get("reliability.token_acc")), _number(post.get("reliability.token_acc")),
+                     _number(post.get("generalization.gen")), _number(post.get("locality.gen_agree")),
+                     _number(post.get("portability.gen"))])
+    return rows
+
+
 ANSWER_COLUMNS = ["case_id", "edit_lang", "eval_lang", "metric", "index", "prompt", "target",
                   "pre", "pre_rung", "post", "post_rung", "post_script"]
 
