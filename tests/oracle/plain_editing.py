@@ -1,8 +1,13 @@
-"""A deliberately plain reference for ROME and MEMIT, written from the papers' equations.
+"""A deliberately plain reference for ROME, MEMIT and AlphaEdit, written from the papers' equations.
 
 ROME: Meng et al. 2022, "Locating and Editing Factual Associations in GPT", eqs. 2-4 and the
 published ``compute_u`` / ``compute_v`` procedure. MEMIT: Meng et al. 2023, "Mass-Editing Memory
 in a Transformer", eqs. 14-16 and Algorithm 1. /work/shared/notes/METHODS.md summarises both.
+AlphaEdit: Fang et al. 2025, "AlphaEdit: Null-Space Constrained Knowledge Editing": the closed-form
+update for sequential editing (with the earlier edits' keys K_p) and the null-space projector P
+taken from an SVD of the preserved keys' second moment, as in its reference code. MEMIT's Gemma
+variant (``z_space=mlp_out``, ``invert_out_norm``; the project's own, not published): the
+Gemma RMSNorm after the MLP is inverted in closed form (:func:`rms_norm_inverse`).
 
 Nothing here is fast, on purpose: every prompt gets its own forward pass of the whole model
 (``model(input_ids).logits``: full depth, full vocabulary at every position), there is no
@@ -110,9 +115,11 @@ def logits_of(model: nn.Module, ids: Sequence[int], add_at: tuple[nn.Module, int
 
 
 @torch.no_grad()
-def read_at(model: nn.Module, module: nn.Module, ids: Sequence[int], pos: int
+def read_at(model: nn.Module, module: nn.Module, ids: Sequence[int], pos: int,
+            add_at: tuple[nn.Module, int, torch.Tensor] | None = None
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input, output) of ``module`` at position ``pos`` in one full forward pass, float64."""
+    """(input, output) of ``module`` at position ``pos`` in one full forward pass, float64
+    (with ``add_at``'s addition, as in :func:`logits_of`)."""
     got = {}
 
     def hook(_m, inp, out):
@@ -121,7 +128,7 @@ def read_at(model: nn.Module, module: nn.Module, ids: Sequence[int], pos: int
 
     handle = module.register_forward_hook(hook)
     try:
-        logits_of(model, ids)
+        logits_of(model, ids, add_at)
     finally:
         handle.remove()
     return got["in"], got["out"]
@@ -285,7 +292,9 @@ class MemitResult:
     z: torch.Tensor  # [n, d_model]
     keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [d_in, n]
     h: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [n, d_model] before its update
-    resid: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [d_model, n]
+    share: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [d_model, n] (Z − H)/(left)
+    resid: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [d_out, n] what is solved for
+    proj_out: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [d_out, n] o (inverted norms)
     dw: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (out × in), float64
     h_final: torch.Tensor | None = None  # [n, d_model] after all updates
 
@@ -297,33 +306,60 @@ def grouped_key(keys: torch.Tensor, groups: Sequence[int]) -> torch.Tensor:
                         for lab in labels]).mean(0)
 
 
+def memit_solve(r: torch.Tensor, k: torch.Tensor, c: torch.Tensor | None, lam: float) -> torch.Tensor:
+    """MEMIT's ΔW = R Kᵀ (λC + KKᵀ)⁻¹ with an explicit inverse (C = I when None), float64."""
+    c = torch.eye(k.shape[0], dtype=torch.float64) if c is None else c.double()
+    return r @ k.T @ torch.linalg.inv(lam * c + k @ k.T)
+
+
 def memit(model: nn.Module, tok, *, down_template: str, layer_template: str, layers: Sequence[int],
           facts: Sequence[Fact], groups: Sequence[int],
-          cov: Callable[[int], torch.Tensor | None] | None = None, lam: float, steps: int,
+          cov: Callable[[int], torch.Tensor | None] | None = None, lam: float | None = None, steps: int,
           lr: float, loss_stop: float, clamp_norm_factor: float, kl_factor: float,
-          weight_decay: float) -> MemitResult:
+          weight_decay: float, z_space: str = "residual", out_norm_template: str | None = None,
+          invert_out_norm: bool = False,
+          update: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+          ) -> MemitResult:
     """MEMIT over ``layers`` (ascending) for ``facts``.
 
     z_i = h_i + δ_i with δ_i optimised at the residual stream after the top layer; then for each
     layer j (lower layers' updates applied): K from the prompts (``groups``: the template group of
-    each prompt, bare prompt first), R = (Z − H)/(layers left), ΔW = R Kᵀ (λC + KKᵀ)⁻¹.
+    each prompt, bare prompt first), R = (Z − H)/(layers left), ΔW = R Kᵀ (λC + KKᵀ)⁻¹
+    (``update(layer, R, K)`` instead when given: AlphaEdit's solve).
     The model's weights are restored before returning.
+
+    Gemma variant: ``z_space="mlp_out"`` optimises δ at the top projection's output instead, and
+    z is the residual stream after the top block measured in a forward pass with δ added there
+    (what the block's post-MLP norm makes of it). ``invert_out_norm`` with ``out_norm_template``
+    (the block's norm after the MLP) replaces each request's share r by the change d of the
+    projection's output o that makes the norm's output move by exactly r:
+    N(o + d) = N(o) + r, solved in closed form (:func:`rms_norm_inverse`).
     """
     layers = list(layers)
     if layers != sorted(layers) or any(f.prefixes[0] != "" or len(f.prefixes) != len(groups)
                                        for f in facts):
         raise ValueError("layers ascending, bare prompt first, one group label per prompt")
+    if z_space not in ("residual", "mlp_out"):
+        raise ValueError(f"z_space {z_space!r}")
+    if update is None and lam is None:
+        raise ValueError("MEMIT's solve needs lam")
     top = model.get_submodule(layer_template.format(layers[-1]))
+    top_down = model.get_submodule(down_template.format(layers[-1]))
+    site = top if z_space == "residual" else top_down
     all_prompts, kls, values = [], [], []
     for f in facts:
         prompts, kl = request_prompts(tok, f.prompt, f.subject, f.target, f.prefixes,
                                       f.answer_prefix, f.word_sep, f.kl_prompt)
         all_prompts.append(prompts)
         kls.append(kl)
-        values.append(optimise_delta(model, top, prompts, kl, steps=steps, lr=lr,
+        values.append(optimise_delta(model, site, prompts, kl, steps=steps, lr=lr,
                                      loss_stop=loss_stop, clamp_norm_factor=clamp_norm_factor,
                                      kl_factor=kl_factor, weight_decay=weight_decay))
-    z = torch.stack([v.v0 + v.delta for v in values])
+    if z_space == "residual":
+        z = torch.stack([v.v0 + v.delta for v in values])
+    else:
+        z = torch.stack([read_at(model, top, ps[0].ids, ps[0].subj, (top_down, ps[0].subj, v.delta))[1]
+                         for ps, v in zip(all_prompts, values)])
     out = MemitResult(all_prompts, kls, values, z)
 
     def residual_now() -> torch.Tensor:
@@ -337,12 +373,21 @@ def memit(model: nn.Module, tok, *, down_template: str, layer_template: str, lay
                 grouped_key(torch.stack([read_at(model, down, p.ids, p.subj)[0] for p in ps]), groups)
                 for ps in all_prompts], dim=1)  # [d_in, n]
             h = residual_now()
-            r = (z - h).T / (len(layers) - j)  # [d_model, n]
-            c = cov(layer) if cov is not None else None
-            c = torch.eye(k.shape[0], dtype=torch.float64) if c is None else c.double()
-            a = lam * c + k @ k.T
-            dw = r @ k.T @ torch.linalg.inv(a)
-            out.keys[layer], out.h[layer], out.resid[layer], out.dw[layer] = k, h, r, dw
+            share = (z - h).T / (len(layers) - j)  # [d_model, n]
+            r = share
+            if invert_out_norm and out_norm_template is not None:
+                gain, eps = rms_norm_params(model.get_submodule(out_norm_template.format(layer)))
+                outs = torch.stack([read_at(model, down, ps[0].ids, ps[0].subj)[1]  # o
+                                    for ps in all_prompts], dim=1)
+                r = torch.stack([rms_norm_inverse(rms_norm(o, gain, eps) + sh, gain, eps) - o
+                                 for o, sh in zip(outs.T, share.T)], dim=1)
+                out.proj_out[layer] = outs
+            if update is not None:
+                dw = update(layer, r, k)
+            else:
+                dw = memit_solve(r, k, cov(layer) if cov is not None else None, lam)
+            out.keys[layer], out.h[layer], out.share[layer] = k, h, share
+            out.resid[layer], out.dw[layer] = r, dw
             with torch.no_grad():
                 saved.append((down.weight, down.weight.detach().clone()))
                 down.weight.add_(stored_layout(down, dw).to(down.weight.dtype))
@@ -352,3 +397,139 @@ def memit(model: nn.Module, tok, *, down_template: str, layer_template: str, lay
             for param, original in reversed(saved):
                 param.copy_(original)
     return out
+
+
+# ------------------------------------------------------------------ Gemma's norm after the MLP
+def rms_norm(x: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
+    """N(x) = gain ⊙ x / sqrt(mean(x²) + eps), float64."""
+    x = x.double()
+    return gain * x / torch.sqrt((x * x).mean() + eps)
+
+
+def rms_norm_params(norm: nn.Module) -> tuple[torch.Tensor, float]:
+    """(gain, eps) of an RMSNorm module, float64. Gemma stores w with gain 1 + w, Llama the gain
+    itself: whichever reproduces the module's own output (at a scale where eps matters and at
+    one where it does not) is taken; anything else is not an RMSNorm and raises."""
+    w = norm.weight.detach().double().cpu()
+    eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 0.0)))
+    g = torch.Generator().manual_seed(0)
+    probes = [scale * torch.randn(w.shape, generator=g, dtype=torch.float64) for scale in (1e-3, 1.0)]
+    with torch.no_grad():
+        outs = [norm(x.to(norm.weight.dtype).to(norm.weight.device)[None])[0].double().cpu()
+                for x in probes]
+    for gain in (1.0 + w, w):
+        if all(torch.allclose(rms_norm(x, gain, eps), o, rtol=1e-4, atol=1e-6)
+               for x, o in zip(probes, outs)):
+            return gain, eps
+    raise ValueError(f"{type(norm).__name__} is not an RMSNorm x/sqrt(mean(x²)+eps)·gain")
+
+
+def rms_norm_inverse(y: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
+    """The x with N(x) = y (:func:`rms_norm`), in closed form.
+
+    N(x) is gain ⊙ x times a positive scalar, so x = c·u with u = y / gain, and N(c u) = y iff
+    c / sqrt(c² q + eps) = 1 with q = mean(u²), i.e. c = sqrt(eps / (1 − q)): one solution when
+    q < 1. When q ≥ 1, y is outside N's range (its closure is the ellipsoid mean((v/gain)²) ≤ 1:
+    :func:`closest_reachable`) and there is no x; this raises."""
+    y, gain = y.double(), gain.double()
+    if bool((gain == 0).any()):
+        raise ValueError("a zero gain: N is not invertible")
+    u = y / gain
+    q = float((u * u).mean())
+    if q >= 1.0:
+        raise ValueError(f"unreachable: mean((y/gain)²) = {q:.4f} >= 1")
+    return (eps / (1.0 - q)) ** 0.5 * u
+
+
+def closest_reachable(y: torch.Tensor, gain: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The point v of the closure of N's range {v : mean((v/gain)²) ≤ 1} nearest to y, and the
+    distance |y − v|: y itself inside, else v_i = y_i gain_i² / (gain_i² + μ) with μ > 0 found by
+    bisection so that v lies on the ellipsoid (Lagrange condition of the projection)."""
+    y, g2 = y.double(), gain.double() ** 2
+    d = y.numel()
+
+    def excess(mu: float) -> float:  # mean((v/gain)²) − 1, decreasing in μ
+        return float(((y * gain / (g2 + mu)) ** 2).sum()) / d - 1.0
+
+    if excess(0.0) <= 0:
+        return y.clone(), 0.0
+    lo, hi = 0.0, 1.0
+    while excess(hi) > 0:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if excess(mid) > 0 else (lo, mid)
+    v = y * g2 / (g2 + hi)
+    return v, float((y - v).norm())
+
+
+# ------------------------------------------------------------------ AlphaEdit
+def null_space_projector(c: torch.Tensor, threshold: float) -> torch.Tensor:
+    """P = Û Ûᵀ, Û the singular vectors of the (symmetric PSD) second moment C whose singular
+    values are below ``threshold`` (AlphaEdit's reference code: an SVD of C), float64."""
+    u, s, _ = torch.linalg.svd(c.double())
+    small = u[:, s < threshold]
+    return small @ small.T
+
+
+def alphaedit_solve(r: torch.Tensor, k: torch.Tensor, p: torch.Tensor,
+                    k_prev: torch.Tensor | None, alpha: float) -> torch.Tensor:
+    """AlphaEdit's ΔW = R Kᵀ P (K_p K_pᵀ P + K Kᵀ P + α I)⁻¹ (Fang et al. 2025, sequential
+    editing; α the reference code's ``L2`` weight) with an explicit inverse, float64. ``r`` [d_out, n], ``k`` [d_in, n], ``p`` [d_in, d_in], ``k_prev``
+    the earlier edits' keys K_p [d_in, m] (None: no earlier edit)."""
+    r, k, p = r.double(), k.double(), p.double()
+    m = k @ k.T @ p + alpha * torch.eye(k.shape[0], dtype=torch.float64)
+    if k_prev is not None:
+        k_prev = k_prev.double()
+        m = m + k_prev @ k_prev.T @ p
+    return r @ k.T @ p @ torch.linalg.inv(m)
+
+
+@dataclass
+class AlphaEditStep:
+    """One edit of a sequence: its MEMIT-style quantities (``result``; ``result.dw`` is
+    AlphaEdit's ΔW) and the earlier edits' keys K_p it was solved with, per layer."""
+
+    result: MemitResult
+    prior_keys: dict[int, torch.Tensor | None]
+
+
+def alphaedit_sequence(model: nn.Module, tok, *, edits: Sequence[Sequence[Fact]],
+                       projector: Callable[[int], torch.Tensor], alpha: float,
+                       down_template: str, layers: Sequence[int], groups: Sequence[int],
+                       **memit_kw) -> list[AlphaEditStep]:
+    """AlphaEdit's edits one after another, each on the model the earlier ones left (Fang et al.
+    2025, sequential editing): each edit is MEMIT's targets and keys (:func:`memit`, with
+    ``memit_kw``) with AlphaEdit's solve, P = ``projector(layer)`` and K_p the keys of every
+    earlier edit of the sequence; after an edit is written, its keys are read again on the edited
+    model (as the reference code does) and appended to K_p. The model is restored at the end."""
+    prior: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    steps: list[AlphaEditStep] = []
+    saved = []
+    try:
+        for facts in edits:
+            k_prev = {layer: (torch.cat(prior[layer], dim=1) if prior[layer] else None)
+                      for layer in layers}
+
+            def update(layer, r, k, k_prev=k_prev):
+                return alphaedit_solve(r, k, projector(layer), k_prev[layer], alpha)
+
+            res = memit(model, tok, facts=facts, layers=layers, groups=groups,
+                        down_template=down_template, update=update, **memit_kw)
+            steps.append(AlphaEditStep(res, k_prev))
+            with torch.no_grad():  # the edit stays in place for the next one
+                for layer in layers:
+                    down = model.get_submodule(down_template.format(layer))
+                    saved.append((down.weight, down.weight.detach().clone()))
+                    down.weight.add_(stored_layout(down, res.dw[layer]).to(down.weight.dtype))
+            for layer in layers:
+                down = model.get_submodule(down_template.format(layer))
+                prior[layer].append(torch.stack([
+                    grouped_key(torch.stack([read_at(model, down, p.ids, p.subj)[0] for p in ps]),
+                                groups)
+                    for ps in res.prompts], dim=1))
+    finally:
+        with torch.no_grad():
+            for param, original in reversed(saved):
+                param.copy_(original)
+    return steps
