@@ -6,6 +6,7 @@ throughput and peak memory on one model, each fast path against the plain path i
     python bench/edit_bench.py --model tiny_llama      # seconds; the smoke test uses it
     python bench/edit_bench.py --override stats.per_lang=10 --out my.json
     python bench/edit_bench.py --only stats --stats-tokens 50000   # the statistics item alone
+    python bench/edit_bench.py --only prefix --repeats 2           # prefix reuse on vs off alone
 
 Fast and plain paths run interleaved in the same process on the same cases (the value
 optimisation takes the same steps on both), so each ratio compares like with like even when
@@ -17,7 +18,8 @@ straightforward implementation does, each reached by a config flag (``eval.*`` a
   position (``eval.head_at_targets``), the post-edit pass at full depth
   (``eval.reuse_lower_layers``), no inference mode (``eval.inference_mode``);
 - value optimisation: full depth at every step (``method.v_from_layer``), full logits
-  (``method.v_head_at_targets``);
+  (``method.v_head_at_targets``), every position of every prompt at every step
+  (``v_prefix_cache``: no reuse of the positions before the subject);
 - covariance: a fresh solve with C at every edit (``method.cache_factorization``);
 - restoration: a copy of every parameter instead of the edited tensors only;
 - statistics (``layer_second_moments`` arguments, benchmark only): each batch's KᵀK in float64
@@ -56,7 +58,7 @@ if str(ROOT) not in sys.path:  # `python bench/edit_bench.py` from anywhere
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-EDIT_FLAGS = ("v_from_layer", "v_head_at_targets", "cache_factorization")
+EDIT_FLAGS = ("v_from_layer", "v_head_at_targets", "cache_factorization", "v_prefix_cache")
 EVAL_FLAGS = ("batched", "head_at_targets", "reuse_lower_layers", "inference_mode")
 
 
@@ -364,6 +366,89 @@ def _configs_rows(c: dict) -> list[dict]:
     ]
 
 
+def bench_prefix(s: Setup, repeats: int, log: Callable) -> dict:
+    """Prefix reuse in the value optimisation (``EditPaths.v_prefix_cache``) on vs off, every
+    other fast path on: the published ROME edit (``method=rome``, 21 prompts) and a MEMIT edit
+    at batch 1 (``method=memit``, 6 prompts), on and off interleaved per case (which goes first
+    alternates), and each pair of edits compared (steps, delta, ΔW)."""
+    from xling_edit.editing.value import (
+        _stack, _suffix, optimise_values, prefix_cache_unsupported, prepare, value_options,
+    )
+    from xling_edit.evaluation.forward import model_device
+
+    eds = {(m, on): s.editor(m, v_prefix_cache=on) for m in ("rome", "memit") for on in (True, False)}
+    t: dict[str, list[float]] = {}
+    same: dict[str, list[dict]] = {"rome": [], "memit": []}
+    tokens: dict[str, list] = {"rome": [], "memit": []}
+    for r, case in enumerate(s.cases[:repeats]):
+        req = s.request(case)
+        for m in ("rome", "memit"):
+            outs = {}
+            for on in ((True, False) if r % 2 == 0 else (False, True)):
+                ed = eds[(m, on)]
+                with _clock(t, f"{m}_{'on' if on else 'off'}"):
+                    outs[on] = ed.edit(s.model, s.tok, req) if m == "rome" else ed.edit_batch(s.model, s.tok, [req])
+            a, b = outs[True], outs[False]
+            eq = {"steps_on": a.info["steps"], "steps_off": b.info["steps"],
+                  "same_steps": a.info["steps"] == b.info["steps"],
+                  "dW_cos": min(_cos(x.delta, y.delta) for x, y in zip(a.deltas, b.deltas)),
+                  "dW_rel_diff": max(float((x.delta.double() - y.delta.double()).norm()
+                                           / y.delta.double().norm()) for x, y in zip(a.deltas, b.deltas))}
+            hp = s.method_cfgs[m]
+            prep = prepare(s.tok, req, eds[(m, True)].prefixes(s.model, s.tok, req.lang),
+                           hp.subject_match_threshold, model_device(s.model))
+            if m == "rome":
+                eq["delta_cos"] = _cos(a.tensors["delta"], b.tensors["delta"])
+            else:  # z = h + (what delta does to the residual stream): compare the latter
+                with torch.no_grad():
+                    h = eds[(m, True)]._residual_at(s.model, [prep], int(hp.layers[-1]))
+                eq["z_cos"] = _cos(a.tensors["z"] - h, b.tensors["z"] - h)
+                # MEMIT's value optimisation alone (the rest of its edit does not change)
+                space = str(hp.z_space)
+                for on in ((True, False) if r % 2 == 0 else (False, True)):
+                    with _clock(t, f"memit_value_{'on' if on else 'off'}"):
+                        optimise_values(s.model, s.spec, int(hp.layers[-1]), [prep],
+                                        **value_options(hp, space, eds[(m, on)].paths))
+            same[m].append(eq)
+            # tokens one step runs: the whole padded prompts vs the padded suffixes
+            st = _stack([prep])
+            suf = _suffix(st, torch.arange(st.ids.shape[0]), [None], None)
+            tokens[m].append({"rows": int(st.ids.shape[0]), "whole": int(st.ids.numel()),
+                              "whole_real": int(st.mask.sum()), "suffix": int(suf.st.ids.numel()),
+                              "suffix_real": int(suf.st.mask.sum()), "prefix_slots": int(suf.mask.shape[1]
+                                                                                         - suf.st.ids.shape[1])})
+            log(f"  {m} case {r + 1}/{repeats}: prefix reuse on {t[f'{m}_on'][-1]:.1f}s, off "
+                f"{t[f'{m}_off'][-1]:.1f}s; steps {eq['steps_on']} / {eq['steps_off']}, ΔW cos "
+                f"{eq['dW_cos']:.6f}; tokens per step {tokens[m][-1]['suffix']} vs {tokens[m][-1]['whole']}")
+    return {"times": t, "same": same, "tokens": tokens, "load_average": _loadavg(),
+            "unsupported": prefix_cache_unsupported(s.model),
+            "n_context": {m: len(eds[(m, True)].prefixes(s.model, s.tok, s.registry[s.edit_lang]))
+                          for m in ("rome", "memit")}}
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    return float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-300))
+
+
+def _prefix_rows(p: dict) -> list[dict]:
+    t, rows = p["times"], []
+    for m, name in (("rome", "ROME edit, published"), ("memit", "MEMIT edit, batch 1")):
+        eq, tok = p["same"][m], p["tokens"][m]
+        steps = [e["steps_on"] if m == "rome" else e["steps_on"][0] for e in eq]
+        cos = min(e.get("delta_cos", e.get("z_cos")) for e in eq)
+        rows.append(_row(
+            f"{name}, prefix reuse on vs off (s)", med(t[f"{m}_on"]), med(t[f"{m}_off"]),
+            f"v_prefix_cache; {p['n_context'][m]} prompts, median {med(steps):.0f} steps, same steps "
+            f"{sum(e['same_steps'] for e in eq)}/{len(eq)}, {'delta' if m == 'rome' else 'z - h'} "
+            f"1 - cos <= {max(1 - cos, 0):.0e}, ΔW 1 - cos <= {max(1 - min(e['dW_cos'] for e in eq), 0):.0e}; "
+            f"tokens per step (padded) {med([x['suffix'] for x in tok]):.0f} vs {med([x['whole'] for x in tok]):.0f}"))
+    if t.get("memit_value_on"):
+        rows.append(_row("  - MEMIT value optimisation alone (s)", med(t["memit_value_on"]),
+                         med(t["memit_value_off"]), "optimise_values of the same request, on vs off"))
+    return rows
+
+
 def bench_stats(s: Setup, repeats: int, tokens: int, log: Callable) -> dict:
     """Covariance statistics for the ROME layer on ~``tokens`` tokens of the built-in corpus
     (languages round-robin), split into rounds of consecutive documents: every round runs the
@@ -528,6 +613,8 @@ def _rome_memit_rows(res: dict) -> list[dict]:
              "method.v_from_layer=false"),
         _row("  - value optimisation with full logits", med(ro["edit_fast"]), med(ro.get("edit_no_v_head_at_targets")),
              "method.v_head_at_targets=false"),
+        _row("  - value optimisation on whole prompts", med(ro["edit_fast"]), med(ro.get("edit_no_v_prefix_cache")),
+             "v_prefix_cache=false (no reuse of the positions before the subject)"),
         _row("  - u = C^-1 k per edit (s)", med(ro.get("solve_fast")), med(ro.get("solve_plain")),
              "method.cache_factorization=false (component)"),
         _row("MEMIT edit, batch 1 (s/edit)", med(me["b1_fast"]), med(me["b1_plain"]), "all fast vs all plain"),
@@ -589,6 +676,8 @@ def summarise(res: dict) -> list[dict]:
         rows += _rome_memit_rows(res)
     if "configs" in res:
         rows += _configs_rows(res["configs"])
+    if "prefix" in res:
+        rows += _prefix_rows(res["prefix"])
     if "stats" in res:
         rows += _stats_rows(res["stats"])
     if "generation" in res:
@@ -633,6 +722,7 @@ def format_table(rows: list[dict]) -> str:
 
 # ------------------------------------------------------------------ CLI
 ONLY_NOTE = {"stats": "statistics in alternating rounds",
+             "prefix": "prefix reuse on and off interleaved per case",
              "configs": "each configuration interleaved per case",
              "gen": "ROME edit and generated answers interleaved per case"}
 
@@ -645,11 +735,13 @@ def parse_args(argv):
     p.add_argument("--memit-batch", type=int, default=16, help="the larger MEMIT batch size")
     p.add_argument("--stats-tokens", type=int, default=10000,
                    help="tokens of the statistics item (fast and float64 paths each run all of them)")
-    p.add_argument("--only", choices=["stats", "configs", "gen"], default=None,
+    p.add_argument("--only", choices=["stats", "configs", "gen", "prefix"], default=None,
                    help="run one item alone: stats = the statistics throughput (no memory probe, "
                         "no cached C needed); configs = ROME published vs rome_fast and MEMIT "
                         "per fact at batch --memit-batch vs 1 (ROME on --repeats cases); gen = "
-                        "the generated answers of a case against its ROME edit")
+                        "the generated answers of a case against its ROME edit; prefix = the "
+                        "value optimisation's prefix reuse on vs off (ROME published and MEMIT "
+                        "batch 1, on --repeats cases)")
     p.add_argument("--full", action="store_true",
                    help="also time the plain path at the large MEMIT batch (minutes more)")
     p.add_argument("--edit-lang", default="en")
@@ -701,6 +793,9 @@ def main(argv=None) -> int:
     if a.only == "configs":
         log(f"published vs fast configuration, MEMIT batch {a.memit_batch} vs 1 ...")
         res["configs"] = bench_configs(s, a.repeats, a.memit_batch, log)
+    elif a.only == "prefix":
+        log("value optimisation: prefix reuse on vs off (ROME published, MEMIT batch 1) ...")
+        res["prefix"] = bench_prefix(s, a.repeats, log)
     elif a.only == "gen":
         pass
     else:

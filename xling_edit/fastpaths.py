@@ -25,15 +25,22 @@ class EditPaths:
         cache_factorization: the covariance statistics are factorised (Cholesky) once per layer
             and reused by every edit (ROME's C⁻¹k, MEMIT's (λC + KKᵀ)⁻¹K by the push-through
             identity); plain: solve with C afresh at every edit.
+        v_prefix_cache: the value optimisation records every block's keys and values of each
+            prompt's positions before the subject's last token once (they cannot see delta) and
+            runs each step on the later positions only, attending to them (plain: every
+            position of every prompt at every step). Models it is not verified on run the plain
+            form, logged once (:func:`xling_edit.editing.value.prefix_cache_unsupported`).
     """
 
     v_from_layer: bool = True
     v_head_at_targets: bool = True
     cache_factorization: bool = True
+    v_prefix_cache: bool = True
 
     @classmethod
     def plain(cls) -> "EditPaths":
-        return cls(False, False, False)
+        return cls(v_from_layer=False, v_head_at_targets=False, cache_factorization=False,
+                   v_prefix_cache=False)
 
 
 #: config keys that were benchmark switches before this module (accepted, ignored, one release)

@@ -22,6 +22,8 @@ labelled deviation (``bare``: a warm-up on the bare prompt alone).
 
 from __future__ import annotations
 
+import inspect
+import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -32,10 +34,12 @@ import torch.nn.functional as F
 from xling_edit.editing.base import EditRequest, SkipCase
 from xling_edit.editing.localize import SubjectMatch, find_subject
 from xling_edit.evaluation.forward import (
-    _StopForward, capture_output, full_logits_at, logits_at, pad_right, skip_below,
+    _StopForward, capture_output, full_logits_at, head_logits, logits_at, pad_right, skip_below,
 )
 from xling_edit.evaluation.text import Encoded, encode, last_token_in_span
 from xling_edit.models.spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,7 +65,7 @@ class Prepared:
 
 def prepare(tok, request: EditRequest, prefixes: list[str], threshold: float, device) -> Prepared:
     rec, lang = request.record, request.lang
-    match = find_subject(rec.prompt, rec.subject, threshold)
+    match = find_subject(rec.prompt, rec.subject, threshold, lang=str(lang["code"]))
     if match is None:
         raise SkipCase(f"subject {rec.subject!r} not found in prompt {rec.prompt!r}")
     prompt = rec.prompt + request.answer_prefix
@@ -167,6 +171,7 @@ class ValueResult:
     # forward and backward)
     init_forwards: int = 0
     init_losses: list[float] = field(default_factory=list)  # total loss at each of them
+    prefix_cached: bool = False  # the steps ran the suffix only, on the cached prefix (prefix_cache)
 
 
 SPACES = ("mlp_out", "residual")
@@ -283,7 +288,8 @@ def bare_only(prep: Prepared) -> Prepared:
 def _optimise(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *, steps: int,
               lr: float, loss_stop: float, clamp_norm_factor: float, kl_factor: float,
               weight_decay: float, space: str = "mlp_out", from_layer: bool = True,
-              head_at_targets: bool = True, start: torch.Tensor | None = None,
+              head_at_targets: bool = True, prefix_cache: bool = True,
+              start: torch.Tensor | None = None,
               adam_state: dict | None = None) -> tuple[list[ValueResult], dict]:
     """Optimise every request's delta at block ``layer`` (module docstring) in one padded
     forward/backward per step; ``space`` is ``mlp_out`` (the down-projection's output) or
@@ -301,6 +307,12 @@ def _optimise(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *, 
       only (plain: the full depth every step).
     - ``head_at_targets``: the forward stops after the final norm and the LM head is applied at
       the target and KL positions only (plain: full logits at every position).
+    - ``prefix_cache``: delta enters at each row's subject's last token, and attention is causal,
+      so every position before it (the row's prefix) computes the same thing in every block at
+      every step. The first forward records every block's keys and values; each step then runs
+      only the positions from the subject's last token on, attending to the recorded prefix
+      (:class:`_Suffix`; plain: every position of every prompt). Models the cache cannot serve
+      (:func:`prefix_cache_unsupported`) run the plain form, said once in the log.
     """
     if space not in SPACES:
         raise ValueError(f"value space {space!r} unknown; one of {list(SPACES)}")
@@ -308,17 +320,21 @@ def _optimise(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *, 
     down = spec.module(model, "down_proj", layer)
     site = down if space == "mlp_out" else spec.module(model, "layer", layer)
     st = _stack(preps)
+    first = layer if (from_layer and layer > 0) else 0  # the lowest block each step runs
+    record = _recording_cache(model) if prefix_cache else None
     cap: dict = {}
     hk = down.register_forward_hook(lambda m, i, o: cap.update(k=i[0]))
     hv = site.register_forward_hook(lambda m, i, o: cap.update(v=o[0] if isinstance(o, tuple) else o))
-    below = capture_output(spec.module(model, "layer", layer - 1)) if (from_layer and layer > 0) else None
+    below = capture_output(spec.module(model, "layer", layer - 1)) if first else None
     try:
         with torch.no_grad(), (below if below is not None else nullcontext()) as low:
-            logits0 = _stack_logits(model, spec, st, head_at_targets)
+            logits0 = _stack_logits(model, spec, st, head_at_targets, record)
     finally:
         hk.remove()
         hv.remove()
     lower = low["out"].detach() if below is not None else None
+    kv = _recorded_kv(model, spec, record, st, first) if record is not None else None
+    del record
     keys = [cap["k"][r, st.subj_pos[r]].detach().float() for r in st.prompt_rows]
     v0 = cap["v"][st.bare_row, st.subj_pos[st.bare_row]].detach().float()  # [n, d]
     n_t = len(st.tgt)
@@ -339,13 +355,29 @@ def _optimise(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *, 
     trajectory: list[list[float]] = [[] for _ in range(n)]
     losses: list[list[float]] = [[] for _ in range(n)]
     done_steps = [0] * n
-    cur = {"st": st, "lower": lower, "ids": torch.arange(n, device=v0.device)}  # the live batch
+    # the live batch: its requests, their rows (full prompts), and what each step runs
+    cur = {"st": st, "lower": lower, "ids": torch.arange(n, device=v0.device), "suffix": None}
+    if kv is not None:
+        try:
+            cur["suffix"] = _suffix(st, torch.arange(st.ids.shape[0], device=v0.device), kv, lower)
+        except ValueError as exc:  # a logit read before its row's subject: no prefix to reuse
+            _fall_back(model, str(exc))
+            kv = None
+
+    def run_stack() -> _Stack:
+        """The rows each step runs: the suffixes (prefix cache) or the whole prompts."""
+        return cur["suffix"].st if cur["suffix"] is not None else cur["st"]
 
     def total_loss(s: _Stack, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[len(ids)] total loss and mean target NLL of the requests ``ids`` (batch ``s``)
         with delta added."""
-        with skip_below(model, spec, layer if cur["lower"] is not None else 0, cur["lower"]):
-            logits = _stack_logits(model, spec, s, head_at_targets)
+        suf = cur["suffix"]
+        if suf is not None:
+            with skip_below(model, spec, first, suf.lower):
+                logits = _suffix_logits(model, spec, suf, head_at_targets)
+        else:
+            with skip_below(model, spec, first if cur["lower"] is not None else 0, cur["lower"]):
+                logits = _stack_logits(model, spec, s, head_at_targets)
         m = len(s.tgt)
         nll = _per_request_nll(logits[:m], s)
         kl_now = torch.log_softmax(logits[m:], dim=-1)
@@ -354,7 +386,7 @@ def _optimise(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *, 
         return nll + kl_factor * kl + weight_decay * delta[ids].norm(dim=1) / v0_norm[ids] ** 2, nll
 
     def add_delta(_m, _i, o):
-        s = cur["st"]
+        s = run_stack()
         h = o[0] if isinstance(o, tuple) else o
         add = torch.zeros(h.shape[0], h.shape[1], h.shape[2], dtype=h.dtype, device=h.device)
         rows = torch.arange(h.shape[0], device=h.device)
@@ -397,21 +429,228 @@ def _optimise(model, spec: ModelSpec, layer: int, preps: Sequence[Prepared], *, 
                 sub = [int(ids[j]) for j in keep]
                 cur["st"] = _stack([preps[g] for g in sub])
                 cur["ids"] = torch.tensor(sub, device=v0.device)
+                rows = torch.cat([st.prompt_rows[g].new_tensor(
+                    list(range(int(st.bare_row[g]), int(st.bare_row[g]) + preps[g].ids.shape[0])))
+                    for g in sub])
                 if lower is not None:
-                    rows = torch.cat([st.prompt_rows[g].new_tensor(
-                        list(range(int(st.bare_row[g]), int(st.bare_row[g]) + preps[g].ids.shape[0])))
-                        for g in sub])
                     cur["lower"] = lower[rows, :cur["st"].ids.shape[1]]
+                if kv is not None:
+                    cur["suffix"] = _suffix(cur["st"], rows, kv, lower)
     finally:
         handle.remove()
     return [ValueResult(delta[i].detach().clone(), v0[i], keys[i], nll0[i], trajectory[i],
-                        done_steps[i], losses[i], space) for i in range(n)], dict(opt.state[delta])
+                        done_steps[i], losses[i], space, prefix_cached=kv is not None)
+            for i in range(n)], dict(opt.state[delta])
 
 
-def _stack_logits(model, spec: ModelSpec, st: _Stack, head_at_targets: bool) -> torch.Tensor:
-    if head_at_targets:
-        return logits_at(model, spec, st.ids, st.mask, st.rows, st.pos)
-    return full_logits_at(model, st.ids, st.mask, st.rows, st.pos)
+def _stack_logits(model, spec: ModelSpec, st: _Stack, head_at_targets: bool,
+                  record=None) -> torch.Tensor:
+    """Logits at ``st.rows`` / ``st.pos`` of the whole prompts; ``record``: a cache the forward
+    fills with every block's keys and values (the prefix cache's first forward)."""
+    if record is None:
+        if head_at_targets:
+            return logits_at(model, spec, st.ids, st.mask, st.rows, st.pos)
+        return full_logits_at(model, st.ids, st.mask, st.rows, st.pos)
+    return _logits(model, spec, st, head_at_targets, attention_mask=st.mask, use_cache=True,
+                   **{_cache_kwarg(model): record})
+
+
+# ------------------------------------------------------------------ prefix cache
+#: model types whose layouts the prefix cache is verified on (tests/integration/test_value_prefix.py)
+PREFIX_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gpt2", "gpt_neox",
+                      "phi", "phi3")
+#: attention implementations it is verified with (the 2-D padding mask becomes an explicit mask)
+PREFIX_ATTENTION = ("eager", "sdpa")
+#: attention layer types it serves: the mask depends only on distances between positions
+PREFIX_LAYER_TYPES = ("full_attention", "sliding_attention")
+_FALLBACK_LOGGED: set = set()
+
+
+def _cache_kwarg(model) -> str | None:
+    """The name under which the model's forward takes a KV cache (``cache`` in recent
+    transformers, ``past_key_values`` before), or None."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    return next((k for k in ("cache", "past_key_values") if k in params), None)
+
+
+def prefix_cache_unsupported(model) -> str | None:
+    """Why the value optimisation cannot reuse the prompts' prefix on ``model`` (None: it can)."""
+    try:
+        from transformers import DynamicCache  # noqa: F401
+    except ImportError:
+        return "transformers has no DynamicCache"
+    if _cache_kwarg(model) is None:
+        return "its forward takes no KV cache"
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return "no model config"
+    text = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
+    kind = getattr(text, "model_type", None)
+    if kind not in PREFIX_MODEL_TYPES:
+        return f"model type {kind!r} not verified (verified: {', '.join(PREFIX_MODEL_TYPES)})"
+    if getattr(text, "is_encoder_decoder", False) or getattr(cfg, "is_encoder_decoder", False):
+        return "an encoder-decoder"
+    if not getattr(text, "is_causal", True) or getattr(text, "use_bidirectional_attention", False):
+        return "attention is not causal"
+    impl = getattr(text, "_attn_implementation", None) or getattr(cfg, "_attn_implementation", None)
+    if impl not in PREFIX_ATTENTION:
+        return f"attention implementation {impl!r} (verified: {', '.join(PREFIX_ATTENTION)})"
+    other = sorted(set(getattr(text, "layer_types", None) or ()) - set(PREFIX_LAYER_TYPES))
+    if other:
+        return f"layer types {other} (only full and sliding-window attention)"
+    return None
+
+
+def _fall_back(model, why: str) -> None:
+    key = (type(model).__name__, why)
+    if key not in _FALLBACK_LOGGED:
+        _FALLBACK_LOGGED.add(key)
+        log.warning("value optimisation: no prefix cache on %s (%s); each step runs every position "
+                    "of every prompt", type(model).__name__, why)
+
+
+def _recording_cache(model):
+    """An empty cache for the first forward to record every block's keys and values in, or None
+    (logged once) where the model cannot use one."""
+    why = prefix_cache_unsupported(model)
+    if why is not None:
+        _fall_back(model, why)
+        return None
+    from transformers import DynamicCache
+
+    return DynamicCache()  # no config: every layer keeps all positions (no sliding-window cut)
+
+
+def _layer_kv(cache, i: int):
+    layers = getattr(cache, "layers", None)
+    if layers is not None:  # transformers >= 4.56
+        if i >= len(layers) or not getattr(layers[i], "is_initialized", True):
+            return None, None
+        return getattr(layers[i], "keys", None), getattr(layers[i], "values", None)
+    kc, vc = getattr(cache, "key_cache", []), getattr(cache, "value_cache", [])
+    return (kc[i], vc[i]) if i < len(kc) else (None, None)
+
+
+def _recorded_kv(model, spec: ModelSpec, cache, st: _Stack, first: int):
+    """Every block's recorded keys and values from ``first`` up ([R, heads, T, d] each; None
+    below ``first``), or None (logged once) when the cache did not record them all."""
+    n_blocks = spec.n_layers(model)
+    r, t = st.ids.shape
+    out: list = [None] * n_blocks
+    for i in range(first, n_blocks):
+        k, v = _layer_kv(cache, i)
+        if (k is None or v is None or k.dim() != 4 or v.dim() != 4 or k.shape[0] != r
+                or v.shape[0] != r or k.shape[2] != t or v.shape[2] != t):
+            shape = None if k is None else tuple(k.shape)
+            _fall_back(model, f"the cache recorded no [{r}, heads, {t}, d] keys for block {i} "
+                              f"(got {shape})")
+            return None
+        out[i] = (k.detach(), v.detach())
+    return out
+
+
+@dataclass
+class _Suffix:
+    """A batch of whole prompts (:class:`_Stack`) cut at each row's subject's last token: the
+    suffix (that token and every later one) is what a step runs; the prefix (every earlier
+    position) is the recorded keys and values of every block, identical at every step.
+
+    Row r's prefix is right-aligned: its ``p_r`` positions fill the last ``p_r`` of ``P`` cache
+    slots (the first ``P - p_r`` are masked), and its suffix takes slots ``P ..``. Every real
+    position sits at a constant offset from its position in the prompt, so causal and
+    sliding-window masks, computed from slot distances, are those of the whole prompt; the
+    position ids (rotary / learned positions) are the prompt's."""
+
+    st: _Stack  # suffix rows: ids from the subject's last token on, subj_pos 0, pos shifted
+    mask: torch.Tensor  # [R, P + S]: the prefix slots, then the suffix
+    position_ids: torch.Tensor  # [R, S]: each suffix token's position in its prompt
+    kv: list | None  # per block: (keys, values) [R, heads, P, d] (None below the first block run)
+    lower: torch.Tensor | None  # [R, S, d_model]: what enters the first block run, at the suffix
+
+    def cache(self):
+        """A fresh cache holding the prefix (a forward appends the suffix to it)."""
+        from transformers import DynamicCache
+
+        c = DynamicCache()
+        real = next(e for e in self.kv if e is not None)[0]
+        r, p = self.mask.shape[0], self.mask.shape[1] - self.st.ids.shape[1]
+        dummy = real.new_zeros(()).expand(r, 1, p, 1)  # blocks not run: only their length is read
+        for i, e in enumerate(self.kv):
+            k, v = e if e is not None else (dummy, dummy)
+            c.update(k, v, i)
+        return c
+
+
+def _suffix(st: _Stack, src: torch.Tensor, kv: list, lower: torch.Tensor | None) -> _Suffix:
+    """``st`` cut at each row's subject's last token. ``src``: each row's row in the batch the
+    cache ``kv`` (and ``lower``, the hidden states entering the first block run) was recorded
+    on; positions are the same in both (right-padded)."""
+    device = st.ids.device
+    subj = st.subj_pos
+    lens = st.mask.sum(1)
+    t = st.ids.shape[1]
+    n_pre, n_suf = int(subj.max()), int((lens - subj).max())
+    pos = st.pos - subj[st.rows]
+    if bool((pos < 0).any()):
+        raise ValueError("a logit position precedes its row's subject")
+    j = torch.arange(n_suf, device=device)
+    spos = subj[:, None] + j
+    smask = spos < lens[:, None]
+    spos = spos.clamp_max(t - 1)  # padding: any position serves, it is masked
+    suf = _Stack(st.ids.gather(1, spos), smask.long(), st.row_req, torch.zeros_like(subj),
+                 st.bare_row, st.prompt_rows, st.rows, pos, st.tgt, st.seg, st.n_tok,
+                 st.prompt_req, st.n_prompts)
+    sub_lower = None
+    if lower is not None:
+        sub_lower = lower[src].gather(1, spos[..., None].expand(-1, -1, lower.shape[-1]))
+    if n_pre == 0:  # nothing before any subject: the suffix is the whole batch
+        return _Suffix(suf, smask.long(), spos, None, sub_lower)
+    slot = torch.arange(n_pre, device=device) - (n_pre - subj[:, None])  # [R, P] prompt position
+    valid = slot >= 0
+    slot = slot.clamp_min(0)
+    keep = ~valid[:, None, :, None]
+    pre = []
+    for e in kv:
+        if e is None:
+            pre.append(None)
+            continue
+        k, v = e[0][src], e[1][src]
+        ik = slot[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        iv = slot[:, None, :, None].expand(-1, v.shape[1], -1, v.shape[3])
+        pre.append((k.gather(2, ik).masked_fill(keep, 0), v.gather(2, iv).masked_fill(keep, 0)))
+    return _Suffix(suf, torch.cat([valid, smask], 1).long(), spos, pre, sub_lower)
+
+
+def _suffix_logits(model, spec: ModelSpec, suf: _Suffix, head_at_targets: bool) -> torch.Tensor:
+    """Logits at the suffix batch's target and KL positions, attending to the cached prefix."""
+    kw: dict = dict(attention_mask=suf.mask, position_ids=suf.position_ids)
+    if suf.kv is not None:
+        kw.update({_cache_kwarg(model): suf.cache(), "use_cache": True})
+    return _logits(model, spec, suf.st, head_at_targets, **kw)
+
+
+def _logits(model, spec: ModelSpec, st: _Stack, head_at_targets: bool, **kw) -> torch.Tensor:
+    """:func:`logits_at` / :func:`full_logits_at` with extra forward arguments ``kw``."""
+    kw.setdefault("use_cache", False)
+    if not head_at_targets:
+        return model(input_ids=st.ids, **kw).logits[st.rows, st.pos].float()
+    got: dict = {}
+
+    def at_norm(_m, _i, out):
+        got["h"] = (out[0] if isinstance(out, tuple) else out)[st.rows, st.pos]
+        raise _StopForward
+
+    handle = spec.module(model, "final_norm").register_forward_hook(at_norm)
+    try:
+        model(input_ids=st.ids, logits_to_keep=1, **kw)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return head_logits(model, spec, got["h"])
 
 
 def value_options(hp, space: str = "mlp_out", paths=None) -> dict:
@@ -424,7 +663,8 @@ def value_options(hp, space: str = "mlp_out", paths=None) -> dict:
     return dict(steps=hp.v_steps, lr=hp.v_lr, loss_stop=hp.v_loss_stop,
                 clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor,
                 weight_decay=hp.weight_decay, space=space, from_layer=paths.v_from_layer,
-                head_at_targets=paths.v_head_at_targets, init=hp.v_init)
+                head_at_targets=paths.v_head_at_targets, prefix_cache=paths.v_prefix_cache,
+                init=hp.v_init)
 
 
 def project_to_ball(x: torch.Tensor, radius: float) -> torch.Tensor:
