@@ -91,7 +91,7 @@ def edit(overrides: Sequence[str] = (), *, subject: str, prompt: str, target: st
         from xling_edit.data import load_dataset
         from xling_edit.languages import PROJECT_ROOT
 
-        editor.use_dataset(load_dataset(cfg.data, [lang], project_root=PROJECT_ROOT).cases)
+        editor.use_dataset([], load_dataset(cfg.data, [lang], project_root=PROJECT_ROOT).cases)
     record = LangRecord(subject=subject, prompt=prompt, target_new=target, target_true=target_true)
     out = editor.edit(model, tok, EditRequest("api", registry[lang], record))
     params = dict(model.named_parameters())

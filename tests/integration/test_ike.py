@@ -45,7 +45,7 @@ def test_context_is_built_as_specified_in_every_language(cases, code):
     blocks = context.split("\n\n")
     assert len(blocks) == 7  # six demonstrations, then the stated fact
     by_id = {c.case_id: c.langs[code] for c in cases if code in c.langs}
-    for block, (cid, kind) in zip(blocks, used):
+    for block, (cid, kind) in zip(reversed(blocks[:-1]), used):  # the first chosen sits last
         d = by_id[cid]
         head, question = block.split("\n")
         assert head == lang.ike_fact.format(prompt=d.prompt.strip(), target=d.target_new.strip())
@@ -84,14 +84,45 @@ def test_ike_changes_no_parameter_and_runs_end_to_end(tmp_path):
     assert info["case_status"] == {"ok": 4} and info["covariance_statistics"] is None
     lines = [json.loads(l) for l in (tmp_path / "job" / "results.jsonl").read_text().splitlines()]
     assert all(l["edit"]["edit_kind"] == "context" and len(l["edit"]["demonstrations"]) == 3 for l in lines)
+    # the demonstrations come from the dataset's other cases, never from an evaluated one
+    evaluated = {l["case_id"] for l in lines}
+    shown = {d["case_id"] for l in lines for d in l["edit"]["demonstrations"]}
+    assert shown and not shown & evaluated
+    assert all(l["edit"]["pool"].startswith("heldout") and l["edit"]["retrieval"] == "knn" for l in lines)
     # an editor call touches no weight, bit for bit
     from xling_edit.models import load_model
 
     model, tok = load_model(cfg.model, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ed = IkeEditor({"k": 2})
-    ed.use_dataset(load_dataset(cfg.data, ["en"], project_root=ROOT).cases)
+    ed.use_dataset([], load_dataset(cfg.data, ["en"], project_root=ROOT).cases)
     case = ed.pool[0]
     out = ed.edit(model, tok, EditRequest(case.case_id, language("en"), case.langs["en"]))
     assert out.deltas == [] and out.kind == "context" and out.context
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_nearest_neighbours_are_chosen_and_the_nearest_sits_last(cases):
+    from tests.conftest import model_cfg
+    from xling_edit.models import load_model
+
+    model, tok = load_model(model_cfg("tiny_llama"), seed=0)
+    en = [c for c in cases if "en" in c.langs][:12]
+    query, pool = en[0], en[1:]
+    # a pool case whose prompt is the query's own prompt is the nearest neighbour
+    from dataclasses import replace
+
+    twin = replace(pool[5], case_id="twin", langs={**pool[5].langs, "en": replace(
+        pool[5].langs["en"], prompt=query.langs["en"].prompt)})
+    ed = IkeEditor({"k": 3})
+    ed.use_dataset([query], [*pool, twin, query])  # an evaluated case offered as held out: dropped
+    assert query.case_id not in {c.case_id for c in ed.pool}
+    out = ed.edit(model, tok, EditRequest(query.case_id, language("en"), query.langs["en"]))
+    assert out.info["demonstrations"][0]["case_id"] == "twin"
+    fact = language("en").ike_fact.format(prompt=query.langs["en"].prompt.strip(),
+                                          target=query.langs["en"].target_new.strip())
+    assert out.context.split("\n\n")[-2].startswith(language("en").ike_fact.format(
+        prompt=query.langs["en"].prompt.strip(), target=twin.langs["en"].target_new.strip()))
+    assert out.context.endswith(fact + "\n")
+    with pytest.raises(ValueError, match="no case outside"):
+        IkeEditor({}).use_dataset([query], [query])

@@ -117,9 +117,10 @@ class Editor:
             raise ValueError(f"{type(self).__name__} edits one request at a time (batched=False)")
         return self.edit(model, tok, requests[0])
 
-    def use_dataset(self, cases: Sequence) -> None:
-        """The run's cases, before the first edit (IKE draws demonstrations from them; keybridge
-        keeps them out of its fit). Default: unused."""
+    def use_dataset(self, cases: Sequence, heldout: Sequence = ()) -> None:
+        """The run's cases and the dataset's other cases (never evaluated in this run), before
+        the first edit (IKE draws demonstrations from the held-out ones; keybridge keeps the
+        evaluated ones out of its fit). Default: unused."""
 
     def begin_group(self) -> None:
         """Called before each case group (a single case, a batch, or a sequence of edits that

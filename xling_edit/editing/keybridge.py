@@ -218,7 +218,7 @@ class KeybridgeEditor(MemitEditor):
         self.bridges: dict[tuple[int, str], Bridge] = {}
         self.fit_rows: dict[str, list[int]] = {}
 
-    def use_dataset(self, cases: Sequence) -> None:
+    def use_dataset(self, cases: Sequence, heldout: Sequence = ()) -> None:
         """The run's cases: never used to fit a bridge."""
         self.exclude = {str(c.case_id) for c in cases}
         self.bridges.clear()
