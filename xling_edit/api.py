@@ -66,6 +66,17 @@ def edit(overrides: Sequence[str] = (), *, subject: str, prompt: str, target: st
     prompt as the model should complete it). A context edit (IKE, route) changes no weight:
     its context is returned on ``model.xling_edit_context``. Save the result with
     ``model.save_pretrained(dir)`` (safetensors)."""
+    return edit_sequence(overrides, [dict(subject=subject, prompt=prompt, target=target,
+                                          target_true=target_true)], lang=lang, model=model, tok=tok)
+
+
+def edit_sequence(overrides: Sequence[str] = (), requests: Sequence[dict] = (), *, lang: str = "en",
+                  model=None, tok=None):
+    """Several edits one after another, each made on the model the earlier ones left (as
+    ``method.mode=sequential`` does), all **kept**; returns ``(model, tok)``, ready for
+    ``model.save_pretrained(dir)``. ``requests``: mappings with ``subject``, ``prompt``,
+    ``target`` (and optionally ``target_true``). ``model.xling_edit_info`` is the list of the
+    edits' infos; a context edit's contexts are in ``model.xling_edit_context`` (a list)."""
     import torch
 
     from xling_edit import pipeline
@@ -92,14 +103,21 @@ def edit(overrides: Sequence[str] = (), *, subject: str, prompt: str, target: st
         from xling_edit.languages import PROJECT_ROOT
 
         editor.use_dataset([], load_dataset(cfg.data, [lang], project_root=PROJECT_ROOT).cases)
-    record = LangRecord(subject=subject, prompt=prompt, target_new=target, target_true=target_true)
-    out = editor.edit(model, tok, EditRequest("api", registry[lang], record))
+    editor.begin_group()
     params = dict(model.named_parameters())
-    with torch.no_grad():
-        for d in out.deltas:
-            params[d.param].add_(d.delta.to(params[d.param].dtype))
-    model.xling_edit_context = out.context
-    model.xling_edit_info = out.info
+    infos, contexts = [], []
+    for i, r in enumerate(requests):
+        record = LangRecord(subject=r["subject"], prompt=r["prompt"], target_new=r["target"],
+                            target_true=r.get("target_true"))
+        out = editor.edit(model, tok, EditRequest(f"api{i}", registry[lang], record))
+        with torch.no_grad():
+            for d in out.deltas:
+                params[d.param].add_(d.delta.to(params[d.param].dtype))
+        infos.append(out.info)
+        contexts.append(out.context)
+    single = len(infos) == 1
+    model.xling_edit_context = contexts[0] if single else contexts
+    model.xling_edit_info = infos[0] if single else infos
     if getattr(model, "hf_quantizer", None) is not None:  # loaded straight from a GGUF file
         drop_gguf_quantizer(model)
     return model, tok

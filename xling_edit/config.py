@@ -637,6 +637,10 @@ class Config:
             or a configuration problem rather than at N bad cases; 0 never stops. Skipped
             cases (subject not found, ...) do not count; once a case succeeded, or N were
             seen, failures are recorded and the job goes on.
+        export_model: ``method.mode=sequential`` only: save the model with every edit of each
+            group applied (``save_pretrained``, safetensors, with its tokenizer) to
+            ``<export_model>/group<g>``; a relative path is inside the job directory. null: no
+            export.
     """
 
     model: ModelConfig = MISSING
@@ -657,6 +661,7 @@ class Config:
     resume_roots: List[str] = field(default_factory=lambda: ["outputs", "multirun"])
     strict: bool = True
     abort_after_failures: int = 5
+    export_model: Optional[str] = None
 
 
 def method_default(field_name: str, *, _parent_, _root_):

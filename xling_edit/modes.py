@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from statistics import mean
 from typing import Any
@@ -62,6 +63,7 @@ class Ctx:
     # to every line's edit.deviations with the per-case subject localisation
     deviations: dict = field(default_factory=dict)
     published: Any = None
+    export_dir: Any = None  # sequential mode: save the edited model of each group here (Path)
 
 
 @dataclass
@@ -209,9 +211,31 @@ def run_group(cases, ctx: Ctx, common: dict) -> list[dict]:
             if ctx.curve is not None and not (ctx.eval_every and len(done) % ctx.eval_every == 0):
                 curve_point(ctx, done, deltas, common)  # the last point of the curve
             post_eval(done, deltas)  # all edits in place; compared with cached pre-edit scores
+            if ctx.export_dir is not None:
+                export_model(ctx, deltas, int(common.get("group", 0)))
     for ev in evs:
         _add_deviations(ev, ctx)
     return [line for ev in evs for line in case_lines(ev, ctx, common)]
+
+
+def export_model(ctx: Ctx, deltas: list, group: int) -> None:
+    """Save the model with ``deltas`` applied (``save_pretrained``, safetensors) and its tokenizer
+    to ``<export_dir>/group<group>``; the weights are restored afterwards, bit for bit."""
+    from xling_edit.atomic import build_once
+    from xling_edit.models.loading import drop_gguf_quantizer
+
+    target = Path(ctx.export_dir) / f"group{group}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if getattr(ctx.model, "hf_quantizer", None) is not None:  # a dequantised GGUF checkpoint
+        drop_gguf_quantizer(ctx.model)
+
+    def save(tmp: Path) -> None:
+        ctx.model.save_pretrained(str(tmp), safe_serialization=True)
+        ctx.tok.save_pretrained(str(tmp))
+
+    with applied(ctx.model, deltas):
+        build_once(target, save, reuse=False)  # written beside, renamed into place
+    log.info("exported the model with %d edit(s) applied to %s", len(deltas), target)
 
 
 def _add_deviations(ev: CaseEval, ctx: Ctx) -> None:

@@ -240,13 +240,15 @@ def _build(ri: runner.RankInfo, cfg: DictConfig, s: Setup) -> Built:
         opts = {k: v for k, v in asdict(eval_opts).items() if k not in ("pre_cache", "reuse_lower_layers")}
         pre_cache = PreScoreCache(Path(os.path.expanduser(model_cfg.cache_dir)) / "pre_scores",
                                   f"{model_identity(cfg, model_cfg)}:{ri.device.split(':')[0]}", opts)
+    export = cfg.get("export_model")  # (preflight: sequential mode only)
     ctx = modes.Ctx(model, tok, s.spec, editor, s.registry, s.edit_code, s.eval_langs,
                     {c: s.registry[c].word_sep for c in s.eval_langs}, s.prefixes, eval_opts,
                     s.mode, pre_cache=pre_cache, published=editor.published_setup(),
                     deviations=setup_deviations(editor.published_setup(), mcfg, cfg.stats,
                                                 s.registry[s.edit_code],
                                                 bool(mcfg.get("use_covariance")) and cov is not None,
-                                                editor.practice()))
+                                                editor.practice()),
+                    export_dir=(s.job.path / export if export else None))
     common = {"model": cfg.model.name, "method": mcfg.name, "dataset": ds.name,
               "merge": cfg.merge.name, "mode": s.mode, "answer_format": s.answer_format,
               "variant": str(mcfg.get("variant", "published")),

@@ -79,6 +79,9 @@ def _check(cfg: DictConfig) -> dict[str, Any]:
     mcfg = method_config(cfg)
     caps = capabilities(mcfg.name)  # the registry says what the method can do
     caps.check_mode(str(mcfg.get("mode", "single")), int(mcfg.get("num_edits", 1)))
+    if cfg.get("export_model") and mcfg.get("mode") != "sequential":
+        raise ConfigError(f"export_model={cfg.export_model!r} needs method.mode=sequential (mode="
+                          f"{mcfg.get('mode')}): the other modes restore the weights after every case")
     layers, option = caps.configured_layers(mcfg)
 
     stats = stats_langs(cfg, eval_langs)

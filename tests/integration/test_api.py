@@ -41,3 +41,38 @@ def test_context_edit_returns_its_context(tmp_path):
                         subject="Spike Hughes", prompt="Where does Spike Hughes come from?",
                         target="Philadelphia")
     assert model.xling_edit_context("hi", "स्पाइक ह्यूजेस कहाँ से आया है?").startswith("स्पाइक ह्यूजेस")
+
+
+def test_edit_sequence_keeps_every_edit_each_on_top_of_the_last(tmp_path):
+    overrides = ["model=tiny_llama", "method.v_steps=3", "stats.per_lang=4",
+                 f"model.cache_dir={tmp_path / 'cache'}"]
+    first = dict(subject="Paris", prompt="The capital of France is Paris, it", target="Rome")
+    second = dict(subject="Berlin", prompt="Berlin is the capital of", target="Spain")
+    one, _ = api.edit(overrides, **first)
+    both, _ = api.edit_sequence(overrides, [first, second])
+    name = next(n for n, _ in one.named_parameters() if n.endswith("layers.0.mlp.down_proj.weight"))
+    w1, w2 = dict(one.named_parameters())[name], dict(both.named_parameters())[name]
+    assert not torch.equal(w1, w2) and len(both.xling_edit_info) == 2
+    # the second edit was computed on the model the first left: replaying it by hand agrees
+    again, _ = api.edit_sequence(overrides, [second], model=one, tok=_)
+    assert torch.allclose(dict(again.named_parameters())[name], w2, atol=1e-6)
+
+
+def test_sequential_mode_exports_the_edited_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from xling_edit.models import load_model
+
+    overrides = ["model=tiny_llama", "debug=quick", "method=rome", "method.mode=sequential",
+                 "method.num_edits=2", "export_model=export", f"model.cache_dir={tmp_path / 'cache'}"]
+    api.run(overrides, out_dir=tmp_path / "job")
+    exported = tmp_path / "job" / "export" / "group0"
+    assert (exported / "model.safetensors").exists() and (exported / "tokenizer_config.json").exists()
+    base, _ = load_model(api.compose(overrides).model, seed=0)
+    saved = AutoModelForCausalLM.from_pretrained(exported)
+    changed = [n for n, p in saved.named_parameters()
+               if not torch.equal(p, dict(base.named_parameters())[n])]
+    assert changed and all(n.endswith("mlp.down_proj.weight") for n in changed)
+    with pytest.raises(Exception, match="needs method.mode=sequential"):
+        api.run(["model=tiny_llama", "debug=quick", "export_model=x",
+                 f"model.cache_dir={tmp_path / 'cache'}"], out_dir=tmp_path / "job2")
