@@ -13,7 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from xling_edit.config import register_configs
+from xling_edit.configstore import register_configs
 
 register_configs()
 _exit_codes: list[int] = []

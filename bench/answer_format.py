@@ -53,7 +53,7 @@ LANGS = ("en", "de", "fr", "it", "es", "hi", "ta")
 def compose(model: str, dataset: str, cases: int, overrides: list[str]):
     from hydra import compose as h_compose, initialize_config_dir
 
-    from xling_edit.config import register_configs
+    from xling_edit.configstore import register_configs
     from xling_edit.languages import DEFAULT_CONF_DIR
 
     register_configs()

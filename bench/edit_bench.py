@@ -66,7 +66,7 @@ EVAL_FLAGS = ("batched", "head_at_targets", "reuse_lower_layers", "inference_mod
 def compose(model: str, overrides: list[str], model_conf: str | None = None):
     from hydra import compose as h_compose, initialize_config_dir
 
-    from xling_edit.config import register_configs
+    from xling_edit.configstore import register_configs
     from xling_edit.languages import DEFAULT_CONF_DIR
 
     register_configs()

@@ -25,7 +25,8 @@ def compose(overrides: Sequence[str] = ()):
     from hydra import compose as h_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from xling_edit.config import register_configs, upgrade_overrides
+    from xling_edit.config import upgrade_overrides
+    from xling_edit.configstore import register_configs
     from xling_edit.languages import DEFAULT_CONF_DIR
 
     register_configs()

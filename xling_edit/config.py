@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 
@@ -84,137 +83,6 @@ class ModelConfig:
     templates: ModuleTemplates = field(default_factory=ModuleTemplates)
     random_init: Dict[str, Any] = field(default_factory=dict)
     hparams: Dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class EditMethodConfig:
-    """What ROME and MEMIT share: the value optimisation, the context prefixes, statistics,
-    localisation and the editing mode. Defaults are the published values (Meng et al. 2022 /
-    2023; the Llama-2-7B settings where the papers' models differ); a field set to another value
-    is listed under ``edit.deviations`` in every results line.
-
-    Args:
-        name: method name in the editor registry.
-        variant: a label for this configuration (``published`` for the method files;
-            ``conf/method/rome_fast.yaml`` says ``fast``); recorded in every results line and
-            summary row.
-        v_steps: forwards of the value optimisation (the last only measures, as published: at
-            most ``v_steps - 1`` Adam updates).
-        v_lr: Adam learning rate of the value optimisation.
-        v_loss_stop: stop early once the **total** loss (NLL + KL + weight decay) is below this
-            (published: 0.05).
-        clamp_norm_factor: delta is kept inside a ball of radius factor * ||v0|| (v0: the hidden
-            state delta is added to; see ``MemitConfig.z_space``).
-        kl_factor: weight of KL(p_now || p_before) on "{subject} is a", read at the subject's
-            last token.
-        weight_decay: weight of ||delta|| / ||v0||^2.
-        context_templates: ``[[length, count], ...]``: groups of model-generated context
-            prefixes (``count`` samples of ``length`` tokens, seed word included) placed before
-            the prompt; the bare prompt always comes first. Published ROME ``[[5, 10], [10, 10]]``
-            (21 prompts), MEMIT ``[[10, 5]]`` (6 prompts).
-        key_average: how the key is averaged over the prompts: ``prompts`` (uniform over all,
-            published ROME) or ``templates`` (mean within each template group, the bare prompt
-            being its own group, then the mean of the groups: published MEMIT's ½ bare prompt,
-            ½ prefixed prompts).
-        use_covariance: use the second-moment statistics C (the published methods) when they
-            are available; otherwise the identity is used and results say so.
-        subject_match_threshold: subject localisation (editing/localize.py): the similarity
-            every non-identical subject word must reach with its prompt counterpart (difflib
-            ratio of spellings, or of consonant skeletons across scripts); higher skips more
-            cases rather than read the key at a wrong token.
-        mode: ``single`` (one case per edit, restored after each), ``sequential``
-            (``num_edits`` cases edited one after another without restoring, all evaluated
-            after the last), ``batch`` (``num_edits`` cases in one update) or
-            ``all_languages`` (one update holding the case's request in every evaluation
-            language). ``batch`` and ``all_languages`` need a method that edits many facts at
-            once (MEMIT).
-        num_edits: cases per group in ``batch`` and ``sequential`` modes.
-        eval_every: ``sequential`` only: after every ``eval_every`` edits (and after the last)
-            score the edits made so far and the held-out cases with all edits in place, in
-            every evaluation language: the stability curve (``curve.jsonl``, drawn by the
-            report). 0: no curve.
-        heldout: ``sequential`` only: the last ``heldout`` cases of the dataset are never
-            edited; the curve tracks their locality and their own facts (``fact.*``).
-        v_init: where the value optimisation starts (xling_edit/editing/value.py). ``zero``
-            (published): Adam from delta = 0. ``bare``: first the same optimisation on the bare
-            prompt and the KL prompt alone (2 rows instead of every context prompt; stopped at
-            ``v_loss_stop``), then the published loop on every prompt from that delta, Adam's
-            moments carried over. Measured on Gemma-3-270M, 10 BMIKE-53 English cases
-            (bench/value_init.py): ROME's full loop 5.0 forwards (median 3) instead of 12.5,
-            plus 14 warm-up forwards on 2 rows; 44 s instead of 77 s per case (median 34 vs 77;
-            one case of 10 slower); same final NLL; its delta at cosine 0.90 from the published
-            start's. (A third start, a line search along the first gradient, saved nothing
-            there — 14.2 steps, 96 s — and was removed.) The warm-up's forwards are recorded
-            as ``edit.init_forwards`` (outside ``edit.steps``).
-    """
-
-    name: str = MISSING
-    variant: str = "published"
-    v_steps: int = 25
-    v_lr: float = 0.5
-    v_loss_stop: float = 0.05
-    clamp_norm_factor: float = 4.0
-    kl_factor: float = 0.0625
-    weight_decay: float = 1.0e-3
-    context_templates: List[List[int]] = field(default_factory=lambda: [[5, 10], [10, 10]])
-    key_average: str = "prompts"
-    use_covariance: bool = True
-    subject_match_threshold: float = 0.8
-    mode: str = "single"
-    num_edits: int = 1
-    eval_every: int = 0
-    heldout: int = 0
-    v_init: str = "zero"
-
-
-@dataclass
-class RomeConfig(EditMethodConfig):
-    """ROME (Meng et al., 2022); per-model values come from ``model.hparams.rome``. Shared
-    fields: :class:`EditMethodConfig` (delta lives at the MLP output projection's output).
-
-    Args:
-        layer: block whose MLP output projection is rewritten.
-        consistent_key: false (published): u = C⁻¹k̄ from the averaged key, but the bare
-            prompt's key k* in the denominator of ΔW = δ uᵀ / (uᵀk*). True: r-ROME's consistent
-            form (k̄ in both; guarantees W'k̄ = v* and avoids the rare exploding edits of the
-            mixed form).
-    """
-
-    name: str = "rome"
-    layer: int = 5
-    consistent_key: bool = False
-
-
-@dataclass
-class MemitConfig(EditMethodConfig):
-    """MEMIT (Meng et al., 2023); per-model values come from ``model.hparams.memit``. Shared
-    fields: :class:`EditMethodConfig`. Published defaults are the paper's GPT-J settings
-    (clamp 0.75 · ||h||, weight decay 0.5, 6 prompts, keys ½ bare ½ prefixed).
-
-    Args:
-        layers: blocks whose MLP output projections share the update (ascending).
-        mom2_update_weight: λ in ΔW = R Kᵀ (λC + KKᵀ)⁻¹; larger keeps other keys unchanged.
-        z_space: where the target z is optimised: ``residual`` (published: the residual stream
-            after the top edited block; clamp and weight decay relative to ||h||) or
-            ``mlp_out`` (the top block's MLP output projection's output, mapped to the residual
-            stream through the block's ``mlp_out_norm``; a variant for Gemma-2/3, whose
-            post-MLP norm makes residual-space targets unreachable).
-        invert_out_norm: when the model has an ``mlp_out_norm`` (Gemma-2/3), map each layer's
-            residual share back through that norm before the least-squares update (Gauss-Newton)
-            instead of writing it to the projection's output as is (published MEMIT, which
-            assumes the MLP output is added to the residual stream unchanged). No effect on
-            models without that norm.
-    """
-
-    name: str = "memit"
-    clamp_norm_factor: float = 0.75
-    weight_decay: float = 0.5
-    context_templates: List[List[int]] = field(default_factory=lambda: [[10, 5]])
-    key_average: str = "templates"
-    layers: List[int] = field(default_factory=lambda: [3, 4, 5, 6, 7, 8])
-    mom2_update_weight: float = 15000.0
-    z_space: str = "residual"
-    invert_out_norm: bool = False
 
 
 MODES = ("single", "batch", "sequential", "all_languages")
@@ -664,30 +532,6 @@ class Config:
     export_model: Optional[str] = None
 
 
-def method_default(field_name: str, *, _parent_, _root_):
-    """The ``${hp:<field>}`` resolver of ``conf/method/*.yaml``: the model's value
-    ``model.hparams.<method>.<field>`` if it sets one, else (for a method whose schema names
-    ``HPARAMS_FROM``, e.g. keybridge: memit) ``model.hparams.<that method>.<field>``, else the
-    default written in the method's schema (the published value) — so every default is written
-    once, in the schema."""
-    from xling_edit.editing import discover
-
-    name = _parent_.get("name")
-    schemas = discover(_parent_.get("module"))
-    if name not in schemas:
-        raise ValueError(f"unknown method {name!r}; available: {sorted(schemas)}")
-    hp = _root_.get("model", {}).get("hparams", {}) or {}
-    schema = schemas[name]
-    for source in (name, getattr(schema, "HPARAMS_FROM", None)):
-        per_model = (hp.get(source) or {}) if source else {}
-        if field_name in per_model:
-            value = per_model[field_name]
-            return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-    if field_name not in schema.__dataclass_fields__:
-        raise ValueError(f"${{hp:{field_name}}}: method {name!r} has no field {field_name!r}")
-    return getattr(schema(), field_name)
-
-
 #: old command-line group names -> their names now (kept working for one release)
 RENAMED_GROUPS = {"dataset": "data"}
 
@@ -720,64 +564,6 @@ def upgrade_overrides(args: Sequence[str]) -> list[str]:
     return out
 
 
-def method_node(schema: type):
-    """A method schema as stored for ``conf/method/*.yaml``: every field (but ``name``) reads
-    ``${hp:<field>}``, so its value is the model's (``model.hparams.<method>``) else the
-    schema's published default, and a method YAML states only what differs
-    (schema < model.hparams < method YAML < command line)."""
-    import dataclasses
-
-    node = OmegaConf.structured(schema)
-    for f in dataclasses.fields(schema):
-        if f.name != "name":
-            node[f.name] = "${hp:" + f.name + "}"
-    return node
-
-
-def register_configs() -> None:
-    """Store the run schema, the language schema and every registered method's schema (found
-    by :func:`xling_edit.editing.discover`) in Hydra's ConfigStore, and register the ``hp``
-    resolver (:func:`method_default`)."""
-    from xling_edit.editing import discover  # editing modules import this one: import lazily
-
-    if not OmegaConf.has_resolver("hp"):
-        OmegaConf.register_new_resolver("hp", method_default)
-    cs = ConfigStore.instance()
-    cs.store(name="xling_edit_config", node=Config)
-    for name, schema in discover().items():
-        cs.store(group="xling_edit_schema/method", name=name, node=method_node(schema))
-    cs.store(group="xling_edit_schema", name="language", node=LanguageConfig)
-
-
-def method_schemas(extra_module: str | None = None) -> dict[str, type]:
-    """{method name: config schema} of every registered editing method (plus the one in
-    ``extra_module``, a method's own module named by ``method.module``)."""
-    from xling_edit.editing import discover
-
-    return discover(extra_module)
-
-# Fields that are per-model choices in the papers too (which layers, λ), the editing mode, or
-# fast paths with identical results: not deviations from the published algorithm.
-_NOT_ALGORITHM = {"name", "variant", "layer", "layers", "mom2_update_weight", "mode", "num_edits",
-                  "fit_root", "fit_dir", "fit_pattern",  # where keybridge reads its fit pairs
-                  "eval_every", "heldout",
-                  "subject_match_threshold"}
-
-
-def published_deviations(hp) -> dict:
-    """{field: value} of a method config instance whose algorithmic settings differ from the
-    schema's published defaults (recorded in every results line as ``edit.deviations``)."""
-    ref = type(hp)()
-    out = {}
-    for name in hp.__dataclass_fields__:
-        if name in _NOT_ALGORITHM:
-            continue
-        a, b = getattr(hp, name), getattr(ref, name)
-        if a != b:
-            out[name] = list(map(list, a)) if name == "context_templates" else a
-    return out
-
-
 def schema_from_mapping(schema, values):
     """An instance of a schema dataclass from a (resolved) mapping; unknown keys are ignored,
     missing ones take the schema's defaults."""
@@ -786,3 +572,24 @@ def schema_from_mapping(schema, values):
     if isinstance(values, DictConfig):
         values = OmegaConf.to_container(values, resolve=True)
     return schema(**{k: values[k] for k in schema.__dataclass_fields__ if k in values})
+
+
+#: names that moved: the method schemas to their methods' modules, the Hydra store to
+#: xling_edit.configstore, the deviation helpers to xling_edit.editing.reference
+_MOVED = {"EditMethodConfig": "xling_edit.editing.value", "RomeConfig": "xling_edit.editing.rome",
+          "MemitConfig": "xling_edit.editing.memit", "register_configs": "xling_edit.configstore",
+          "method_default": "xling_edit.configstore", "method_schemas": "xling_edit.configstore",
+          "method_node": "xling_edit.configstore",
+          "published_deviations": "xling_edit.editing.reference"}
+
+
+def __getattr__(name: str):
+    """The old spellings (``from xling_edit.config import RomeConfig``), for one release."""
+    if name in _MOVED:
+        import importlib
+        import warnings
+
+        warnings.warn(f"xling_edit.config.{name} moved to {_MOVED[name]}", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'xling_edit.config' has no attribute {name!r}")

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from tests.conftest import ROOT, SEARCHPATH
-from xling_edit.config import register_configs
+from xling_edit.configstore import register_configs
 from xling_edit.languages import load_languages, resolve_eval_langs
 
 register_configs()
@@ -118,7 +118,8 @@ def test_mode_and_stats_groups_set_their_sections():
 
 def test_benchmark_switches_left_the_user_config_with_a_deprecation_line(capsys):
     from xling_edit import api
-    from xling_edit.config import EditMethodConfig, EvalConfig, upgrade_overrides
+    from xling_edit.config import EvalConfig, upgrade_overrides
+    from xling_edit.editing.value import EditMethodConfig
 
     for name in ("batched", "head_at_targets", "reuse_lower_layers", "inference_mode"):
         assert name not in EvalConfig.__dataclass_fields__

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import language, model_cfg
-from xling_edit.config import MemitConfig
+from xling_edit.editing.memit import MemitConfig
 from xling_edit.editing import context
 from xling_edit.editing.memit import MemitEditor
 from xling_edit.models import ModelSpec, load_model

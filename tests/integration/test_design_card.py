@@ -14,7 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from tests.conftest import ROOT
-from xling_edit.config import register_configs
+from xling_edit.configstore import register_configs
 
 register_configs()
 

@@ -5,7 +5,8 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import language
-from xling_edit.config import MemitConfig, RomeConfig
+from xling_edit.editing.memit import MemitConfig
+from xling_edit.editing.rome import RomeConfig
 from xling_edit.data.schema import QA, EditCase, LangRecord
 from xling_edit.editing.base import EditRequest, WeightDelta, applied
 from xling_edit.editing.memit import MemitEditor, memit_update, memit_update_factored

@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import ROOT, SEARCHPATH
-from xling_edit.config import register_configs
+from xling_edit.configstore import register_configs
 from xling_edit.evaluation.generate import cut_answer, generate_answers
 from xling_edit.models import load_model
 

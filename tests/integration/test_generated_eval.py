@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 from tests.conftest import ROOT
 from xling_edit import pipeline
-from xling_edit.config import register_configs
+from xling_edit.configstore import register_configs
 from xling_edit.evaluation import answers as gen_eval
 from xling_edit.evaluation.generate import Generated
 from xling_edit.evaluation.matching import RUNGS

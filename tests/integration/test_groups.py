@@ -36,7 +36,7 @@ def test_slurm_launcher_composes_with_one_task_per_gpu():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_dir
 
-    from xling_edit.config import register_configs
+    from xling_edit.configstore import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

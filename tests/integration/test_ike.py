@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from tests.conftest import ROOT, language
 from xling_edit import pipeline
-from xling_edit.config import register_configs
+from xling_edit.configstore import register_configs
 from xling_edit.data import load_dataset
 from xling_edit.editing.base import EditRequest
 from xling_edit.editing.ike import KINDS, IkeEditor, build_context

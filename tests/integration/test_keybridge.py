@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 from tests.conftest import ROOT
 from xling_edit import pipeline
-from xling_edit.config import register_configs
+from xling_edit.configstore import register_configs
 from xling_edit.editing import keybridge as kb
 from xling_edit.editing.memit import memit_update
 from xling_edit.fastpaths import EditPaths

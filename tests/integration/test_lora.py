@@ -133,7 +133,7 @@ def test_peft_is_removed_even_when_training_fails(tiny, monkeypatch):
 def test_config_files_select_the_kind():
     from hydra import compose, initialize_config_dir
 
-    from xling_edit.config import register_configs
+    from xling_edit.configstore import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):

@@ -35,7 +35,7 @@ from tests.integration.test_oracle import (
     DARRIEUX, DW_REL, EIFFEL, MEMIT_HP, groups_of, hparams, rel, spd,
 )
 from tests.oracle import plain_editing as pe
-from xling_edit.config import MemitConfig
+from xling_edit.editing.memit import MemitConfig
 from xling_edit.editing import memit as _memit
 from xling_edit.editing.base import EditRequest, build_editor
 from xling_edit.models import ModelSpec, load_model

@@ -4,7 +4,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import language
-from xling_edit.config import MemitConfig
+from xling_edit.editing.memit import MemitConfig
 from xling_edit.data.schema import LangRecord
 from xling_edit.editing.base import EditRequest, applied
 from xling_edit.editing.memit import MemitEditor

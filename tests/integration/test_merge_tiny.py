@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, model_cfg
-from xling_edit.config import register_configs
+from xling_edit.configstore import register_configs
 from xling_edit.merge.backends import MergeJob, merge_in_process, merge_mergekit
 from xling_edit.models import load_model
 from xling_edit.models.loading import random_model

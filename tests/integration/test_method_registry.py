@@ -99,7 +99,11 @@ def test_schema_default_and_per_model_value_are_written_once():
     """``${hp:field}``: the model's calibrated value, else the schema's published default."""
     from hydra import compose, initialize_config_dir
 
-    from xling_edit.config import MemitConfig, RomeConfig, register_configs
+    from xling_edit.editing.memit import MemitConfig
+
+    from xling_edit.editing.rome import RomeConfig
+
+    from xling_edit.configstore import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
@@ -164,7 +168,7 @@ def test_a_misspelt_method_field_is_one_error_naming_it(override, message):
     from hydra import compose, initialize_config_dir
 
     from xling_edit import preflight
-    from xling_edit.config import register_configs
+    from xling_edit.configstore import register_configs
     from xling_edit.errors import ConfigError
 
     register_configs()

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from tests.conftest import ROOT, SEARCHPATH, language
 from xling_edit import pipeline
-from xling_edit.config import RomeConfig, register_configs
+from xling_edit.editing.rome import RomeConfig
+from xling_edit.configstore import register_configs
 from xling_edit.data.schema import LangRecord
 from xling_edit.editing.base import EditRequest, applied
 from xling_edit.editing.rome import RomeEditor

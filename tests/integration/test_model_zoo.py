@@ -6,7 +6,8 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import ROOT, language, model_cfg
-from xling_edit.config import MemitConfig, RomeConfig
+from xling_edit.editing.memit import MemitConfig
+from xling_edit.editing.rome import RomeConfig
 from xling_edit.data.schema import LangRecord
 from xling_edit.editing.base import EditRequest, applied
 from xling_edit.editing.rome import RomeEditor

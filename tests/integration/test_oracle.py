@@ -27,7 +27,8 @@ from omegaconf import OmegaConf
 
 from tests.conftest import language
 from tests.oracle import plain_editing as pe
-from xling_edit.config import MemitConfig, RomeConfig
+from xling_edit.editing.memit import MemitConfig
+from xling_edit.editing.rome import RomeConfig
 from xling_edit.data.schema import LangRecord
 from xling_edit.editing import memit as _memit, rome as _rome  # noqa: F401 (register the editors)
 from xling_edit.editing.base import EditRequest, build_editor

@@ -5,7 +5,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import language
-from xling_edit.config import RomeConfig
+from xling_edit.editing.rome import RomeConfig
 from xling_edit.data.schema import LangRecord
 from xling_edit.editing.base import EditRequest, SkipCase, applied
 from xling_edit.editing.rome import RomeEditor
@@ -115,7 +115,8 @@ def test_context_prefixes_are_seeded(tiny):
 
 
 def test_published_context_prompts_and_seed_words():
-    from xling_edit.config import MemitConfig, RomeConfig
+    from xling_edit.editing.memit import MemitConfig
+    from xling_edit.editing.rome import RomeConfig
     from xling_edit.editing.context import seed_word_order, template_groups
 
     rome, memit = template_groups(RomeConfig().context_templates), template_groups(MemitConfig().context_templates)

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 
 from tests.conftest import ROOT, language
 from xling_edit import pipeline
-from xling_edit.config import register_configs
+from xling_edit.configstore import register_configs
 from xling_edit.data.schema import QA, EditCase, LangRecord
 from xling_edit.editing.base import EditRequest
 from xling_edit.editing.route import RouteConfig, RouteEditor

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 
 from tests.conftest import ROOT
 from xling_edit import pipeline
-from xling_edit.config import register_configs
+from xling_edit.configstore import register_configs
 
 register_configs()
 

@@ -13,7 +13,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from tests.conftest import ROOT, SEARCHPATH, language
-from xling_edit.config import MemitConfig, RomeConfig, register_configs
+from xling_edit.editing.memit import MemitConfig
+from xling_edit.editing.rome import RomeConfig
+from xling_edit.configstore import register_configs
 from xling_edit.data.schema import LangRecord
 from xling_edit.editing import value as V
 from xling_edit.editing.base import EditRequest

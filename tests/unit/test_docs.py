@@ -19,7 +19,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from xling_edit.config import register_configs
+from xling_edit.configstore import register_configs
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

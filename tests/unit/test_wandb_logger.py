@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from tests.conftest import ROOT
 from tests.report_fixture import EXPECTED, REL, fixture_lines, write_run
 from tests.wandb_offline import offline_runs, read_run
-from xling_edit.config import register_configs
+from xling_edit.configstore import register_configs
 from xling_edit.loggers import RunLogger, build_logger
 
 register_configs()

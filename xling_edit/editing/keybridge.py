@@ -39,9 +39,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from xling_edit.atomic import atomic_path
-from xling_edit.config import MemitConfig
 from xling_edit.editing.base import register_editor
-from xling_edit.editing.memit import MemitEditor
+from xling_edit.editing.memit import MemitConfig, MemitEditor
 
 log = logging.getLogger(__name__)
 

@@ -21,22 +21,56 @@ residual share back through its norm (Gauss-Newton) before the update.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Mapping, Sequence
 
 import torch
 
 from xling_edit.editing.base import (
     EditOutcome, EditRequest, Editor, WeightDelta, applied, register_editor,
 )
-from xling_edit.config import MemitConfig, published_deviations, schema_from_mapping
+from xling_edit.config import schema_from_mapping
 from xling_edit.editing.context import PrefixedEditor
-from xling_edit.editing.reference import WIKIPEDIA_100K, Published
+from xling_edit.editing.reference import WIKIPEDIA_100K, Published, published_deviations
 from xling_edit.editing.value import (
+    EditMethodConfig,
     Prepared, average_keys, check_v_init, optimise_values, prepare, probe_at_subject,
     value_options,
 )
 from xling_edit.evaluation.forward import model_device
 from xling_edit.models.spec import ModelSpec, is_transposed, weight_as_out_in
+
+
+@dataclass
+class MemitConfig(EditMethodConfig):
+    """MEMIT (Meng et al., 2023); per-model values come from ``model.hparams.memit``. Shared
+    fields: :class:`EditMethodConfig`. Published defaults are the paper's GPT-J settings
+    (clamp 0.75 · ||h||, weight decay 0.5, 6 prompts, keys ½ bare ½ prefixed).
+
+    Args:
+        layers: blocks whose MLP output projections share the update (ascending).
+        mom2_update_weight: λ in ΔW = R Kᵀ (λC + KKᵀ)⁻¹; larger keeps other keys unchanged.
+        z_space: where the target z is optimised: ``residual`` (published: the residual stream
+            after the top edited block; clamp and weight decay relative to ||h||) or
+            ``mlp_out`` (the top block's MLP output projection's output, mapped to the residual
+            stream through the block's ``mlp_out_norm``; a variant for Gemma-2/3, whose
+            post-MLP norm makes residual-space targets unreachable).
+        invert_out_norm: when the model has an ``mlp_out_norm`` (Gemma-2/3), map each layer's
+            residual share back through that norm before the least-squares update (Gauss-Newton)
+            instead of writing it to the projection's output as is (published MEMIT, which
+            assumes the MLP output is added to the residual stream unchanged). No effect on
+            models without that norm.
+    """
+
+    name: str = "memit"
+    clamp_norm_factor: float = 0.75
+    weight_decay: float = 0.5
+    context_templates: List[List[int]] = field(default_factory=lambda: [[10, 5]])
+    key_average: str = "templates"
+    layers: List[int] = field(default_factory=lambda: [3, 4, 5, 6, 7, 8])
+    mom2_update_weight: float = 15000.0
+    z_space: str = "residual"
+    invert_out_norm: bool = False
 
 
 # ------------------------------------------------------------------ pure maths

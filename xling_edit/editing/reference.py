@@ -114,3 +114,25 @@ def _plain(v):
     if isinstance(v, (list, tuple)) or type(v).__name__ == "ListConfig":
         return [_plain(x) for x in v]
     return v
+
+
+# Fields that are per-model choices in the papers too (which layers, λ), the editing mode, or
+# fast paths with identical results: not deviations from the published algorithm.
+_NOT_ALGORITHM = {"name", "variant", "layer", "layers", "mom2_update_weight", "mode", "num_edits",
+                  "fit_root", "fit_dir", "fit_pattern",  # where keybridge reads its fit pairs
+                  "eval_every", "heldout",
+                  "subject_match_threshold"}
+
+
+def published_deviations(hp) -> dict:
+    """{field: value} of a method config instance whose algorithmic settings differ from the
+    schema's published defaults (recorded in every results line as ``edit.deviations``)."""
+    ref = type(hp)()
+    out = {}
+    for name in hp.__dataclass_fields__:
+        if name in _NOT_ALGORITHM:
+            continue
+        a, b = getattr(hp, name), getattr(ref, name)
+        if a != b:
+            out[name] = list(map(list, a)) if name == "context_templates" else a
+    return out

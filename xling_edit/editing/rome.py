@@ -16,19 +16,39 @@ W' k* = W k* + delta exactly.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
 
 from xling_edit.editing.base import EditOutcome, EditRequest, WeightDelta, register_editor
-from xling_edit.config import RomeConfig, published_deviations, schema_from_mapping
-from xling_edit.editing.reference import WIKIPEDIA_100K, Published
+from xling_edit.config import schema_from_mapping
+from xling_edit.editing.reference import WIKIPEDIA_100K, Published, published_deviations
 from xling_edit.editing.context import PrefixedEditor
 from xling_edit.editing.value import (
+    EditMethodConfig,
     average_keys, check_v_init, optimise_value, prepare, value_options,
 )
 from xling_edit.evaluation.forward import model_device
 from xling_edit.models.spec import ModelSpec, is_transposed, weight_as_out_in
+
+
+@dataclass
+class RomeConfig(EditMethodConfig):
+    """ROME (Meng et al., 2022); per-model values come from ``model.hparams.rome``. Shared
+    fields: :class:`EditMethodConfig` (delta lives at the MLP output projection's output).
+
+    Args:
+        layer: block whose MLP output projection is rewritten.
+        consistent_key: false (published): u = C⁻¹k̄ from the averaged key, but the bare
+            prompt's key k* in the denominator of ΔW = δ uᵀ / (uᵀk*). True: r-ROME's consistent
+            form (k̄ in both; guarantees W'k̄ = v* and avoids the rare exploding edits of the
+            mixed form).
+    """
+
+    name: str = "rome"
+    layer: int = 5
+    consistent_key: bool = False
 
 
 # ------------------------------------------------------------------ pure maths
