@@ -247,7 +247,7 @@ def _build(ri: runner.RankInfo, cfg: DictConfig, s: Setup) -> Built:
                     deviations=setup_deviations(editor.published_setup(), mcfg, cfg.stats,
                                                 s.registry[s.edit_code],
                                                 bool(mcfg.get("use_covariance")) and cov is not None,
-                                                editor.practice()),
+                                                editor.practice(), s.prefixes.get(s.edit_code, "")),
                     export_dir=(s.job.path / export if export else None))
     common = {"model": cfg.model.name, "method": mcfg.name, "dataset": ds.name,
               "merge": cfg.merge.name, "mode": s.mode, "answer_format": s.answer_format,

@@ -130,3 +130,14 @@ def test_benchmark_switches_left_the_user_config_with_a_deprecation_line(capsys)
     assert api.compose(["eval.inference_mode=false"]).seed == 0  # accepted, ignored
     with pytest.raises(Exception):  # and not a config key any more
         cfg("eval.batched=false")
+
+
+def test_help_is_the_projects_short_help():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0
+    assert "Exit status: 0; 2 configuration or data error" in r.stdout
+    assert "method: alphaedit" in r.stdout and "docs/README.md" in r.stdout

@@ -9,7 +9,7 @@ from xling_edit.editing.reference import (
 
 ROME_LIKE = Published(source="test", context_seeds=("<|endoftext|>",), context_join=". ",
                       kl_prompt="{subject} is a", statistics=WIKIPEDIA_100K, stats_ridge=0.0,
-                      subject_match="exact")
+                      subject_match="exact", answer_cue="")
 MCFG = {"context_templates": [[10, 5]], "kl_factor": 0.0625, "use_covariance": True}
 WIKI = {"corpus": "hf", "hf_path": "wikimedia/wikipedia", "per_lang": 12500,
         "langs": ["en", "de", "fr", "it", "es", "hi", "ta", "kn"], "ridge": 0.0}
@@ -37,6 +37,11 @@ def test_each_changed_item_appears(change, key, value):
     got = setup_deviations(ROME_LIKE, MCFG, change.get("stats", WIKI), change.get("lang", EN),
                            change.get("uses", True))
     assert got == {key: value}
+
+
+def test_an_answer_cue_after_the_edit_prompt_is_listed():
+    assert setup_deviations(ROME_LIKE, MCFG, WIKI, EN, True, answer_cue=" Answer:") == \
+        {"answer_cue": " Answer:"}
 
 
 def test_items_a_method_does_not_use_are_not_listed():

@@ -207,6 +207,12 @@ def test_duplicates_later_run_wins_and_variants_stay_apart(tmp_path):
     assert by[("method.layer=3", "en")] == 0.0
     assert by[("method.layer=0", "en")] == pytest.approx(EXPECTED[("en", "en")])
     assert len(CASES) == 3
+    # how a job ran (resumed, processes, strictness) is not a variant
+    info["config"]["method"]["layer"] = 0
+    info["config"].update(resume=True, strict=False, runner={"devices": 4})
+    (old / "run_info.json").write_text(json.dumps(info))
+    res = load_results([tmp_path / "a"])
+    assert {r.variant for r in res.runs} == {""} and res.superseded == len(en)
 
 
 # ------------------------------------------------------------------------------------ W&B

@@ -174,7 +174,7 @@ class MemitEditor(PrefixedEditor):
                "(C from 100,000 Wikipedia samples, no ridge), exact subject templates",
         context_seeds=("The", "Therefore", "Because", "I", "You"), context_join=". ",
         kl_prompt="{subject} is a", statistics=WIKIPEDIA_100K, stats_ridge=0.0,
-        subject_match="exact")
+        subject_match="exact", answer_cue="")
 
     def __init__(self, hparams: Mapping[str, Any], spec: ModelSpec, seed: int = 0,
                  covariance: Callable[[int], torch.Tensor | None] | None = None,

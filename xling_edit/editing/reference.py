@@ -31,6 +31,9 @@ class Published:
         stats_ridge: diagonal loading of C.
         subject_match: how the subject is found in the prompt (``exact``: the template's
             literal fill; ``fuzzy`` / ``translit`` localisation is a deviation).
+        answer_cue: what follows the edit prompt before the target ("": the published
+            fill-in prompts, the target right after the prompt; a question's answer cue such
+            as " Answer:" is a deviation).
         fields: published values of method-config fields whose schema default is not the
             published value (the baselines' current defaults are the project's variants).
         practice: the published practice in words, for what cannot be compared as a value
@@ -45,6 +48,7 @@ class Published:
     statistics: str | None = None
     stats_ridge: float | None = None
     subject_match: str | None = None
+    answer_cue: str | None = None
     fields: Mapping[str, Any] = field(default_factory=dict)
     practice: Mapping[str, str] = field(default_factory=dict)
 
@@ -64,7 +68,8 @@ def statistics_label(stats: Mapping, uses: bool) -> str:
 
 
 def setup_deviations(published: Published | None, mcfg: Mapping, stats: Mapping, lang: Mapping,
-                     uses_statistics: bool, practice: Mapping[str, str] | None = None) -> dict:
+                     uses_statistics: bool, practice: Mapping[str, str] | None = None,
+                     answer_cue: str = "") -> dict:
     """{item: what the run uses} for every part of the effective setup that differs from
     ``published`` (empty when the method declares none): the statistics and their ridge (when
     the method reads statistics), the context prefixes' seeds and joiner and the KL prompt
@@ -90,6 +95,8 @@ def setup_deviations(published: Published | None, mcfg: Mapping, stats: Mapping,
     if published.kl_prompt is not None and float(mcfg.get("kl_factor") or 0) > 0 \
             and lang.get("kl_prompt") != published.kl_prompt:
         out["kl_prompt"] = lang.get("kl_prompt")
+    if published.answer_cue is not None and answer_cue != published.answer_cue:
+        out["answer_cue"] = answer_cue
     for name, value in published.fields.items():
         if name in mcfg and _plain(mcfg[name]) != _plain(value):
             out[name] = _plain(mcfg[name])

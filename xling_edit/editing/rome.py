@@ -90,7 +90,7 @@ class RomeEditor(PrefixedEditor):
                "rome/layer_stats.py and hparams (C from 100,000 Wikipedia samples, no ridge), "
                "rome/repr_tools.py (the subject is the template's literal fill)",
         context_seeds=("<|endoftext|>",), context_join=". ", kl_prompt="{subject} is a",
-        statistics=WIKIPEDIA_100K, stats_ridge=0.0, subject_match="exact")
+        statistics=WIKIPEDIA_100K, stats_ridge=0.0, subject_match="exact", answer_cue="")
 
     def __init__(self, hparams: Mapping[str, Any], spec: ModelSpec, seed: int = 0,
                  covariance: Callable[[int], torch.Tensor | None] | None = None,

@@ -134,7 +134,9 @@ def _run_time(run: Run) -> tuple:
 IGNORED_CONFIG = ("edit_lang", "eval_langs", "print_tables", "threads", "output_dir", "logger",
                   "eval.batch_size", "data.max_cases", "data.case_ids", "data.root", "data.dir",
                   "model.cache_dir", "model.device", "model.allow_download", "stats.cache",
-                  "stats.batch_size")
+                  "stats.batch_size", "resume", "resume_roots", "runner", "strict",
+                  "abort_after_failures", "export_model", "eval.gen_batch_size",
+                  "eval.log_answers", "eval.pre_cache", "eval.head_chunk")
 MAX_VARIANT_LABEL = 60
 
 
