@@ -89,6 +89,10 @@ def _check(cfg: DictConfig) -> dict[str, Any]:
 
     ds = load_dataset(cfg.data, eval_langs, project_root=PROJECT_ROOT, report=False)
 
+    if cfg.merge.name != "none":
+        from xling_edit.merge.api import check_merge
+
+        check_merge(cfg.merge)
     checked = False
     if cfg.merge.name == "none":
         from xling_edit.models.loading import model_skeleton

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from xling_edit.atomic import write_text_atomic
+from xling_edit.errors import ConfigError
 from xling_edit.jobdir import JOB_FILE, RESULTS, SHARDS, JobDir  # noqa: F401  (names kept here too)
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ def resume_dir(cfg: DictConfig, out: Path, fp: str) -> Path:
     if isinstance(r, str) and r.lower() not in ("true", "false", ""):
         target = Path(r)
         if not (target / JOB_FILE).exists() and not (target / RESULTS).exists():
-            raise FileNotFoundError(f"resume={r!r}: no job directory there (no job.json / results.jsonl)")
+            raise ConfigError(f"resume={r!r}: no job directory there (no job.json / results.jsonl)")
     elif r is True or (isinstance(r, str) and r.lower() == "true"):
         from xling_edit.languages import PROJECT_ROOT
 
@@ -208,8 +209,8 @@ def resume_dir(cfg: DictConfig, out: Path, fp: str) -> Path:
     if job.exists():
         old = json.loads(job.read_text()).get("fingerprint")
         if old != fp:
-            raise ValueError(f"{target} holds a job with another config (fingerprint {old}, this "
-                             f"one {fp}); choose another output directory")
+            raise ConfigError(f"{target} holds a job with another config (fingerprint {old}, this "
+                              f"one {fp}); choose another output directory")
     if target != out:
         log.info("resuming into %s (this invocation's own directory %s keeps only its log)", target, out)
     return target

@@ -137,3 +137,21 @@ def test_a_post_mlp_norm_model_wired_without_its_template_is_stopped(tmp_path, n
                                "model.templates.mlp_out_norm=null")
     assert "post_feedforward_layernorm" in msg and "model.templates.mlp_out_norm=" in msg
     assert "method.z_space=mlp_out method.invert_out_norm=true" in msg
+
+
+def test_merge_without_models_and_resume_into_another_configs_job_are_one_line(tmp_path, no_weights):
+    assert "needs merge.base and at least one entry in merge.models" in \
+        fails_before_loading(tmp_path, "merge=ties")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "job.json").write_text('{"fingerprint": "0000", "status": "finished"}')
+    msg = fails_before_loading(tmp_path, f"resume={other}")
+    assert "holds a job with another config" in msg
+    assert "no job directory there" in fails_before_loading(tmp_path, f"resume={tmp_path / 'nothing'}")
+
+
+def test_a_runaway_prompt_is_a_broken_record_found_before_loading(tmp_path, no_weights):
+    huge = {**HALF, "src": "Where is S? " + "x" * 66_000}
+    args = bmike_dir(tmp_path, json.dumps([{"en": HALF, "de": huge}]))
+    msg = fails_before_loading(tmp_path, *args, "data.on_invalid=error")
+    assert "field 'de.src': 66012 characters (at most 2000" in msg

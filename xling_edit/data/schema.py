@@ -53,6 +53,18 @@ class EditCase:
     relation: str | None = None
 
 
+#: the longest text field a record may hold (characters). BMIKE-53's longest is 201; a prompt of
+#: tens of thousands of characters is a broken record, and would otherwise be found only when its
+#: forward pass asks for tens of gigabytes.
+MAX_TEXT_CHARS = 2000
+
+
+def _check_length(value: str, file: str, case: Any, name: str) -> None:
+    if len(value) > MAX_TEXT_CHARS:
+        raise DataError(file, case, name, f"{len(value)} characters (at most {MAX_TEXT_CHARS}: a "
+                                          f"broken record?)")
+
+
 def require_str(d: Mapping, key: str, *, file: str, case: Any, prefix: str = "",
                 optional: bool = False) -> str | None:
     name = f"{prefix}{key}"
@@ -69,6 +81,7 @@ def require_str(d: Mapping, key: str, *, file: str, case: Any, prefix: str = "",
         if optional:
             return None
         raise DataError(file, case, name, "empty")
+    _check_length(value, file, case, name)
     return value
 
 
@@ -79,6 +92,8 @@ def str_list(value: Any, *, file: str, case: Any, name: str) -> tuple[str, ...]:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise DataError(file, case, name, "expected a string or a list of strings")
+    for i, v in enumerate(value):
+        _check_length(v, file, case, f"{name}[{i}]")
     return tuple(v for v in value if v.strip())
 
 

@@ -54,14 +54,20 @@ def _vocab_tensors(base) -> tuple[str, ...]:
     return tuple(f"{p}.weight" for p in (t.embed, t.lm_head) if p)
 
 
+def check_merge(m) -> None:
+    """A ``ValueError`` for a merge config that cannot run (checked before anything loads)."""
+    if m.name != "ties":
+        raise ValueError(f"merge={m.name!r} unknown; none or ties")
+    if m.base is None or not m.models:
+        raise ValueError("merge=ties needs merge.base and at least one entry in merge.models "
+                         "(e.g. +model@merge.models.hi.model=openhathi_7b; conf/merge/ties.yaml)")
+
+
 def merged_model_config(cfg: DictConfig) -> DictConfig:
     """A model config like ``cfg.model`` (templates, hparams, name, dtype, device kept) with
     ``source: local`` and ``path`` at the cached merged checkpoint; merges first if needed."""
     m = cfg.merge
-    if m.name != "ties":
-        raise ValueError(f"merge={m.name!r} unknown; none or ties")
-    if m.base is None or not m.models:
-        raise ValueError("merge=ties needs merge.base and at least one entry in merge.models")
+    check_merge(m)
     cache_root = Path(os.path.expanduser(str(cfg.model.cache_dir)))
     key, spec = merge_key(cfg)
     target = cache_root / "merged" / f"ties-{key[:16]}"
