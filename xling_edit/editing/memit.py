@@ -116,7 +116,10 @@ def invert_output_map(fn: Callable[[torch.Tensor], torch.Tensor] | None, m: torc
         if err.norm() <= 1e-6 * (r.norm() + 1e-12):
             break
         j = torch.autograd.functional.jacobian(fn, m + d)
-        step = torch.linalg.lstsq(j, err[:, None], driver="gelsd").solution[:, 0]
+        # truncated least squares: a norm's Jacobian is singular along its input's scale, so
+        # directions with singular values below 1e-6 of the largest are left out (a step along
+        # them only rescales the input and never descends)
+        step = torch.linalg.lstsq(j, err[:, None], rcond=1e-6, driver="gelsd").solution[:, 0]
         for _ in range(12):
             new_err = r - (fn(m + d + step) - base)
             if torch.isfinite(new_err).all() and new_err.norm() < err.norm():
