@@ -230,7 +230,8 @@ def test_failure_closes_run_and_next_job_gets_a_new_one(tmp_path):
     assert len(offline_runs(job)) == 1  # the second went to logger.dir
     [other] = offline_runs(tmp_path / "elsewhere")
     again = read_run(other)
-    assert again.run_id != first.run_id and again.exit_code == 0 and again.summary["status"] == "finished"
+    # the same job directory: the W&B run continues (same id, resume="allow"), now finished
+    assert again.run_id == first.run_id and again.exit_code == 0 and again.summary["status"] == "finished"
     assert not any(k.startswith("report/") for h in again.history for k in h)  # report=false
 
 
