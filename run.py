@@ -53,9 +53,10 @@ if __name__ == "__main__":
     multirun = [a for a in sys.argv[1:] if a in ("-m", "--multirun")]
     sys.argv[1:] = multirun + [a for a in sys.argv[1:] if a not in ("-m", "--multirun")]
     # an unknown group option (edit_lang=xx) in one line too, unless the traceback is wanted
-    from xling_edit.preflight import unknown_group_option
+    from xling_edit.preflight import foreign_job_dir, unknown_group_option
 
-    unknown = unknown_group_option(sys.argv[1:], os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf"))
+    unknown = unknown_group_option(sys.argv[1:], os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")) \
+        or foreign_job_dir(sys.argv[1:])
     if unknown and os.environ.get("HYDRA_FULL_ERROR") != "1":
         print(f"error: {unknown}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -213,6 +213,34 @@ def _check_stats(cfg, langs: list[str], registry: dict, edit_code: str, used: bo
                     "files/hf", edit_code, "+".join(with_text), edit_code, why, edit_code, edit_code)
 
 
+def foreign_job_dir(argv) -> str | None:
+    """The one-line message for ``hydra.run.dir=<dir>`` naming a job directory that holds a job of
+    another config (and no ``resume=``), found before Hydra writes its ``.hydra/`` files and log
+    into that directory; None otherwise (and whenever the config cannot be composed here: Hydra
+    then reports it). Multiruns and other config directories are left alone."""
+    import json
+    from pathlib import Path
+
+    if any(a in ("-m", "--multirun") or a.startswith(("--config-path", "--config-dir", "-cp", "-cd",
+                                                        "--config-name", "-cn", "resume="))
+           for a in argv):
+        return None
+    dirs = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    if not dirs or not (Path(dirs[-1]) / "job.json").is_file():
+        return None
+    try:
+        old = json.loads((Path(dirs[-1]) / "job.json").read_text()).get("fingerprint")
+        from xling_edit import api, resume
+
+        fp = resume.fingerprint(api.compose([a for a in argv if not a.startswith(("hydra.", "-"))]))
+    except Exception:  # noqa: BLE001  (composition errors are Hydra's to report)
+        return None
+    if old == fp:
+        return None
+    return (f"hydra.run.dir={dirs[-1]} holds a job with another config (fingerprint {old}, this one "
+            f"{fp}); choose another output directory (nothing was written there)")
+
+
 def unknown_group_option(argv, conf_dir) -> str | None:
     """The one-line message for a command-line ``group=option`` whose file does not exist
     (``edit_lang=xx``, ``model=tamil_lama``), found before Hydra composes; None when every plain

@@ -113,9 +113,14 @@ def test_failures_are_recorded_and_set_the_exit_status(tmp_path):
 def test_resume_refuses_a_directory_of_another_config(tmp_path):
     out = tmp_path / "job"
     run(*BASE, "data.max_cases=1", f"hydra.run.dir={out}", f"model.cache_dir={tmp_path / 'cache'}")
+    config_yaml = (out / ".hydra" / "config.yaml").read_text()
+    log_size = (out / "run.log").stat().st_size
     r = run(*BASE, "data.max_cases=1", "seed=7", f"hydra.run.dir={out}",
             f"model.cache_dir={tmp_path / 'cache'}", expect=2)  # a configuration error, one line
     assert "another config" in r.stderr and "Traceback" not in r.stderr
+    # refused before Hydra wrote anything into the other job's directory
+    assert (out / ".hydra" / "config.yaml").read_text() == config_yaml
+    assert (out / "run.log").stat().st_size == log_size
 
 
 def test_bad_runner_settings_fail_clearly(tmp_path):
