@@ -179,6 +179,7 @@ def fit_pairs(path: Path, lang: str, from_row: int, exclude: set[str]) -> tuple[
     from xling_edit.data.loaders import _read_json
 
     rows = _read_json(path)
+    nf = lambda s: unicodedata.normalize("NFC", str(s or ""))  # noqa: E731  (as the loaders do)
     en_items, xx_items, used = [], [], []
     for r in range(from_row, len(rows)):
         rec = rows[r]
@@ -188,7 +189,6 @@ def fit_pairs(path: Path, lang: str, from_row: int, exclude: set[str]) -> tuple[
         x = rec.get(lang)
         if not x:
             continue
-        nf = lambda s: unicodedata.normalize("NFC", str(s or ""))  # noqa: E731
         es, ep, xs, xp = nf(e.get("subject")), nf(e.get("src")), nf(x.get("subject")), nf(x.get("src"))
         i, j = ep.find(es), xp.find(xs)
         if not es.strip() or not xs.strip() or i < 0 or j < 0:
@@ -275,12 +275,12 @@ class KeybridgeEditor(MemitEditor):
     def edit_batch(self, model, tok, requests):
         self.ensure_bridges(model, tok)
         out = super().edit_batch(model, tok, requests)
-        out.info["bridge"] = {
-            lang: {"pairs": self.bridges[(self.edit_layers[-1], lang)].pairs,
-                   "rows": [min(self.fit_rows[lang]), max(self.fit_rows[lang])],
-                   "ridge": self.bridges[(self.edit_layers[-1], lang)].lam,
-                   "val_top1": round(self.bridges[(self.edit_layers[-1], lang)].val_top1, 3)}
-            for lang in self.hp.bridge_langs}
+        top = self.edit_layers[-1]
+        out.info["bridge"] = {}
+        for lang in self.hp.bridge_langs:
+            br, rows = self.bridges[(top, lang)], self.fit_rows[lang]
+            out.info["bridge"][lang] = {"pairs": br.pairs, "rows": [min(rows), max(rows)],
+                                        "ridge": br.lam, "val_top1": round(br.val_top1, 3)}
         return out
 
     def layer_update(self, layer: int, resid: torch.Tensor, keys: torch.Tensor,

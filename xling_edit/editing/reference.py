@@ -116,11 +116,10 @@ def line_deviations(published: Published | None, subject: Mapping | None) -> dic
 
 
 def _plain(v):
-    if hasattr(v, "items"):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)) or type(v).__name__ == "ListConfig":
-        return [_plain(x) for x in v]
-    return v
+    """A config node as plain Python (lists, dicts), anything else as is."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
 
 
 # Fields that are per-model choices in the papers too (which layers, λ), the editing mode, or

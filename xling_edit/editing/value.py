@@ -35,7 +35,7 @@ from omegaconf import MISSING
 from xling_edit.editing.base import EditRequest, SkipCase
 from xling_edit.editing.localize import SubjectMatch, find_subject
 from xling_edit.evaluation.forward import (
-    _StopForward, capture_output, full_logits_at, head_logits, logits_at, pad_right, skip_below,
+    _StopForward, capture_output, full_logits_at, logits_at, pad_right, skip_below,
 )
 from xling_edit.evaluation.text import Encoded, encode, last_token_in_span
 from xling_edit.models.spec import ModelSpec
@@ -529,12 +529,8 @@ def _stack_logits(model, spec: ModelSpec, st: _Stack, head_at_targets: bool,
                   record=None) -> torch.Tensor:
     """Logits at ``st.rows`` / ``st.pos`` of the whole prompts; ``record``: a cache the forward
     fills with every block's keys and values (the prefix cache's first forward)."""
-    if record is None:
-        if head_at_targets:
-            return logits_at(model, spec, st.ids, st.mask, st.rows, st.pos)
-        return full_logits_at(model, st.ids, st.mask, st.rows, st.pos)
-    return _logits(model, spec, st, head_at_targets, attention_mask=st.mask, use_cache=True,
-                   **{_cache_kwarg(model): record})
+    kw = {} if record is None else {"use_cache": True, _cache_kwarg(model): record}
+    return _logits(model, spec, st, head_at_targets, attention_mask=st.mask, **kw)
 
 
 # ------------------------------------------------------------------ prefix cache
@@ -714,25 +710,13 @@ def _suffix_logits(model, spec: ModelSpec, suf: _Suffix, head_at_targets: bool) 
     return _logits(model, spec, suf.st, head_at_targets, **kw)
 
 
-def _logits(model, spec: ModelSpec, st: _Stack, head_at_targets: bool, **kw) -> torch.Tensor:
-    """:func:`logits_at` / :func:`full_logits_at` with extra forward arguments ``kw``."""
-    kw.setdefault("use_cache", False)
-    if not head_at_targets:
-        return model(input_ids=st.ids, **kw).logits[st.rows, st.pos].float()
-    got: dict = {}
-
-    def at_norm(_m, _i, out):
-        got["h"] = (out[0] if isinstance(out, tuple) else out)[st.rows, st.pos]
-        raise _StopForward
-
-    handle = spec.module(model, "final_norm").register_forward_hook(at_norm)
-    try:
-        model(input_ids=st.ids, logits_to_keep=1, **kw)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    return head_logits(model, spec, got["h"])
+def _logits(model, spec: ModelSpec, st: _Stack, head_at_targets: bool, attention_mask,
+            **kw) -> torch.Tensor:
+    """:func:`logits_at` / :func:`full_logits_at` at ``st``'s positions, with extra forward
+    arguments ``kw`` (a cache, position ids)."""
+    if head_at_targets:
+        return logits_at(model, spec, st.ids, attention_mask, st.rows, st.pos, **kw)
+    return full_logits_at(model, st.ids, attention_mask, st.rows, st.pos, **kw)
 
 
 def value_options(hp, space: str = "mlp_out", paths=None) -> dict:

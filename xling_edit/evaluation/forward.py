@@ -171,9 +171,12 @@ class LowerStates:
 
 
 def final_hidden_at(model: nn.Module, spec: ModelSpec, input_ids: torch.Tensor,
-                    attention_mask: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+                    attention_mask: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
+                    **forward_kw) -> torch.Tensor:
     """The final norm's output [m, d] at (rows[i], positions[i]); the forward pass stops there,
-    so the model never applies its LM head."""
+    so the model never applies its LM head. ``forward_kw``: more forward arguments (a cache,
+    position ids; ``use_cache`` defaults to False)."""
+    forward_kw.setdefault("use_cache", False)
     got: dict = {}
 
     def at_norm(_m, _i, out):
@@ -182,7 +185,7 @@ def final_hidden_at(model: nn.Module, spec: ModelSpec, input_ids: torch.Tensor,
 
     handle = spec.module(model, "final_norm").register_forward_hook(at_norm)
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, use_cache=False)
+        model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, **forward_kw)
     except _StopForward:
         pass
     finally:
@@ -191,16 +194,19 @@ def final_hidden_at(model: nn.Module, spec: ModelSpec, input_ids: torch.Tensor,
 
 
 def logits_at(model: nn.Module, spec: ModelSpec, input_ids: torch.Tensor,
-              attention_mask: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+              attention_mask: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
+              **forward_kw) -> torch.Tensor:
     """Next-token logits [m, vocab] at (rows[i], positions[i]) of a right-padded batch; the LM
-    head is applied at those positions only."""
-    return head_logits(model, spec, final_hidden_at(model, spec, input_ids, attention_mask, rows, positions))
+    head is applied at those positions only (``forward_kw``: as :func:`final_hidden_at`)."""
+    return head_logits(model, spec, final_hidden_at(model, spec, input_ids, attention_mask, rows,
+                                                    positions, **forward_kw))
 
 
 def full_logits_at(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+                   rows: torch.Tensor, positions: torch.Tensor, **forward_kw) -> torch.Tensor:
     """The plain form of :func:`logits_at`: the model's logits at every position, then gathered."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    forward_kw.setdefault("use_cache", False)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, **forward_kw)
     return out.logits[rows, positions].float()
 
 

@@ -290,10 +290,11 @@ def find_name(text: str, name: str, threshold: float = ROMANIZED_THRESHOLD,
             win = words[i: i + size]
             start, end = win[0][0], win[-1][1]
             chunk = text[start:end]
-            if normalize(chunk) == n_norm:
+            norm = normalize(chunk)
+            if norm == n_norm:
                 score = 100.0
             else:
-                if sorted(_DIGITS.findall(normalize(chunk))) != sorted(numbers):
+                if sorted(_DIGITS.findall(norm)) != sorted(numbers):
                     continue
                 if capital and win[0][2][:1].islower() and answer_script(win[0][2]) == "Latin":
                     continue
@@ -311,14 +312,14 @@ _DIGITS = regex.compile(r"\d+")
 def _window_ratio(t: str, n_rom: str, win: list[str], rules: "Morphology | None") -> list[float]:
     """:func:`_key_ratio` of the name's key ``t`` and the window's, for the window as written
     and with its last word stripped of each of ``rules``' suffixes that it ends with."""
+    from rapidfuzz import fuzz
+
     head = "".join(phonetic_key(romanize(w)) for w in win[:-1])
     last = normalize(win[-1])
     lasts = {last} | (rules.stems(last) if rules else set())
     scores = []
     for form in lasts:
         if len(t) < SHORT_NAME_KEY:  # the spelling itself, not the coarse key
-            from rapidfuzz import fuzz
-
             rom = "".join(romanize(w) for w in win[:-1]) + romanize(form)
             scores.append(fuzz.ratio(rom, n_rom) if t == phonetic_key(rom) else 0.0)
         else:

@@ -403,7 +403,7 @@ def case_table_rows(lines: Sequence[Mapping]) -> list[list]:
     for l in lines:
         pre, post = l.get("pre") or {}, l.get("post") or {}
         rows.append([l.get("case_id"), l.get("edit_lang"), l.get("eval_lang"), l.get("status"),
-                     (l.get("subject") or {}).get("matched") if isinstance(l.get("subject"), Mapping) else None,
+                     (l.get("subject") or {}).get("matched"),
                      l.get("target_new"),
                      _number(pre.get("reliability.gen")), _number(post.get("reliability.gen")),
                      _number(pre.get("reliability.token_acc")), _number(post.get("reliability.token_acc")),
