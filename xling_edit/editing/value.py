@@ -22,7 +22,6 @@ labelled deviation (``bare``: a warm-up on the bare prompt alone).
 
 from __future__ import annotations
 
-import inspect
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -36,6 +35,10 @@ from xling_edit.editing.base import EditRequest, SkipCase
 from xling_edit.editing.localize import SubjectMatch, find_subject
 from xling_edit.evaluation.forward import (
     _StopForward, capture_output, full_logits_at, logits_at, pad_right, skip_below,
+)
+from xling_edit.evaluation.prefix import (  # noqa: F401 (re-exported: the value optimisation's checks)
+    PREFIX_ATTENTION, PREFIX_LAYER_TYPES, PREFIX_MODEL_TYPES, cache_kwarg as _cache_kwarg, empty_cache,
+    layer_kv as _layer_kv, prefix_cache_unsupported,
 )
 from xling_edit.evaluation.text import Encoded, encode, last_token_in_span
 from xling_edit.models.spec import ModelSpec
@@ -534,52 +537,7 @@ def _stack_logits(model, spec: ModelSpec, st: _Stack, head_at_targets: bool,
 
 
 # ------------------------------------------------------------------ prefix cache
-#: model types whose layouts the prefix cache is verified on (tests/integration/test_value_prefix.py)
-PREFIX_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gpt2", "gpt_neox",
-                      "phi", "phi3")
-#: attention implementations it is verified with (the 2-D padding mask becomes an explicit mask)
-PREFIX_ATTENTION = ("eager", "sdpa")
-#: attention layer types it serves: the mask depends only on distances between positions
-PREFIX_LAYER_TYPES = ("full_attention", "sliding_attention")
 _FALLBACK_LOGGED: set = set()
-
-
-def _cache_kwarg(model) -> str | None:
-    """The name under which the model's forward takes a KV cache (``cache`` in recent
-    transformers, ``past_key_values`` before), or None."""
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return None
-    return next((k for k in ("cache", "past_key_values") if k in params), None)
-
-
-def prefix_cache_unsupported(model) -> str | None:
-    """Why the value optimisation cannot reuse the prompts' prefix on ``model`` (None: it can)."""
-    try:
-        from transformers import DynamicCache  # noqa: F401
-    except ImportError:
-        return "transformers has no DynamicCache"
-    if _cache_kwarg(model) is None:
-        return "its forward takes no KV cache"
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        return "no model config"
-    text = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
-    kind = getattr(text, "model_type", None)
-    if kind not in PREFIX_MODEL_TYPES:
-        return f"model type {kind!r} not verified (verified: {', '.join(PREFIX_MODEL_TYPES)})"
-    if getattr(text, "is_encoder_decoder", False) or getattr(cfg, "is_encoder_decoder", False):
-        return "an encoder-decoder"
-    if not getattr(text, "is_causal", True) or getattr(text, "use_bidirectional_attention", False):
-        return "attention is not causal"
-    impl = getattr(text, "_attn_implementation", None) or getattr(cfg, "_attn_implementation", None)
-    if impl not in PREFIX_ATTENTION:
-        return f"attention implementation {impl!r} (verified: {', '.join(PREFIX_ATTENTION)})"
-    other = sorted(set(getattr(text, "layer_types", None) or ()) - set(PREFIX_LAYER_TYPES))
-    if other:
-        return f"layer types {other} (only full and sliding-window attention)"
-    return None
 
 
 def _fall_back(model, why: str) -> None:
@@ -597,19 +555,7 @@ def _recording_cache(model):
     if why is not None:
         _fall_back(model, why)
         return None
-    from transformers import DynamicCache
-
-    return DynamicCache()  # no config: every layer keeps all positions (no sliding-window cut)
-
-
-def _layer_kv(cache, i: int):
-    layers = getattr(cache, "layers", None)
-    if layers is not None:  # transformers >= 4.56
-        if i >= len(layers) or not getattr(layers[i], "is_initialized", True):
-            return None, None
-        return getattr(layers[i], "keys", None), getattr(layers[i], "values", None)
-    kc, vc = getattr(cache, "key_cache", []), getattr(cache, "value_cache", [])
-    return (kc[i], vc[i]) if i < len(kc) else (None, None)
+    return empty_cache()
 
 
 def _recorded_kv(model, spec: ModelSpec, cache, st: _Stack, first: int):

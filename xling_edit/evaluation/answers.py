@@ -169,6 +169,9 @@ def stops_for(prompts: Sequence[AnswerPrompt], languages: Mapping[str, Mapping])
 def generate_for(model, tok, prompts: Sequence[AnswerPrompt], languages: Mapping[str, Mapping],
                  opts) -> list[Generated]:
     """The greedy answers to ``prompts`` (``opts``: the ``eval`` options: ``max_new_tokens``,
-    ``gen_batch_size``); each stops at its language's ``sentence_end``."""
+    ``gen_batch_size``, and the fast path ``shared_prefix`` where ``opts`` is an
+    :class:`~xling_edit.evaluation.forward.EvalOptions`); each stops at its language's
+    ``sentence_end``."""
     return generate_answers(model, tok, [p.text for p in prompts], stops_for(prompts, languages),
-                            max_new_tokens=int(opts.max_new_tokens), batch_size=int(opts.gen_batch_size))
+                            max_new_tokens=int(opts.max_new_tokens), batch_size=int(opts.gen_batch_size),
+                            shared_prefix=bool(getattr(opts, "shared_prefix", True)))

@@ -13,6 +13,9 @@ Fast paths (each can be switched off; :class:`EvalOptions` / ``eval.*`` in the c
   compute, so the pre-edit pass keeps the hidden states entering block L and the post-edit pass
   feeds them in, running only blocks L and up (:class:`LowerStates`; plain: full depth).
 - **inference mode**: scoring runs under ``torch.inference_mode`` (plain: the caller's grad mode).
+- **shared prefix**: when every row of a call starts with the same tokens (a context edit's
+  text), their keys and values are computed once and each batch runs only the later tokens
+  (:mod:`xling_edit.evaluation.prefix`; plain: every row in full).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 from torch import nn
 
 from xling_edit.config import EvalConfig
+from xling_edit.evaluation.prefix import MIN_SHARED_TOKENS, SharedPrefix, common_prefix_len
 from xling_edit.evaluation.text import Encoded
 from xling_edit.models.spec import ModelSpec
 
@@ -49,12 +53,17 @@ class EvalOptions(EvalConfig):
         reuse_lower_layers: the post-edit pass feeds the pre-edit hidden states entering the
             lowest edited block and runs only the blocks from there up (plain: full depth).
         inference_mode: score under ``torch.inference_mode`` (plain: the caller's grad mode).
+        shared_prefix: rows that all start with the same tokens (at least
+            :data:`~xling_edit.evaluation.prefix.MIN_SHARED_TOKENS`, none of them scored) have
+            those tokens' keys and values computed once; scoring and generation run only the
+            later tokens (plain: every row in full).
     """
 
     batched: bool = True
     head_at_targets: bool = True
     reuse_lower_layers: bool = True
     inference_mode: bool = True
+    shared_prefix: bool = True
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | int | EvalConfig | None) -> "EvalOptions":
@@ -74,7 +83,7 @@ class EvalOptions(EvalConfig):
     def plain(cls, batch_size: int = 32) -> "EvalOptions":
         """Every fast path off: what a straightforward implementation does."""
         return cls(batch_size=batch_size, batched=False, head_at_targets=False,
-                   reuse_lower_layers=False, inference_mode=False)
+                   reuse_lower_layers=False, inference_mode=False, shared_prefix=False)
 
 
 def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,24 +269,33 @@ def _score(model, tok, spec, encs, opts: EvalOptions, keep_from, reuse, deltas) 
     lower_out = None
     if keep_from is not None and opts.reuse_lower_layers and keep_from > 0:
         lower_out = LowerStates(keep_from)
+    shared = None
+    if opts.shared_prefix and lower_in is None and lower_out is None:
+        shared = _shared_prefix(model, encs)
+    n_pre = shared.n if shared is not None else 0
     for idx in batches:
         key = tuple(idx)
-        ids, mask = pad_right([encs[i].input_ids for i in idx], tok.pad_token_id, device)
+        ids, mask = pad_right([encs[i].input_ids[n_pre:] for i in idx], tok.pad_token_id, device)
         rows, pos, spans = [], [], []
         for r, i in enumerate(idx):
             tp = list(encs[i].target_positions)
             spans.append((len(rows), len(tp)))
             rows.extend([r] * len(tp))
-            pos.extend(p - 1 for p in tp)  # logits at p-1 predict token p
+            pos.extend(p - 1 - n_pre for p in tp)  # logits at p-1 predict token p
         rows_t, pos_t = torch.tensor(rows, device=device), torch.tensor(pos, device=device)
         tgt = torch.tensor([t for i in idx for t in encs[i].target_ids])
         tgt_all = tgt.to(device)
+        kw: dict = {}
+        if shared is not None:  # the rows' own tokens after the recorded prefix
+            kw = {"use_cache": True, shared.kwarg: shared.cache(len(idx)),
+                  "position_ids": n_pre + torch.arange(ids.shape[1], device=device)[None].expand(len(idx), -1)}
+            mask = torch.cat([shared.mask(len(idx)), mask], dim=1)
         states = lower_in.states.get(key) if lower_in is not None else None
         record = (capture_output(spec.module(model, "layer", lower_out.layer - 1))
                   if lower_out is not None else nullcontext({}))
         with skip_below(model, spec, lower_in.layer if states is not None else 0, states), record as rec:
             if opts.head_at_targets:
-                hidden = final_hidden_at(model, spec, ids, mask, rows_t, pos_t)
+                hidden = final_hidden_at(model, spec, ids, mask, rows_t, pos_t, **kw)
                 logp_parts, argmax_parts = [], []
                 for c in range(0, hidden.shape[0], max(1, opts.head_chunk)):
                     lp = torch.log_softmax(head_logits(model, spec, hidden[c: c + opts.head_chunk]), dim=-1)
@@ -286,7 +304,7 @@ def _score(model, tok, spec, encs, opts: EvalOptions, keep_from, reuse, deltas) 
                     del lp
                 lp_t, am_t = torch.cat(logp_parts).cpu(), torch.cat(argmax_parts).cpu()
             else:
-                logp = torch.log_softmax(full_logits_at(model, ids, mask, rows_t, pos_t), dim=-1)
+                logp = torch.log_softmax(full_logits_at(model, ids, mask, rows_t, pos_t, **kw), dim=-1)
                 lp_t = logp.gather(1, tgt_all[:, None])[:, 0].cpu()
                 am_t = logp.argmax(-1).cpu()
         if lower_out is not None and "out" in rec:
@@ -295,3 +313,13 @@ def _score(model, tok, spec, encs, opts: EvalOptions, keep_from, reuse, deltas) 
             out[i] = SeqScore(tgt[start: start + n], lp_t[start: start + n], am_t[start: start + n])
     out.lower = lower_out
     return out
+
+
+def _shared_prefix(model, encs: Sequence[Encoded]) -> SharedPrefix | None:
+    """The recorded keys and values of the tokens every row starts with, up to the first
+    position whose next token is scored; None when that is shorter than MIN_SHARED_TOKENS."""
+    n = common_prefix_len([e.input_ids for e in encs])
+    n = min([n, *(min(e.target_positions) - 1 for e in encs if len(e.target_positions))])
+    if n < MIN_SHARED_TOKENS:
+        return None
+    return SharedPrefix.record(model, encs[0].input_ids[:n], "scoring")

@@ -14,6 +14,11 @@ every row has stopped. A row stops at
 
 The answer is the decoded text cut at the first stop and stripped; the stop mark itself is not
 part of it.
+
+When every prompt starts with the same tokens (a context edit's text: IKE's demonstrations and
+stated fact), their keys and values are computed once and every batch encodes only its rows'
+later tokens (``shared_prefix``; :mod:`xling_edit.evaluation.prefix`): each row's tokens keep
+the cache slots and position ids of the left-padded batch, so the answers are the same.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Sequence
 import torch
 
 from xling_edit.evaluation.forward import model_device
+from xling_edit.evaluation.prefix import MIN_SHARED_TOKENS, SharedPrefix, common_prefix_len
 
 
 @dataclass(frozen=True)
@@ -64,9 +70,11 @@ def _eos_ids(model, tok) -> set[int]:
 
 
 def generate_answers(model, tok, prompts: Sequence[str], stops: Sequence[Sequence[str]] | None = None,
-                     max_new_tokens: int = 24, batch_size: int = 48) -> list[Generated]:
+                     max_new_tokens: int = 24, batch_size: int = 48,
+                     shared_prefix: bool = True) -> list[Generated]:
     """Greedy answers to ``prompts`` (in order). ``stops[i]``: the strings that end answer i
-    besides EOS and a newline (its language's ``sentence_end``)."""
+    besides EOS and a newline (its language's ``sentence_end``). ``shared_prefix``: the tokens
+    every prompt starts with are encoded once (module docstring; False: every prompt in full)."""
     if max_new_tokens < 1:
         raise ValueError(f"eval.max_new_tokens must be >= 1, got {max_new_tokens}")
     stops = stops if stops is not None else [()] * len(prompts)
@@ -74,11 +82,16 @@ def generate_answers(model, tok, prompts: Sequence[str], stops: Sequence[Sequenc
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[Generated | None] = [None] * len(prompts)
     eos = _eos_ids(model, tok)
+    prefix = None
+    if shared_prefix and encoded:
+        n = min(common_prefix_len(encoded), min(len(e) for e in encoded) - 1)  # a last token to run
+        if n >= MIN_SHARED_TOKENS:
+            prefix = SharedPrefix.record(model, encoded[0][:n], "generation")
     with torch.inference_mode():
         for b in range(0, len(order), max(1, batch_size)):
             idx = order[b: b + batch_size]
             gens = _greedy(model, tok, [encoded[i] for i in idx], [stops[i] for i in idx],
-                           max_new_tokens, eos)
+                           max_new_tokens, eos, prefix)
             for i, g in zip(idx, gens):
                 out[i] = g
     return out  # type: ignore[return-value]
@@ -93,7 +106,7 @@ def _cache_keyword(model) -> str:
 
 
 def _greedy(model, tok, seqs: list[list[int]], stops: list[Sequence[str]], cap: int,
-            eos: set[int]) -> list[Generated]:
+            eos: set[int], prefix: SharedPrefix | None = None) -> list[Generated]:
     device = model_device(model)
     n, width = len(seqs), max(len(s) for s in seqs)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -110,6 +123,13 @@ def _greedy(model, tok, seqs: list[list[int]], stops: list[Sequence[str]], cap: 
     texts = [""] * n
     past, step_ids, step_pos = None, ids, pos
     cache_kw = _cache_keyword(model)
+    if prefix is not None and width - min(len(s) for s in seqs) <= prefix.n:
+        # row r's first (padding + prefix) slots come from the recorded prefix: its cache
+        # holds the prefix's first n - shift[r] tokens after shift[r] padding slots, its input
+        # the rest of the row, the same slots and positions as the left-padded batch's
+        shift = torch.tensor([width - len(s) for s in seqs], device=device)
+        past, cache_kw = prefix.cache(n, shift), prefix.kwarg
+        step_ids, step_pos = ids[:, prefix.n:], pos[:, prefix.n:]
     live = list(range(n))  # original rows still decoding, in the order of the batch's rows
     for _ in range(cap):
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
