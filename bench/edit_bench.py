@@ -7,6 +7,7 @@ throughput and peak memory on one model, each fast path against the plain path i
     python bench/edit_bench.py --override stats.per_lang=10 --out my.json
     python bench/edit_bench.py --only stats --stats-tokens 50000   # the statistics item alone
     python bench/edit_bench.py --only prefix --repeats 2           # prefix reuse on vs off alone
+    python bench/edit_bench.py --only ike --repeats 3              # IKE evaluation, context cached vs not
 
 Fast and plain paths run interleaved in the same process on the same cases (the value
 optimisation takes the same steps on both), so each ratio compares like with like even when
@@ -131,8 +132,9 @@ class Setup:
         ed.paths = replace(EditPaths(), **flags)
         # one set of context prefixes for every flag variant of a method file (its templates)
         shared = self.__dict__.setdefault("_prefix_cache", {}).setdefault(method, {})
-        ed.__dict__["_prefixes"] = shared
-        ed.prefixes(self.model, self.tok, self.registry[self.edit_lang])
+        if hasattr(ed, "prefixes"):  # editors with a value optimisation
+            ed.__dict__["_prefixes"] = shared
+            ed.prefixes(self.model, self.tok, self.registry[self.edit_lang])
         return ed
 
     def request(self, case):
@@ -588,6 +590,61 @@ def bench_generation(s: Setup, repeats: int, log: Callable) -> dict:
             "max_new_tokens": int(s.cfg.eval.max_new_tokens)}
 
 
+def bench_ike(s: Setup, repeats: int, log: Callable) -> dict:
+    """Per case: the published IKE context (``method=ike``: k = 16 nearest demonstrations from
+    the dataset's other cases), then the case's evaluation after it — every row scored in every
+    language and every answer generated — with the shared prefix encoded once
+    (``EvalOptions.shared_prefix``) and with every row in full, interleaved (which goes first
+    alternates), and the two compared (log-probabilities, argmax tokens, answers)."""
+    from dataclasses import replace as dc_replace
+
+    from xling_edit.evaluation import answers as A
+    from xling_edit.evaluation.evaluate import build_rows
+    from xling_edit.evaluation.forward import EvalOptions, score_continuations
+
+    ed = s.editor("ike")
+    opts = EvalOptions.from_config(s.cfg.eval)
+    t: dict[str, list[float]] = {}
+    same, sizes = [], []
+    for r, case in enumerate(s.cases[:repeats]):
+        ed.use_dataset([case], heldout=[c for c in s.cases if c.case_id != case.case_id])
+        out = ed.edit(s.model, s.tok, s.request(case))
+        rows, _ = build_rows(case, s.langs, s.tok, s.word_seps, s.answer_prefix, context=out.context)
+        prompts = A.answer_prompts(case, s.langs, s.edit_lang, s.answer_prefix, context=out.context)
+        got = {}
+        for on in ((True, False) if r % 2 == 0 else (False, True)):
+            o = dc_replace(opts, shared_prefix=on)
+            key = "cached" if on else "uncached"
+            with _clock(t, key):
+                sc = score_continuations(s.model, s.tok, s.spec, [x.enc for x in rows], o)
+                gens = A.generate_for(s.model, s.tok, prompts, s.registry, o)
+            got[on] = (sc, gens)
+        (a, ga), (b, gb) = got[True], got[False]
+        same.append({"max_abs_logprob_diff": max(float((x.logprobs - y.logprobs).abs().max()) for x, y in zip(a, b)),
+                     "argmax_equal": all(torch.equal(x.argmax, y.argmax) for x, y in zip(a, b)),
+                     "answers_equal": sum(x.tokens == y.tokens for x, y in zip(ga, gb)), "answers": len(ga)})
+        n_ctx = len(s.tok(out.context, add_special_tokens=False)["input_ids"])
+        sizes.append({"context_tokens": n_ctx, "rows": len(rows), "prompts": len(prompts),
+                      "demonstrations": len(out.info["demonstrations"])})
+        log(f"  case {r + 1}/{repeats}: {len(out.info['demonstrations'])} demonstrations, {n_ctx} context "
+            f"tokens, {len(rows)} rows + {len(prompts)} answers: cached {t['cached'][-1]:.1f}s, uncached "
+            f"{t['uncached'][-1]:.1f}s; answers equal {same[-1]['answers_equal']}/{len(ga)}, max |Δ log p| "
+            f"{same[-1]['max_abs_logprob_diff']:.1e}")
+    return {"times": t, "same": same, "sizes": sizes, "k": int(ed.hp.k), "load_average": _loadavg()}
+
+
+def _ike_rows(g: dict) -> list[dict]:
+    sz, eq = g["sizes"], g["same"]
+    return [_row("IKE case evaluation, shared prefix cached vs not (s)", med(g["times"]["cached"]),
+                 med(g["times"]["uncached"]),
+                 f"k = {g['k']}, median {med([x['context_tokens'] for x in sz]):.0f} context tokens; "
+                 f"{med([x['rows'] for x in sz]):.0f} rows scored + {med([x['prompts'] for x in sz]):.0f} "
+                 f"answers generated; answers equal {sum(x['answers_equal'] for x in eq)}/"
+                 f"{sum(x['answers'] for x in eq)}, argmax equal {sum(x['argmax_equal'] for x in eq)}/"
+                 f"{len(eq)} cases, max |Δ log p| {max(x['max_abs_logprob_diff'] for x in eq):.0e} "
+                 f"(target >= 3x)")]
+
+
 def _generation_rows(g: dict) -> list[dict]:
     gen, edit = med(g["times"]["generate"]), med(g["times"]["edit"])
     r = _row(f"generated answers, one case, all languages (s)", gen, edit,
@@ -682,6 +739,8 @@ def summarise(res: dict) -> list[dict]:
         rows += _stats_rows(res["stats"])
     if "generation" in res:
         rows += _generation_rows(res["generation"])
+    if "ike" in res:
+        rows += _ike_rows(res["ike"])
     mem = res.get("memory")
     if mem:
         w = mem["param_bytes_fp32"]
@@ -724,7 +783,8 @@ def format_table(rows: list[dict]) -> str:
 ONLY_NOTE = {"stats": "statistics in alternating rounds",
              "prefix": "prefix reuse on and off interleaved per case",
              "configs": "each configuration interleaved per case",
-             "gen": "ROME edit and generated answers interleaved per case"}
+             "gen": "ROME edit and generated answers interleaved per case",
+             "ike": "IKE evaluation with and without the shared prefix interleaved per case"}
 
 
 def parse_args(argv):
@@ -735,13 +795,15 @@ def parse_args(argv):
     p.add_argument("--memit-batch", type=int, default=16, help="the larger MEMIT batch size")
     p.add_argument("--stats-tokens", type=int, default=10000,
                    help="tokens of the statistics item (fast and float64 paths each run all of them)")
-    p.add_argument("--only", choices=["stats", "configs", "gen", "prefix"], default=None,
+    p.add_argument("--only", choices=["stats", "configs", "gen", "prefix", "ike"], default=None,
                    help="run one item alone: stats = the statistics throughput (no memory probe, "
                         "no cached C needed); configs = ROME published vs rome_fast and MEMIT "
                         "per fact at batch --memit-batch vs 1 (ROME on --repeats cases); gen = "
                         "the generated answers of a case against its ROME edit; prefix = the "
                         "value optimisation's prefix reuse on vs off (ROME published and MEMIT "
-                        "batch 1, on --repeats cases)")
+                        "batch 1, on --repeats cases); ike = a published IKE case's evaluation "
+                        "(scores and generated answers) with its shared context encoded once vs "
+                        "every row in full")
     p.add_argument("--full", action="store_true",
                    help="also time the plain path at the large MEMIT batch (minutes more)")
     p.add_argument("--edit-lang", default="en")
@@ -796,6 +858,9 @@ def main(argv=None) -> int:
     elif a.only == "prefix":
         log("value optimisation: prefix reuse on vs off (ROME published, MEMIT batch 1) ...")
         res["prefix"] = bench_prefix(s, a.repeats, log)
+    elif a.only == "ike":
+        log("IKE evaluation: shared prefix cached vs every row in full ...")
+        res["ike"] = bench_ike(s, a.repeats, log)
     elif a.only == "gen":
         pass
     else:
