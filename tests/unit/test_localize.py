@@ -271,3 +271,20 @@ def test_verbatim_subjects_are_exact(shared_data, lang):
         assert (m.method, m.start, m.end) == ("exact", i, j), h
         checked += 1
     assert checked > 0.5 * len(halves)  # not vacuous
+
+
+@pytest.mark.parametrize("prompt, subject", [
+    ("টয়োটা কোন দেশের কোম্পানি?", "টয়োটা"),  # ো is ে + া in NFD
+    ("மொனாக்கோவின் தலைநகரம் எது?", "மொனாக்கோ"),  # ொ, ோ are two signs in NFD
+])
+def test_nfc_and_nfd_spellings_meet(prompt, subject):
+    import unicodedata
+
+    for p_form in ("NFC", "NFD"):
+        for s_form in ("NFC", "NFD"):
+            p, s = unicodedata.normalize(p_form, prompt), unicodedata.normalize(s_form, subject)
+            m = find_subject(p, s)
+            assert m is not None, (p_form, s_form)
+            assert unicodedata.normalize("NFC", p[m.start:m.end]) == subject
+            # the same normal form on both sides is verbatim; different ones are "normalized"
+            assert m.method == ("exact" if p_form == s_form else "normalized")

@@ -136,11 +136,18 @@ def _boundary_ok(prompt: str, subject: str, start: int, end: int, rules: Rules) 
     return True
 
 
+def _decomposed(ch: str) -> str:
+    """One character compatibility-normalised, case-folded and decomposed (NFKD): an NFC and an
+    NFD spelling of a word give the same characters (Bengali ো = ে + া, Tamil ொ = ெ + ா), which
+    per-character NFKC would not (it cannot compose across characters)."""
+    return unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", ch).casefold())
+
+
 def _normalized_with_map(text: str) -> tuple[str, list[int]]:
-    """NFKC + casefold of ``text``, and for each output char the index of its source char."""
+    """:func:`_decomposed` ``text``, and for each output char the index of its source char."""
     out, idx = [], []
     for i, ch in enumerate(text):
-        n = unicodedata.normalize("NFKC", ch).casefold()
+        n = _decomposed(ch)
         out.append(n)
         idx.extend([i] * len(n))
     return "".join(out), idx
@@ -153,11 +160,13 @@ def _verbatim(prompt: str, subject: str, rules: Rules) -> SubjectMatch | None:
             return SubjectMatch(i, i + len(subject), "exact", 1.0, subject)
         i = prompt.find(subject, i + 1)
     norm_prompt, back = _normalized_with_map(prompt)
-    norm_subject = unicodedata.normalize("NFKC", subject).casefold()
+    norm_subject = _normalized_with_map(subject)[0]
+    n = len(norm_subject)
     j = norm_prompt.find(norm_subject)
     while j >= 0:
-        start, end = back[j], back[j + len(norm_subject) - 1] + 1
-        if _boundary_ok(prompt, subject, start, end, rules):
+        start, end = back[j], back[j + n - 1] + 1
+        whole = (j == 0 or back[j - 1] != start) and (j + n == len(back) or back[j + n] != end - 1)
+        if whole and _boundary_ok(prompt, subject, start, end, rules):  # no character split
             return SubjectMatch(start, end, "normalized", 1.0, prompt[start:end])
         j = norm_prompt.find(norm_subject, j + 1)
     return None
@@ -196,11 +205,11 @@ _ORDINAL = re.compile(r"(\d+)(?:st|nd|rd|th|er|re|e|°|º|ª|o|a)")  # 1st, 1er,
 
 
 def _fold_with_map(text: str) -> tuple[str, list[int]]:
-    """Folded ``text`` (NFKC, case, Latin diacritics, ``_MARK_FOLD``, digits of any script,
-    ordinals) and, for each folded character, the index of its source character."""
+    """Folded ``text`` (:func:`_decomposed`, Latin diacritics dropped, ``_MARK_FOLD``, digits of
+    any script, ordinals) and, for each folded character, the index of its source character."""
     out, idx = [], []
     for i, ch in enumerate(text):
-        n = unicodedata.normalize("NFKC", ch).casefold()
+        n = _decomposed(ch)
         script = _char_script(n[:1])
         if script == "LATIN" or (not script and unicodedata.combining(n[:1])
                                  and i and _char_script(text[i - 1]) == "LATIN"):
