@@ -7,7 +7,8 @@ than a guess. Translation inflects names (Tamil "லண்டன்" → "லண
 Cars") while the prompt transliterates it ("लॉरेंट कार्स"). Tried in order:
 
 1. ``exact``: the subject verbatim, on word boundaries (or followed only by an inflection);
-2. ``normalized``: the same after NFKC and case folding;
+2. ``normalized``: the same after compatibility normalisation, case folding and decomposition
+   (an NFD prompt meets an NFC subject);
 3. ``fuzzy`` / ``translit``: the subject's words aligned one to one with consecutive prompt
    words; ``translit`` when at least one pair is written in two different scripts;
 4. ``span`` (only with ``fallback``, off by default): step 3 again, where a prompt word may
