@@ -398,7 +398,7 @@ def bench_prefix(s: Setup, repeats: int, log: Callable) -> dict:
                                            / y.delta.double().norm()) for x, y in zip(a.deltas, b.deltas))}
             hp = s.method_cfgs[m]
             prep = prepare(s.tok, req, eds[(m, True)].prefixes(s.model, s.tok, req.lang),
-                           hp.subject_match_threshold, model_device(s.model))
+                           hp.subject_match_threshold, model_device(s.model), hp.subject_fallback)
             if m == "rome":
                 eq["delta_cos"] = _cos(a.tensors["delta"], b.tensors["delta"])
             else:  # z = h + (what delta does to the residual stream): compare the latter

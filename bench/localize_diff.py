@@ -16,6 +16,18 @@ is the working tree's.
 with their ``morphology`` registered from their language files; scoring from
 tests/unit/test_localize.py; the new matcher is told each record's language);
 ``--negative-control`` counts matches of each subject in other cases' prompts (all wrong).
+
+``--fallbacks`` instead measures the language-independent fallback (``find_subject(...,
+fallback=)``, ``method.subject_fallback``) against the declared suffix rules, in the working
+tree only, per language: precision and recall on both fixtures, matches in other cases'
+prompts (BMIKE-53 shifts as above, and every mismatched bn/mr pair), English words derived
+from a subject (tests/fixtures/localize_derived_en.json: demonyms), and the localisations of
+the full BMIKE-53 files that change, for four settings: ``rules`` (each language's
+``morphology``, no fallback: the default), ``none`` (morphology removed, no fallback),
+``span`` (morphology removed, the fallback alone) and ``rules+span``. German declension stays
+in code under every setting. Written to ``--json`` (bench/results/localize_fallback.json).
+
+    .venv/bin/python bench/localize_diff.py --fallbacks
 """
 
 from __future__ import annotations
@@ -37,6 +49,8 @@ LANGS = ("en", "de", "fr", "it", "es", "hi", "ta")
 METHODS = ("exact", "normalized", "fuzzy", "translit", "none")
 # Languages without a BMIKE-53 file, scored on a hand-written fixture with their language files
 INLINE_FIXTURE = "tests/fixtures/localize_bn_mr.json"
+# English words derived from a subject (demonyms): every match is wrong
+DERIVED_FIXTURE = "tests/fixtures/localize_derived_en.json"
 NEW_LANGS = {"bn": "conf/edit_lang/_template.yaml.example",
              "mr": "tests/fixtures/edit_lang/mr.yaml"}
 
@@ -163,14 +177,152 @@ def negative_control(old, new, data: Path, out, shifts=(1, 7, 31, 101)) -> None:
         print(f"{lang}: old {found['old']}, new {found['new']} of {pairs} pairs", file=out)
 
 
+# setting -> (use the language's morphology?, fallback)
+FALLBACK_SETTINGS = {"rules": (True, "none"), "none": (False, "none"), "span": (False, "span"),
+                     "rules+span": (True, "span")}
+
+
+def setting_matcher(name: str):
+    """``(prompt, subject, lang) -> match`` of a :data:`FALLBACK_SETTINGS` setting."""
+    from xling_edit.editing.localize import find_subject
+    from xling_edit.evaluation.matching import Morphology
+
+    rules, fallback = FALLBACK_SETTINGS[name]
+    return lambda prompt, subject, lang: find_subject(
+        prompt, subject, lang=lang if rules else Morphology(), fallback=fallback)
+
+
+def _cell(s: dict) -> dict:
+    keys = ("n", "returned", "correct", "present", "precision", "recall")
+    out = {k: s[k] for k in keys}
+    out["wrong"] = [list(w) for w in s["wrong"]]
+    return out
+
+
+def fallback_fixtures(data: Path) -> dict:
+    """{fixture: {setting: {lang | "all": scores}}} on both hand-labelled fixtures."""
+    sys.path.insert(0, str(ROOT / "tests" / "unit"))
+    from test_localize import fixture_cases, scores
+
+    inline = json.loads((ROOT / INLINE_FIXTURE).read_text(encoding="utf-8"))["records"]
+    sets = {"tests/fixtures/localize_bmike53.json": fixture_cases(data),
+            INLINE_FIXTURE: [(r["lang"], r["prompt"], r["subject"], r["src"], i)
+                             for i, r in enumerate(inline)]}
+    out = {}
+    for name, cases in sets.items():
+        out[name] = {}
+        for setting in FALLBACK_SETTINGS:
+            s = scores(cases, setting_matcher(setting))
+            out[name][setting] = {**{lang: _cell(t) for lang, t in s["by_lang"].items()},
+                                  "all": _cell(s)}
+    return out
+
+
+def fallback_negatives(data: Path, shifts=(1, 7, 31, 101)) -> dict:
+    """{setting: {lang: [matched, pairs]}}: BMIKE-53 subjects in other cases' prompts (as
+    :func:`negative_control`, each language's rules named) and every bn/mr subject in the
+    other bn/mr records' prompts that do not name it (as tests/unit/test_localize_yaml.py)."""
+    matchers = {setting: setting_matcher(setting) for setting in FALLBACK_SETTINGS}
+    out = {setting: {} for setting in FALLBACK_SETTINGS}
+    by_lang = collections.defaultdict(list)
+    for lang, i, half, rows in halves(data):
+        by_lang[lang].append((i, rows))
+    pairs = collections.defaultdict(list)  # lang -> [(prompt, subject)]
+    for lang in LANGS:
+        idx = by_lang[lang]
+        rows = idx[0][1]
+        for a, (i, _) in enumerate(idx):
+            subject, en = rows[i][lang]["subject"], rows[i]["en"]["subject"]
+            for k in shifts:
+                j = idx[(a + k) % len(idx)][0]
+                if en == rows[j]["en"]["subject"] or en.lower() in rows[j]["en"]["src"].lower() \
+                        or subject in rows[j][lang]["src"]:
+                    continue
+                pairs[lang].append((rows[j][lang]["src"], subject))
+    records = json.loads((ROOT / INLINE_FIXTURE).read_text(encoding="utf-8"))["records"]
+    for r in records:
+        for o in records:
+            if o["lang"] == r["lang"] and o["subject"] != r["subject"] \
+                    and r["subject"] not in o["prompt"]:
+                pairs[r["lang"]].append((o["prompt"], r["subject"]))
+    for setting, m in matchers.items():
+        for lang, ps in pairs.items():
+            out[setting][lang] = [sum(m(p, s, lang) is not None for p, s in ps), len(ps)]
+    return out
+
+
+def fallback_derived() -> dict:
+    """{setting: [matched, records]} on the English derived words (:data:`DERIVED_FIXTURE`)."""
+    records = json.loads((ROOT / DERIVED_FIXTURE).read_text(encoding="utf-8"))["records"]
+    out = {}
+    for setting in FALLBACK_SETTINGS:
+        m = setting_matcher(setting)
+        out[setting] = [sum(m(r["prompt"], r["subject"], r["lang"]) is not None for r in records),
+                        len(records)]
+    return out
+
+
+def fallback_changes(data: Path) -> dict:
+    """{lang: [[row, case_id, subject, span found by rules, span by rules+span]]}: the full
+    BMIKE-53 files' localisations that the fallback changes."""
+    rules, both = setting_matcher("rules"), setting_matcher("rules+span")
+    out = {lang: [] for lang in LANGS}
+    for lang, i, half, _ in halves(data):
+        prompt, subject = half["src"], half["subject"]
+        a, b = rules(prompt, subject, lang), both(prompt, subject, lang)
+        if (a and (a.start, a.end)) != (b and (b.start, b.end)):
+            out[lang].append([i, half["case_id"], subject, show(a, prompt), show(b, prompt)])
+    return out
+
+
+def _pr(c: dict) -> str:
+    return f"{c['precision']:.2f} {c['recall']:.2f} ({c['correct']}/{c['returned']}/{c['present']})"
+
+
+def fallback_report(data: Path, json_path: Path, out) -> None:
+    register_new_languages()
+    res = {"settings": {k: {"morphology": r, "fallback": f}
+                        for k, (r, f) in FALLBACK_SETTINGS.items()},
+           "fixtures": fallback_fixtures(data), "negative_control": fallback_negatives(data),
+           "derived_words_en": fallback_derived(),
+           "bmike53_changed_by_fallback": fallback_changes(data)}
+    print("Precision / recall per language (correct/returned, correct/present):", file=out)
+    for fixture_name, by_setting in res["fixtures"].items():
+        print(f"{fixture_name}:", file=out)
+        print(f"  {'lang':<5}" + "".join(f"{k:>26}" for k in FALLBACK_SETTINGS), file=out)
+        for lang in by_setting["rules"]:
+            cells = "".join(f"{_pr(c[lang]):>26}" for c in by_setting.values())
+            print(f"  {lang:<5}{cells}", file=out)
+    print("\nNegative control: matched / mismatched pairs:", file=out)
+    neg = res["negative_control"]
+    for lang in neg["rules"]:
+        print(f"  {lang:<5}" + "".join(f"{f'{k} {v[lang][0]}/{v[lang][1]}':>22}" for k, v in neg.items()),
+              file=out)
+    print(f"\n{DERIVED_FIXTURE} (all wrong), matched / records:  " + "  ".join(
+        f"{k} {v[0]}/{v[1]}" for k, v in res["derived_words_en"].items()), file=out)
+    print("\nBMIKE-53 localisations changed by the fallback (rules -> rules+span):", file=out)
+    for lang, rows in res["bmike53_changed_by_fallback"].items():
+        for row in rows:
+            print(f"  {lang}\t" + "\t".join(map(str, row)), file=out)
+    json_path.write_text(json.dumps(res, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    print(f"\nwritten: {json_path}", file=out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--old", default=OLD_REV, help="git revision of the old matcher")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--no-fixture", dest="fixture", action="store_false")
     ap.add_argument("--negative-control", action="store_true")
+    ap.add_argument("--fallbacks", action="store_true",
+                    help="measure the fallback against the suffix rules (module docstring)")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "localize_fallback.json",
+                    help="where --fallbacks writes its measurements")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
+    if args.fallbacks:
+        fallback_report(args.data, args.json, sys.stdout)
+        return
     from xling_edit.editing import localize as new
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -147,7 +147,8 @@ def main(argv=None) -> int:
             continue
         req = EditRequest(case.case_id, lang, rec, prefixes[args.lang])
         try:
-            prep = prepare(tok, req, ctx, ehp.subject_match_threshold, model_device(model))
+            prep = prepare(tok, req, ctx, ehp.subject_match_threshold, model_device(model),
+                           ehp.subject_fallback)
         except SkipCase as e:
             print(f"case {case.case_id}: skipped ({e})", flush=True)
             continue

@@ -176,7 +176,8 @@ def run_group(cases, ctx: Ctx, common: dict) -> list[dict]:
         for ev in live:  # a case whose subject cannot be found is skipped, not the whole batch
             rec = reqs[id(ev)][0].record
             if find_subject(rec.prompt, rec.subject, ed.hp.subject_match_threshold,
-                            lang=str(reqs[id(ev)][0].lang["code"])) is None:
+                            lang=str(reqs[id(ev)][0].lang["code"]),
+                            fallback=ed.hp.subject_fallback) is None:
                 fail([ev], SkipCase(f"subject {rec.subject!r} not found in prompt {rec.prompt!r}"))
             else:
                 ok.append(ev)

@@ -98,3 +98,30 @@ def test_a_language_from_one_yaml_runs_and_changes_no_existing_edit(setup):
         assert {"delta_norm", "update_rel_norm", "nll_trajectory", "covariance"} <= keys
         assert all(ea[case][k] == eb[case][k] == ed[case][k] for k in keys), case
         assert ea[case]["delta_norm"] > 0
+
+
+def test_fallback_localises_a_language_without_morphology_and_every_line_says_so(setup):
+    """bn.yaml without its ``morphology`` and a prompt whose subject carries the genitive
+    (ফ্রান্সের): ``method.subject_fallback=no_morphology`` finds the name, the case is edited,
+    and every results line records how (``subject.method`` and ``edit.deviations``)."""
+    from omegaconf import OmegaConf
+
+    tmp, conf, data = setup
+    bare = tmp / "conf_no_morphology"
+    shutil.copytree(conf, bare)
+    node = OmegaConf.load(bare / "edit_lang" / "bn.yaml")
+    node.pop("morphology")
+    OmegaConf.save(node, bare / "edit_lang" / "bn.yaml")
+    facts = json.loads(data.read_text(encoding="utf-8"))
+    for f in facts["facts"]:
+        f["langs"]["bn"]["prompt"] = f["langs"]["bn"]["rephrases"][0]  # "ফ্রান্সের রাজধানী শহরের নাম"
+    inflected = tmp / "facts_bn_inflected.json"
+    inflected.write_text(json.dumps(facts, ensure_ascii=False), encoding="utf-8")
+    _, lines, info, _ = run(tmp, "bn_fallback", "edit_lang=bn", "eval_langs=[en,bn]",
+                            f"data.file={inflected}", "data.max_cases=1",
+                            "method.subject_fallback=no_morphology", conf=bare)
+    assert info["case_status"] == {"ok": 1}
+    assert len(lines) == 2
+    for line in lines:
+        assert line["subject"]["method"] == "span" and line["subject"]["matched"] == "ফ্রান্স"
+        assert line["edit"]["deviations"]["subject_match"] == "span"

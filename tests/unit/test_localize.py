@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from xling_edit.editing.localize import _WORD, find_subject, inflection_stem
+from xling_edit.editing.localize import DEFAULT_FALLBACK, _WORD, find_subject, inflection_stem, stem_and_tail
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "localize_bmike53.json"
 
@@ -271,3 +271,69 @@ def test_verbatim_subjects_are_exact(shared_data, lang):
         assert (m.method, m.start, m.end) == ("exact", i, j), h
         checked += 1
     assert checked > 0.5 * len(halves)  # not vacuous
+
+
+@pytest.mark.parametrize("prompt, subject", [
+    ("টয়োটা কোন দেশের কোম্পানি?", "টয়োটা"),  # ো is ে + া in NFD
+    ("மொனாக்கோவின் தலைநகரம் எது?", "மொனாக்கோ"),  # ொ, ோ are two signs in NFD
+])
+def test_nfc_and_nfd_spellings_meet(prompt, subject):
+    import unicodedata
+
+    for p_form in ("NFC", "NFD"):
+        for s_form in ("NFC", "NFD"):
+            p, s = unicodedata.normalize(p_form, prompt), unicodedata.normalize(s_form, subject)
+            m = find_subject(p, s)
+            assert m is not None, (p_form, s_form)
+            assert unicodedata.normalize("NFC", p[m.start:m.end]) == subject
+            # the same normal form on both sides is verbatim; different ones are "normalized"
+            assert m.method == ("exact" if p_form == s_form else "normalized")
+
+
+# --- the language-independent fallback (fallback="span" / "no_morphology") ----------------------
+
+@pytest.mark.parametrize("subject, word, stem", [
+    ("फ्रान्स", "फ्रान्सची", 7),  # France's: the whole name, then -cī
+    ("अमेरिका", "अमेरिकेचे", 6),  # the final vowel sign ा gives way: अमेरिक
+    ("मुंबई", "मुंबईतल्या", 5),  # a three-letter tail (त ल य; the virama and ा are marks)
+    ("भारत", "भारतातही", 4),  # two stacked endings, two letters
+    ("জাপান", "জাপানেও", 5),  # locative + clitic: ও is a letter
+    ("லண்டன்", "லண்டனில்", 5),  # the final pulli gives way
+    ("india", "indiana", 5),  # a derived name is taken too: why the fallback is off by default
+])
+def test_stem_and_tail(subject, word, stem):
+    assert stem_and_tail(subject, word) == stem
+
+
+@pytest.mark.parametrize("subject, word", [
+    ("जपान", "जपानी"),  # a tail of vowel signs alone: 'Japanese'
+    ("লন্ডন", "লন্ডনে"),  # ... even when it is a case ending (the rules know it)
+    ("चीन", "चीनची"),  # a stem of two letters (च न)
+    ("apple", "appleshare"),  # a tail of five letters
+    ("लंडन", "लंडन"),  # no tail: equality is another step's
+    ("frank", "france"),  # a letter of the subject may not give way, only marks
+])
+def test_stem_and_tail_refuses(subject, word):
+    assert stem_and_tail(subject, word) is None
+
+
+def test_fallback_is_off_by_default_and_named():
+    from xling_edit.editing.value import EditMethodConfig
+
+    assert DEFAULT_FALLBACK == EditMethodConfig().subject_fallback == "none"
+    prompt = "Jordanian food is known for which dish?"
+    # English declares no morphology: "no_morphology" would take the demonym (measured: 17 of 26
+    # English derived words, tests/fixtures/localize_derived_en.json), which is why it is off
+    assert find_subject(prompt, "Jordan", lang="en") is None
+    m = find_subject(prompt, "Jordan", lang="en", fallback="no_morphology")
+    assert (m.method, m.matched) == ("span", "Jordan")
+    with pytest.raises(ValueError, match="subject_fallback='spans' unknown"):
+        find_subject(prompt, "Jordan", fallback="spans")
+
+
+def test_fallback_comes_after_every_other_step():
+    # found verbatim / by German declension: the fallback changes nothing, nor the method
+    assert span("Was ist Marcos Minnemanns Beruf?", "Marco Minnemann", fallback="span") == \
+        span("Was ist Marcos Minnemanns Beruf?", "Marco Minnemann")
+    assert span("Where does Spike Hughes live?", "Spike Hughes", fallback="span") == \
+        ("exact", "Spike Hughes")

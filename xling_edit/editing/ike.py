@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from xling_edit.editing.base import EditOutcome, EditRequest, Editor, register_editor
+from xling_edit.editing.localize import DEFAULT_FALLBACK
 from xling_edit.editing.reference import Published
 from xling_edit.evaluation.text import join
 
@@ -50,6 +51,7 @@ class IkeConfig:
         num_edits: unused (1).
         subject_match_threshold: unused (IKE needs no subject position); kept so that batch
             checks read the same field for every method.
+        subject_fallback: unused, like ``subject_match_threshold``.
     """
 
     name: str = "ike"
@@ -60,6 +62,7 @@ class IkeConfig:
     mode: str = "single"
     num_edits: int = 1
     subject_match_threshold: float = 0.8
+    subject_fallback: str = DEFAULT_FALLBACK
 
 
 def fact_line(template: str, prompt: str, target: str) -> str:

@@ -7,9 +7,13 @@ than a guess. Translation inflects names (Tamil "லண்டன்" → "லண
 Cars") while the prompt transliterates it ("लॉरेंट कार्स"). Tried in order:
 
 1. ``exact``: the subject verbatim, on word boundaries (or followed only by an inflection);
-2. ``normalized``: the same after NFKC and case folding;
+2. ``normalized``: the same after compatibility normalisation, case folding and decomposition
+   (an NFD prompt meets an NFC subject);
 3. ``fuzzy`` / ``translit``: the subject's words aligned one to one with consecutive prompt
-   words; ``translit`` when at least one pair is written in two different scripts.
+   words; ``translit`` when at least one pair is written in two different scripts;
+4. ``span`` (only with ``fallback``, off by default): step 3 again, where a prompt word may
+   also be its subject word followed by any short tail (:func:`stem_and_tail`): no language
+   data, so it finds endings no ``morphology`` declares, and derived words too.
 
 In step 3 *every* word must find a good counterpart (an average let "Frank Sinatra" find
 "France is"). Two words of one script match when they are equal after folding (case, Latin
@@ -47,6 +51,17 @@ of one script, Hindi and Marathi, then share their suffixes).
 The span ends at the inflected stem ("லண்டன" in "லண்டனில்"), so the key is read at the last
 token of the name rather than of a case ending, and leaves out leading function words that did
 not match.
+
+The language-independent fallback (``fallback="span"``, or ``"no_morphology"``: only for a
+language without declared rules) needs no morphology: a prompt word stands for a subject word
+when it starts with it (less a final vowel sign or virama) and goes on for one to
+``_TAIL_MAX_LETTERS`` letters, the stem keeping ``_STEM_MIN_LETTERS`` letters ("ফ্রান্সের",
+"जपानचे", "भारतातही", "জাপানেও"). It cannot tell a case ending from a derivation ("ভারতীয়"
+'Indian', "Indiana"), so it runs only when steps 1-3 found nothing, a tail of vowel signs
+alone (জাপানি 'Japanese', जपानी) is refused, and every subject word still needs its own
+counterpart, so a neighbouring entity that shares one word is not taken. Its matches say
+``span``, so every results line shows them (``edit.deviations.subject_match``). Measured
+against the declared rules in docs/methods.md (bench/localize_diff.py --fallbacks).
 """
 
 from __future__ import annotations
@@ -62,6 +77,20 @@ from xling_edit.evaluation.matching import Morphology, morphology
 
 _WORD = re.compile(r"[^\s.,;:!?¿¡\"'“”‘’«»()\[\]{}।॥—–-]+")
 
+#: ``fallback`` of :func:`find_subject` (``method.subject_fallback``): ``none``; ``span`` (the
+#: stem-and-tail pass after every other step, for every language); ``no_morphology`` (the same,
+#: only when the prompt's language declares no ``morphology``)
+FALLBACKS = ("none", "span", "no_morphology")
+#: off (bench/results/localize_fallback.json, docs/methods.md): after the declared rules it
+#: lifts Bengali/Marathi recall 0.89 → 1.00 but lowers precision 0.94 → 0.90; the languages
+#: that declare no rules today (en, fr, it, es) gain 1 localisation of 4,123 from it while it
+#: would take 13 more of 26 English demonyms ("Jordanian" for "Jordan")
+DEFAULT_FALLBACK = "none"
+# The fallback's tail: one to this many letters (marks not counted: मध्ये is 3 letters) ...
+_TAIL_MAX_LETTERS = 3
+# ... after a stem of at least this many letters (short names are prefixes of too many words).
+_STEM_MIN_LETTERS = 3
+
 # A spelling variant (not an inflection) needs words at least this long: short names differ by
 # a letter from unrelated words too often ("Frank"/"France", "Mario"/"Maria", "Iran"/"Iraq").
 _VARIANT_MIN_LEN = 6
@@ -73,7 +102,7 @@ _MIN_TRANSLIT_CONSONANTS = 3
 class SubjectMatch:
     start: int  # character span of the subject in the prompt
     end: int
-    method: str  # exact | normalized | fuzzy | translit
+    method: str  # exact | normalized | fuzzy | translit | span
     score: float
     matched: str
 
@@ -82,7 +111,8 @@ class SubjectMatch:
 
 
 def find_subject(prompt: str, subject: str, threshold: float = 0.8,
-                 lang: "str | Morphology | None" = None) -> SubjectMatch | None:
+                 lang: "str | Morphology | None" = None,
+                 fallback: str = DEFAULT_FALLBACK) -> SubjectMatch | None:
     """Character span of ``subject`` in ``prompt``, or None when it cannot be found reliably.
 
     ``threshold``: the similarity every non-identical word pair must reach (difflib's ratio of
@@ -90,7 +120,10 @@ def find_subject(prompt: str, subject: str, threshold: float = 0.8,
     ``lang``: the prompt's language code, whose ``morphology`` (conf/edit_lang/<code>.yaml, or
     the rules registered for it) says how names inflect; a :class:`Morphology`; or None for
     every known language's rules (:func:`language_rules`).
+    ``fallback``: one of :data:`FALLBACKS`: whether the language-independent ``span`` pass
+    (module docstring) is tried when nothing else matched.
     """
+    check_fallback(fallback)
     subject = subject.strip()
     if not subject:
         return None
@@ -100,17 +133,35 @@ def find_subject(prompt: str, subject: str, threshold: float = 0.8,
         return hit
     sub = [_Word.of(m) for m in _WORD.finditer(subject)]
     words = [_Word.of(m) for m in _WORD.finditer(prompt)]
-    n = len(sub)
-    best = None
-    for w in range(len(words) - n + 1) if n else ():
-        got = _align(sub, words[w:w + n], threshold, rules)
-        if got is not None and (best is None or got[0] > best[0]):
-            best = got
+    best = _best_window(sub, words, threshold, rules, span=False)
+    if best is None and fallback_applies(fallback, rules):
+        best = _best_window(sub, words, threshold, rules, span=True)
     if best is None:
         return None
-    score, start, end, cross = best
-    return SubjectMatch(start, end, "translit" if cross else "fuzzy", round(score, 4),
-                        prompt[start:end])
+    score, start, end, cross, tailed = best
+    method = "span" if tailed else "translit" if cross else "fuzzy"
+    return SubjectMatch(start, end, method, round(score, 4), prompt[start:end])
+
+
+def check_fallback(fallback: str) -> None:
+    """Raise ValueError unless ``fallback`` is one of :data:`FALLBACKS`."""
+    if fallback not in FALLBACKS:
+        raise ValueError(f"subject_fallback={fallback!r} unknown; one of {list(FALLBACKS)}")
+
+
+def fallback_applies(fallback: str, rules: "Rules") -> bool:
+    """Whether ``fallback`` tries the ``span`` pass for a language whose rules are ``rules``."""
+    return fallback == "span" or (fallback == "no_morphology" and not rules)
+
+
+def _best_window(sub: list, words: list, threshold: float, rules: "Rules", span: bool):
+    """The best alignment (:func:`_align`) of the subject's words with consecutive prompt words."""
+    n, best = len(sub), None
+    for w in range(len(words) - n + 1) if n else ():
+        got = _align(sub, words[w:w + n], threshold, rules, span)
+        if got is not None and (best is None or got[0] > best[0]):
+            best = got
+    return best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,11 +187,18 @@ def _boundary_ok(prompt: str, subject: str, start: int, end: int, rules: Rules) 
     return True
 
 
+def _decomposed(ch: str) -> str:
+    """One character compatibility-normalised, case-folded and decomposed (NFKD): an NFC and an
+    NFD spelling of a word give the same characters (Bengali ো = ে + া, Tamil ொ = ெ + ா), which
+    per-character NFKC would not (it cannot compose across characters)."""
+    return unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", ch).casefold())
+
+
 def _normalized_with_map(text: str) -> tuple[str, list[int]]:
-    """NFKC + casefold of ``text``, and for each output char the index of its source char."""
+    """:func:`_decomposed` ``text``, and for each output char the index of its source char."""
     out, idx = [], []
     for i, ch in enumerate(text):
-        n = unicodedata.normalize("NFKC", ch).casefold()
+        n = _decomposed(ch)
         out.append(n)
         idx.extend([i] * len(n))
     return "".join(out), idx
@@ -153,11 +211,13 @@ def _verbatim(prompt: str, subject: str, rules: Rules) -> SubjectMatch | None:
             return SubjectMatch(i, i + len(subject), "exact", 1.0, subject)
         i = prompt.find(subject, i + 1)
     norm_prompt, back = _normalized_with_map(prompt)
-    norm_subject = unicodedata.normalize("NFKC", subject).casefold()
+    norm_subject = _normalized_with_map(subject)[0]
+    n = len(norm_subject)
     j = norm_prompt.find(norm_subject)
     while j >= 0:
-        start, end = back[j], back[j + len(norm_subject) - 1] + 1
-        if _boundary_ok(prompt, subject, start, end, rules):
+        start, end = back[j], back[j + n - 1] + 1
+        whole = (j == 0 or back[j - 1] != start) and (j + n == len(back) or back[j + n] != end - 1)
+        if whole and _boundary_ok(prompt, subject, start, end, rules):  # no character split
             return SubjectMatch(start, end, "normalized", 1.0, prompt[start:end])
         j = norm_prompt.find(norm_subject, j + 1)
     return None
@@ -196,11 +256,11 @@ _ORDINAL = re.compile(r"(\d+)(?:st|nd|rd|th|er|re|e|°|º|ª|o|a)")  # 1st, 1er,
 
 
 def _fold_with_map(text: str) -> tuple[str, list[int]]:
-    """Folded ``text`` (NFKC, case, Latin diacritics, ``_MARK_FOLD``, digits of any script,
-    ordinals) and, for each folded character, the index of its source character."""
+    """Folded ``text`` (:func:`_decomposed`, Latin diacritics dropped, ``_MARK_FOLD``, digits of
+    any script, ordinals) and, for each folded character, the index of its source character."""
     out, idx = [], []
     for i, ch in enumerate(text):
-        n = unicodedata.normalize("NFKC", ch).casefold()
+        n = _decomposed(ch)
         script = _char_script(n[:1])
         if script == "LATIN" or (not script and unicodedata.combining(n[:1])
                                  and i and _char_script(text[i - 1]) == "LATIN"):
@@ -362,6 +422,32 @@ def inflection_stem(subject_word: str, prompt_word: str,
     (``lang``: as in :func:`find_subject`)."""
     return _inflection(_fold(subject_word), _fold(prompt_word), _script(prompt_word),
                        language_rules(lang))
+
+
+def _is_mark(ch: str) -> bool:
+    return unicodedata.category(ch).startswith("M")
+
+
+def _letters(text: str) -> int:
+    """Characters of ``text`` that are not combining marks (vowel signs, viramas, ...)."""
+    return sum(not _is_mark(c) for c in text)
+
+
+def stem_and_tail(subject_word: str, prompt_word: str) -> int | None:
+    """The ``span`` fallback's language-independent inflection, on folded words of one script:
+    the length of the stem of ``prompt_word`` when it is ``subject_word``, less any trailing
+    combining marks (a final vowel sign or virama: अमेरिका → अमेरिकेचे, लंडन् → लंडनमधून), then a
+    tail of 1 to ``_TAIL_MAX_LETTERS`` letters, the stem keeping at least
+    ``_STEM_MIN_LETTERS`` letters; else None. A tail of marks alone (জাপানি 'Japanese',
+    जपानी) is refused: a changed final vowel derives as often as it inflects."""
+    core = subject_word.rstrip("".join(c for c in subject_word if _is_mark(c)))
+    k = _lcp(subject_word, prompt_word)
+    if not core or k < len(core) or k >= len(prompt_word):
+        return None
+    tail = _letters(prompt_word[k:])
+    if not 1 <= tail <= _TAIL_MAX_LETTERS or _letters(prompt_word[:k]) < _STEM_MIN_LETTERS:
+        return None
+    return k
 
 
 def _stems(word: str, rules: Rules) -> list[int]:
@@ -578,6 +664,7 @@ class _Pair:
     consonants: int = 0  # skeleton consonants behind a cross-script match
     same_shape: bool = False  # cross-script words of one consonant-vowel shape
     same_skeleton: bool = False  # cross-script words of one consonant skeleton
+    tailed: bool = False  # found by the fallback's stem_and_tail only
 
 
 def _same_script(s: _Word, p: _Word, threshold: float, rules: Rules) -> _Pair | None:
@@ -619,18 +706,25 @@ def _cross_script(s: _Word, p: _Word, threshold: float, rules: Rules) -> _Pair |
     return _Pair(ratio, p.offset(k), True, consonants, shape, exact)
 
 
-def _pair(s: _Word, p: _Word, threshold: float, rules: Rules) -> _Pair | None:
+def _pair(s: _Word, p: _Word, threshold: float, rules: Rules, span: bool = False) -> _Pair | None:
     if not s.script or not p.script or s.script == p.script:
-        return _same_script(s, p, threshold, rules)
+        pair = _same_script(s, p, threshold, rules)
+        if pair is None and span:
+            k = stem_and_tail(s.folded, p.folded)
+            if k is not None:  # score: the share of the prompt word's letters in the stem
+                pair = _Pair(_letters(p.folded[:k]) / _letters(p.folded), p.offset(k), tailed=True)
+        return pair
     return _cross_script(s, p, threshold, rules)
 
 
-def _align(sub: list[_Word], window: list[_Word], threshold: float, rules: Rules):
-    """(mean score, span start, span end, cross-script?) of one alignment, or None."""
+def _align(sub: list[_Word], window: list[_Word], threshold: float, rules: Rules,
+           span: bool = False):
+    """(mean score, span start, span end, cross-script?, a fallback pair?) of one alignment
+    (``span``: :func:`stem_and_tail` pairs allowed), or None."""
     scores, start, end, crossed = [], None, None, []
-    anchored = False
+    anchored = tailed = False
     for i, (s, p) in enumerate(zip(sub, window)):
-        pair = _pair(s, p, threshold, rules)
+        pair = _pair(s, p, threshold, rules, span)
         if pair is None:
             if s.is_function and p.is_function and i < len(sub) - 1:
                 continue  # "Der Betrug" → "im Betrug": articles change in translation
@@ -642,13 +736,14 @@ def _align(sub: list[_Word], window: list[_Word], threshold: float, rules: Rules
             anchored |= pair.score == 1.0 and not pair.cross and len(s.folded) >= 2
         if pair.cross:
             crossed.append(pair)
+        tailed |= pair.tailed
         end = pair.end
     if not scores or start is None:
         return None
     mean = sum(scores) / len(scores)
     if crossed and not anchored and not _translit_evidence(crossed, mean, len(scores), threshold):
         return None
-    return mean, start, end, bool(crossed)
+    return mean, start, end, bool(crossed), tailed
 
 
 def _translit_evidence(crossed: list[_Pair], mean: float, n_content: int, threshold: float) -> bool:

@@ -31,6 +31,7 @@ from xling_edit.editing.base import (
 )
 from xling_edit.config import schema_from_mapping
 from xling_edit.editing.context import PrefixedEditor
+from xling_edit.editing.localize import check_fallback
 from xling_edit.editing.reference import WIKIPEDIA_100K, Published, published_deviations
 from xling_edit.editing.value import (
     EditMethodConfig,
@@ -186,6 +187,7 @@ class MemitEditor(PrefixedEditor):
         if not self.hp.layers:
             raise ValueError("method.layers must name at least one layer")
         check_v_init(self.hp.v_init)  # an unknown v_init fails here, before any case
+        check_fallback(self.hp.subject_fallback)
         Editor.__init__(self, hparams, spec, seed, covariance, covariance_label)
 
     @property
@@ -205,7 +207,7 @@ class MemitEditor(PrefixedEditor):
         preps: list[Prepared] = []
         for req in requests:  # a request that cannot be localised fails the whole batch
             preps.append(prepare(tok, req, self.prefixes(model, tok, req.lang),
-                                 hp.subject_match_threshold, device))
+                                 hp.subject_match_threshold, device, hp.subject_fallback))
 
         # 1. targets z at the top layer, in residual-stream units
         space = hp.z_space

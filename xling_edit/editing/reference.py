@@ -127,7 +127,8 @@ def _plain(v):
 _NOT_ALGORITHM = {"name", "variant", "layer", "layers", "mom2_update_weight", "mode", "num_edits",
                   "fit_root", "fit_dir", "fit_pattern",  # where keybridge reads its fit pairs
                   "eval_every", "heldout",
-                  "subject_match_threshold"}
+                  # localisation: each line records how its subject was found (subject_match)
+                  "subject_match_threshold", "subject_fallback"}
 
 
 def published_deviations(hp) -> dict:

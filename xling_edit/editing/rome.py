@@ -25,6 +25,7 @@ from xling_edit.editing.base import EditOutcome, EditRequest, WeightDelta, regis
 from xling_edit.config import schema_from_mapping
 from xling_edit.editing.reference import WIKIPEDIA_100K, Published, published_deviations
 from xling_edit.editing.context import PrefixedEditor
+from xling_edit.editing.localize import check_fallback
 from xling_edit.editing.value import (
     EditMethodConfig,
     average_keys, check_v_init, optimise_value, prepare, value_options,
@@ -98,6 +99,7 @@ class RomeEditor(PrefixedEditor):
         super().__init__(hparams, spec, seed, covariance, covariance_label)
         self.hp = schema_from_mapping(RomeConfig, hparams)
         check_v_init(self.hp.v_init)  # an unknown v_init fails here, before any case
+        check_fallback(self.hp.subject_fallback)
 
     @property
     def edit_layers(self) -> list[int]:
@@ -108,7 +110,7 @@ class RomeEditor(PrefixedEditor):
         hp = self.hp
         t0 = time.perf_counter()
         prep = prepare(tok, request, self.prefixes(model, tok, request.lang),
-                       hp.subject_match_threshold, model_device(model))
+                       hp.subject_match_threshold, model_device(model), hp.subject_fallback)
         res = optimise_value(model, self.spec, hp.layer, prep, **value_options(hp, "mlp_out", self.paths))
         down = self.spec.module(model, "down_proj", hp.layer)
         w = weight_as_out_in(down).detach()

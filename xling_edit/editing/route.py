@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xling_edit.editing.base import EditOutcome, EditRequest, Editor, register_editor
+from xling_edit.editing.localize import DEFAULT_FALLBACK
 from xling_edit.evaluation.matching import ROMANIZED_THRESHOLD, answer_script, find_name
 
 _SCHEMES = {"Devanagari": "DEVANAGARI", "Tamil": "TAMIL", "Kannada": "KANNADA", "Bengali": "BENGALI",
@@ -63,6 +64,7 @@ class RouteConfig:
         mode: only ``single``.
         num_edits: unused (1).
         subject_match_threshold: unused (kept so batch checks read the same field).
+        subject_fallback: unused, likewise.
     """
 
     name: str = "route"
@@ -76,6 +78,7 @@ class RouteConfig:
     mode: str = "single"
     num_edits: int = 1
     subject_match_threshold: float = 0.8
+    subject_fallback: str = DEFAULT_FALLBACK
 
 
 def native_form(word: str, script: str | None) -> str | None:

@@ -58,7 +58,7 @@ ROW_KEYS = GROUP_KEYS + ("edit_lang",)
 LINE_KEYS = ROW_KEYS + ("case_id", "eval_lang")
 SUMMARY_COLS = SCOPES
 #: known subject-localisation methods, in the order of xling_edit.editing.localize
-LOCALISATION_METHODS = ("exact", "normalized", "fuzzy", "translit")
+LOCALISATION_METHODS = ("exact", "normalized", "fuzzy", "translit", "span")
 
 
 # ----------------------------------------------------------------------------------- basics
@@ -442,7 +442,7 @@ def case_outcomes(lines: Iterable[Mapping]) -> list[dict]:
 
 def localisation_table(lines: Iterable[Mapping]) -> tuple[list[str], list[dict]]:
     """Per row (i.e. per edit language): number of cases and the share located by each method
-    (exact / normalized / fuzzy / translit, others as seen) or skipped / failed.
+    (exact / normalized / fuzzy / translit / span, others as seen) or skipped / failed.
     Returns (categories, rows) with ``n_cases``, ``<category>`` (count) and ``share_<category>``."""
     outcomes = case_outcomes(lines)
     seen = {o["localisation"] for o in outcomes}
