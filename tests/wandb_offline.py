@@ -4,7 +4,12 @@ The file is W&B's LevelDB-style log: a 7-byte header (``:W&B``, a 2-byte magic, 
 byte), then 32 KiB blocks of chunks, each with a 7-byte header (CRC32C: 4 bytes, length: 2 bytes
 little-endian, type: 1 byte — 1 full, 2 first, 3 middle, 4 last); a block's tail shorter than a
 chunk header is zero padding. Each record is a ``wandb.proto.wandb_internal_pb2.Record``.
-Recent wandb releases no longer ship a Python reader, hence this one.
+No wandb reader fits, hence this one (checked against wandb 0.31.0, the version installed):
+the Python one (``wandb.sdk.internal.datastore``) is gone from the package, and the ``.wandb``
+file is read only by the Go service ``wandb-core`` (``wandb sync``, ``wandb beta sync``, the
+``wandb beta leet`` viewer), which uploads or displays it but exports nothing; ``wandb.Api``
+reads runs from a server only. The records themselves are parsed with wandb's own protobuf
+classes (``wandb.proto.wandb_internal_pb2``).
 """
 
 from __future__ import annotations

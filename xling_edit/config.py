@@ -333,11 +333,12 @@ class LoggerConfig:
             (and ``merge:<name>`` when merging).
         notes: W&B run notes.
         job_type: W&B job type.
-        mode: ``auto`` (``WANDB_MODE`` if set, else ``online`` when an API key is available via
-            ``WANDB_API_KEY`` or ``~/.netrc``, else ``offline``), ``online``, ``offline``
-            (``wandb sync`` later) or ``disabled``.
+        mode: ``auto`` (W&B's own choice: ``WANDB_MODE``, its settings files, else online;
+            ``offline`` instead of online when ``wandb.login(prompt=False)`` finds no credentials:
+            ``WANDB_API_KEY``, an identity token, a settings-file key, the netrc entry of
+            ``wandb login``), ``online``, ``offline`` (``wandb sync`` later) or ``disabled``.
         dir: where W&B writes ``wandb/<run>/``; null = the job's output directory (beside
-            ``results.jsonl``).
+            ``results.jsonl``); a relative path is taken from the project root.
         log_every: stream metrics every N finished cases (and after the last).
         stream_protocols: protocols of the per-case ``case/<metric>_<protocol>/<eval_lang>``
             keys (``token_acc``, ``exact``, ``prob``; locality's own ``agree_token``,
@@ -496,8 +497,13 @@ class Config:
             ``true``: continue the most recent job directory under ``resume_roots`` with the
             same config fingerprint; a path: continue that directory. Finished case groups
             are skipped; half-written ones are redone.
-        resume_roots: where ``resume=true`` looks for earlier job directories (relative to the
-            project root or the working directory).
+        output_root: where job directories go: ``<output_root>/outputs/...`` for single runs,
+            ``<output_root>/multirun/...`` for sweeps (``hydra.run.dir`` / ``hydra.sweep.dir``
+            in ``conf/config.yaml``). A relative path is taken from the project root, never
+            from the working directory (``xling_edit/paths.py``). Default:
+            ``$XLING_EDIT_OUTPUTS``, else the project root.
+        resume_roots: where ``resume=true`` looks for earlier job directories; relative paths
+            are under ``output_root``.
         strict: exit with status 3 when any case failed or was skipped (the run still records
             every case and finishes); false: exit 0 unless the job itself crashed.
         abort_after_failures: stop the job (``job.json`` status ``failed``, exit status 1) when
@@ -525,6 +531,7 @@ class Config:
     threads: Optional[int] = None
     print_tables: bool = True
     elfo: str = "macro"
+    output_root: str = "${oc.env:XLING_EDIT_OUTPUTS,.}"
     resume: Any = False
     resume_roots: List[str] = field(default_factory=lambda: ["outputs", "multirun"])
     strict: bool = True

@@ -1,6 +1,6 @@
 """Hydra's ConfigStore for this project: the run schema (:class:`xling_edit.config.Config`),
 the language schema, every registered method's schema (with each field reading ``${hp:...}``),
-and the ``${hp:<field>}`` resolver. It sits above ``config`` and ``editing`` and imports both;
+and the ``${hp:<field>}`` and ``${project_path:<path>}`` resolvers. It sits above ``config`` and ``editing`` and imports both;
 ``run.py``, the API and the tests call :func:`register_configs` before composing."""
 
 from __future__ import annotations
@@ -52,11 +52,15 @@ def method_node(schema: type):
 def register_configs() -> None:
     """Store the run schema, the language schema and every registered method's schema (found
     by :func:`xling_edit.editing.discover`) in Hydra's ConfigStore, and register the ``hp``
-    resolver (:func:`method_default`)."""
+    resolver (:func:`method_default`) and ``project_path`` (:func:`xling_edit.paths.project_path`:
+    a relative path taken from the project root, as the output directories are)."""
     from xling_edit.editing import discover  # editing modules import this one: import lazily
+    from xling_edit.paths import project_path
 
     if not OmegaConf.has_resolver("hp"):
         OmegaConf.register_new_resolver("hp", method_default)
+    if not OmegaConf.has_resolver("project_path"):
+        OmegaConf.register_new_resolver("project_path", project_path)
     cs = ConfigStore.instance()
     cs.store(name="xling_edit_config", node=Config)
     for name, schema in discover().items():

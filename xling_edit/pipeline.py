@@ -41,6 +41,7 @@ from xling_edit.languages import (
 )
 from xling_edit.loggers import RunLogger, build_logger
 from xling_edit.models import ModelSpec, load_model
+from xling_edit.paths import ensure_output_dir
 from xling_edit.results import ResultsWriter, summarize, write_summary_csv
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict | None:
     preflight.check(cfg)  # config, languages, data, model files and templates: before any weights
     fp = resume.fingerprint(cfg)
     out = resume.resume_dir(cfg, out, fp)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(out)  # one line (exit 2) if it cannot be written, before the model loads
     try:
         return runner.launch(cfg.runner, _job, cfg, out, fp)
     except BaseException as exc:  # job.json says failed (not running), with the error

@@ -30,7 +30,8 @@ from xling_edit.jobdir import JOB_FILE, RESULTS, SHARDS, JobDir  # noqa: F401  (
 log = logging.getLogger(__name__)
 
 # Keys that change how a job runs or reports, not what it computes.
-VOLATILE_KEYS = ("runner", "logger", "resume", "resume_roots", "print_tables", "threads", "strict")
+VOLATILE_KEYS = ("runner", "logger", "output_root", "resume", "resume_roots", "print_tables", "threads",
+                 "strict")
 VOLATILE_DATA_KEYS = ("max_cases", "case_ids")  # resuming may extend or narrow the case list
 
 
@@ -196,13 +197,13 @@ def resume_dir(cfg: DictConfig, out: Path, fp: str) -> Path:
         if not (target / JOB_FILE).exists() and not (target / RESULTS).exists():
             raise ConfigError(f"resume={r!r}: no job directory there (no job.json / results.jsonl)")
     elif r is True or (isinstance(r, str) and r.lower() == "true"):
-        from xling_edit.languages import PROJECT_ROOT
+        from xling_edit.paths import resume_roots
 
-        roots = [Path(p) if Path(p).is_absolute() else PROJECT_ROOT / p for p in cfg.resume_roots]
-        prev = find_previous(roots + [Path.cwd() / p for p in cfg.resume_roots], fp, exclude=out)
+        roots = resume_roots(cfg)
+        prev = find_previous(roots, fp, exclude=out)
         if prev is None:
             log.info("resume=true: no earlier job with fingerprint %s under %s; starting fresh",
-                     fp, list(cfg.resume_roots))
+                     fp, [str(r) for r in roots])
         else:
             target = prev
     job = target / JOB_FILE

@@ -1,7 +1,8 @@
 """A new user's runs on imperfect data and broken code paths, end to end on the tiny Llama:
 a BMIKE-53-format file with invalid records runs (skipped cases counted, reasons in
 run_info.json), zsRE's missing true answer prints "n/a", English alone works on BMIKE-53, a job
-whose first cases all fail the same way stops, and a crashed job says so in job.json."""
+whose first cases all fail the same way stops, a crashed job says so in job.json, and an output
+directory that cannot be written stops the run in one line before Hydra writes anything."""
 
 import json
 import subprocess
@@ -156,3 +157,23 @@ def test_outcome_line_and_exit_codes():
     assert pipeline.exit_code({"case_status": {"ok": 1, "skipped": 1}}, strict=False) == 0
     assert pipeline.exit_code({"case_status": {"ok": 1, "skipped": 1}}, strict=True) == 3
     assert pipeline.exit_code({"case_status": {"skipped": 2}}, strict=False) == 3
+
+
+@pytest.mark.parametrize("where", ["output_root", "hydra.run.dir", "sweep"])
+def test_an_output_directory_that_cannot_be_written_is_one_line(tmp_path, where):
+    """Under a regular file (this machine's root may write anywhere, so a read-only directory is
+    covered in tests/unit/test_paths.py): exit 2, one line, before Hydra creates the directory
+    or its log, and before any model loads."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    args = {"output_root": [f"output_root={blocker}"],
+            "hydra.run.dir": [f"hydra.run.dir={blocker / 'job'}"],
+            "sweep": ["-m", "edit_lang=en,de", f"hydra.sweep.dir={blocker / 'sweep'}"]}[where]
+    r = subprocess.run([sys.executable, "run.py", *args, *FAST, f"model.cache_dir={tmp_path / 'cache'}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    key = {"sweep": "hydra.sweep.dir"}.get(where, "hydra.run.dir")
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}={blocker}/"), r.stderr
+    assert f"cannot write there ({blocker} is a file, not a directory); choose another: output_root=<dir>" in lines[0]
+    assert "Traceback" not in r.stderr + r.stdout and not (tmp_path / "cache").exists()  # nothing loaded

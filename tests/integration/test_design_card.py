@@ -65,7 +65,7 @@ def test_cfg_job_prints_one_sweep_point():
 
 
 def test_card_command_offline_fails_in_one_line_per_job(tmp_path):
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "XLING_EDIT_OUTPUTS": str(tmp_path)}
     r = subprocess.run([sys.executable, str(ROOT / "run.py"), *CARD.split()[2:]], cwd=tmp_path,
                        capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 2
@@ -81,7 +81,8 @@ def test_card_command_offline_fails_in_one_line_per_job(tmp_path):
 
 
 def test_full_error_env_shows_the_traceback(tmp_path):
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "1"}
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "1",
+           "XLING_EDIT_OUTPUTS": str(tmp_path)}
     r = subprocess.run([sys.executable, str(ROOT / "run.py"), "model=tamil_llama", "method=memit",
                         "edit_lang=hi"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 1 and "Traceback" in r.stderr and "WeightsNotReachable" in r.stderr

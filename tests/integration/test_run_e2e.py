@@ -1,6 +1,7 @@
 """End-to-end `python run.py` on tiny models: files written, tables printed, sweeps work."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,9 +12,9 @@ from tests.conftest import ROOT, SEARCHPATH
 FAST = ["stats.per_lang=4", "data.max_cases=2"]
 
 
-def run(*args, cwd=ROOT):
-    r = subprocess.run([sys.executable, "run.py", *args], cwd=cwd, capture_output=True, text=True,
-                       timeout=600)
+def run(*args, cwd=ROOT, env=None):
+    r = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True,
+                       text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -65,6 +66,26 @@ def test_covariance_cache_is_reused(tmp_path):
     assert stats[0].stat().st_mtime_ns == mtime
     log = (tmp_path / "b" / "run.log").read_text()
     assert "loaded from cache" in log
+
+
+def test_job_dirs_and_resume_do_not_depend_on_the_working_directory(tmp_path):
+    """A relative output root is taken from the project root: started from two directories, the
+    job lands in the same place and resume=true there finds it."""
+    out = tmp_path / "out"
+    env = {**os.environ, "XLING_EDIT_OUTPUTS": os.path.relpath(out, ROOT)}  # relative, outside the repo
+    common = ["model=tiny_llama", "stats.per_lang=4", "eval_langs=[en,de]", "print_tables=false",
+              f"model.cache_dir={tmp_path / 'cache'}"]
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    run(*common, "data.max_cases=1", cwd=tmp_path / "a", env=env)
+    [job] = [p.parent for p in out.glob("outputs/*/*/results.jsonl")]
+    assert job.name.endswith("_tiny_llama_rome_en") and len((job / "results.jsonl").read_text().splitlines()) == 2
+    r = run(*common, "data.max_cases=2", "resume=true", cwd=tmp_path / "b", env=env)
+    assert f"resuming into {job}" in r.stdout + r.stderr
+    assert len((job / "results.jsonl").read_text().splitlines()) == 2 * 2  # the second case added there
+    assert [p.parent for p in out.glob("outputs/*/*/results.jsonl")] == [job]
+    assert json.loads((job / "run_info.json").read_text())["resumed_cases"] == 1
+    assert not list((tmp_path / "a").iterdir()) and not list((tmp_path / "b").iterdir())  # nothing in the cwd
 
 
 def test_help_and_cfg_job():

@@ -20,20 +20,24 @@ ARGS = ["model=tiny_llama", "data.max_cases=2", "eval_langs=[en,de]", "stats.per
         "logger.n_boot=50"]
 
 
-def wandb_env(tmp_path) -> dict:
+def wandb_env(tmp_path, mode: str | None = "offline") -> dict:
+    """No network, no git, no writes outside tmp; ``mode=None``: no ``WANDB_MODE`` and no
+    credentials anywhere W&B looks (env, netrc, settings files)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["NETRC"] = str(tmp_path / "no_netrc")
     for var, sub in (("WANDB_DIR", "dir"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"),
                      ("WANDB_CONFIG_DIR", "config"), ("WANDB_ARTIFACT_DIR", "artifacts")):
         (tmp_path / "wandb_env" / sub).mkdir(parents=True, exist_ok=True)
         env[var] = str(tmp_path / "wandb_env" / sub)
-    env.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DISABLE_GIT="true",
-               WANDB_DISABLE_CODE="true", WANDB_CONSOLE="off")
+    env.update(WANDB_SILENT="true", WANDB_DISABLE_GIT="true", WANDB_DISABLE_CODE="true", WANDB_CONSOLE="off")
+    if mode:
+        env["WANDB_MODE"] = mode
     return env
 
 
-def run_py(tmp_path, *args):
+def run_py(tmp_path, *args, mode: str | None = "offline"):
     r = subprocess.run([sys.executable, "run.py", *args, f"model.cache_dir={tmp_path / 'cache'}"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600, env=wandb_env(tmp_path))
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, env=wandb_env(tmp_path, mode))
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -63,8 +67,10 @@ def check_job_run(job, edit: str):
 
 @pytest.mark.slow  # ~30 s on 2 busy cores (the tiny model's job ~20 s, W&B and the report ~8 s)
 def test_run_py_logger_wandb_offline(tmp_path):
+    """logger.mode=auto, no WANDB_MODE and no credentials: W&B's login check finds none and the
+    run is written offline (never a prompt, never the network)."""
     job = tmp_path / "job"
-    run_py(tmp_path, *ARGS, "logger=wandb", f"hydra.run.dir={job}")
+    run_py(tmp_path, *ARGS, "logger=wandb", f"hydra.run.dir={job}", mode=None)
     run = check_job_run(job, "en")
     assert run.group == ""  # single run: no group
 

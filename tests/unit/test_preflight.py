@@ -155,3 +155,20 @@ def test_a_runaway_prompt_is_a_broken_record_found_before_loading(tmp_path, no_w
     args = bmike_dir(tmp_path, json.dumps([{"en": HALF, "de": huge}]))
     msg = fails_before_loading(tmp_path, *args, "data.on_invalid=error")
     assert "field 'de.src': 66012 characters (at most 2000" in msg
+
+
+def test_an_output_directory_that_cannot_be_written_is_one_line_before_loading(tmp_path, no_weights,
+                                                                              monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError) as e:
+        pipeline.run(cfg(), out_dir=tmp_path / "afile" / "job")
+    assert str(e.value).startswith(f"output directory {tmp_path / 'afile' / 'job'}: cannot write there "
+                                   f"({tmp_path / 'afile'} is a file, not a directory)")
+    # not writable (simulated: this machine's root may write anywhere); nothing is created
+    from xling_edit import paths
+
+    real = paths.os.access
+    monkeypatch.setattr(paths.os, "access", lambda p, mode: p != tmp_path and real(p, mode))
+    with pytest.raises(ConfigError, match=f"cannot write there \\({tmp_path} is not writable\\)"):
+        pipeline.run(cfg(), out_dir=tmp_path / "ro" / "job")
+    assert not (tmp_path / "ro").exists()

@@ -78,21 +78,48 @@ def test_yaml_matches_schema_and_defaults():
     assert job_cfg("logger=none").logger.name == "none"
 
 
-def test_resolve_mode(tmp_path):
-    no_netrc = {"NETRC": str(tmp_path / "absent")}
-    assert wl.resolve_mode("auto", no_netrc) == "offline"
-    assert wl.resolve_mode("auto", {**no_netrc, "WANDB_API_KEY": "k" * 40}) == "online"
-    assert wl.resolve_mode("auto", {**no_netrc, "WANDB_MODE": "disabled"}) == "disabled"
-    assert wl.resolve_mode("auto", {**no_netrc, "WANDB_MODE": "dryrun"}) == "offline"
-    assert wl.resolve_mode("offline", {"WANDB_API_KEY": "k"}) == "offline"
-    assert wl.resolve_mode("online", no_netrc) == "online"
+def test_auto_mode_leaves_mode_and_credentials_to_wandb(tmp_path, monkeypatch):
+    """``auto``: W&B's own mode (None), offline instead of online when W&B finds no credentials
+    (WANDB_API_KEY, the netrc entry of the W&B host); explicit modes pass through."""
     netrc = tmp_path / "netrc"
     netrc.write_text("machine api.wandb.ai\n  login user\n  password " + "a" * 40 + "\n")
     netrc.chmod(0o600)
-    assert wl.resolve_mode("auto", {"NETRC": str(netrc)}) == "online"
-    assert wl.resolve_mode("auto", {"NETRC": str(netrc), "WANDB_BASE_URL": "https://wandb.example.org"}) == "offline"
+
+    def mode(mode="auto", **env):
+        for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("NETRC", str(tmp_path / "absent"))
+        for var, value in env.items():
+            monkeypatch.setenv(var, value)
+        wandb.teardown()  # W&B caches its settings and the session's credentials per process
+        try:
+            return wl.init_mode(wandb, mode)
+        finally:
+            wandb.teardown()
+
+    assert mode() == "offline"  # nothing found: written offline, never a prompt
+    assert mode(WANDB_API_KEY="k" * 40) is None  # W&B goes online itself
+    assert mode(NETRC=str(netrc)) is None
+    assert mode(NETRC=str(netrc), WANDB_BASE_URL="https://wandb.example.org") == "offline"  # another host
+    assert mode(WANDB_MODE="disabled") is None and mode(WANDB_MODE="dryrun") is None  # W&B's own
+    assert mode("offline", WANDB_API_KEY="k" * 40) == "offline"
+    assert mode("online") == "online" and mode("DISABLED") == "disabled"
     with pytest.raises(ValueError, match="logger.mode"):
-        wl.resolve_mode("sometimes", {})
+        wl.check_mode("sometimes")
+
+
+def test_auto_mode_follows_wandb_mode_disabled(tmp_path, monkeypatch):
+    """WANDB_MODE=disabled with logger.mode=auto: W&B's choice stands, nothing is written."""
+    job, lines, info, rows = en_job(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    wandb.teardown()
+    try:
+        cfg = job_cfg("logger.report=false")
+        with build_logger(cfg) as logger:
+            drive(logger, cfg, job, lines, info, rows)
+    finally:
+        wandb.teardown()
+    assert offline_runs(job) == [] and not (job / "wandb").exists()
 
 
 def test_build_logger_none_unknown_and_missing_wandb(monkeypatch):
@@ -123,13 +150,16 @@ def test_names_and_tags():
 
 def test_group_from_sweep_dir_without_hydra_context(tmp_path, monkeypatch):
     """Ranks spawned by torch.multiprocessing have no HydraConfig: the sweep is recognised by the
-    multirun.yaml Hydra writes into the sweep directory."""
-    monkeypatch.chdir(tmp_path)
+    multirun.yaml Hydra writes into the sweep directory. The group is relative to the output
+    root, whatever the working directory."""
     job = tmp_path / "multirun" / "2026-01-31" / "12-00-00" / "0_tiny_llama_rome_en"
     job.mkdir(parents=True)
-    assert wl.hydra_sweep_group(job) is None  # a single run's directory
+    assert wl.hydra_sweep_group(job, tmp_path) is None  # a single run's directory
     (job.parent / "multirun.yaml").write_text("hydra: {}\n")
-    assert wl.hydra_sweep_group(job) == "multirun/2026-01-31/12-00-00"
+    for cwd in (tmp_path, job):
+        monkeypatch.chdir(cwd)
+        assert wl.hydra_sweep_group(job, tmp_path) == "multirun/2026-01-31/12-00-00"
+    assert wl.hydra_sweep_group(job, tmp_path / "elsewhere") == str(job.parent.resolve())
 
 
 def test_summary_table_and_headline_numbers(tmp_path):

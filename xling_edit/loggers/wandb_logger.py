@@ -2,9 +2,18 @@
 edit_lang × eval_lang tables and heatmaps at the end, one W&B run per job.
 
 ``wandb`` is an optional dependency (``pip install 'xling_edit[wandb]'``), imported only when
-this logger is used. Without an API key (``WANDB_API_KEY`` or a ``~/.netrc`` entry) the run is
-written offline beside ``results.jsonl``; ``wandb sync <job dir>/wandb/offline-run-*`` uploads
-it later.
+this logger is used. Mode and credentials are W&B's own: ``logger.mode=auto`` leaves the mode to
+``wandb.init`` (``WANDB_MODE``, W&B's settings files) except that a run which would go online
+without credentials (``wandb.login(prompt=False)`` finds none: no ``WANDB_API_KEY``, identity
+token, settings-file key or netrc entry for the host) is written offline beside
+``results.jsonl`` instead; ``wandb sync <job dir>/wandb/offline-run-*`` uploads it later.
+
+Why not a ready-made integration: wandb's Lightning Fabric logger
+(``wandb.integration.lightning.fabric.WandbLogger``) needs the full ``lightning`` package (this
+project uses ``lightning-fabric`` alone), puts every metric on a ``trainer/global_step`` axis
+and logs checkpoints; Lightning Fabric's own loggers are CSV and TensorBoard. What a job logs
+(cases done as the x axis, tables, the report) is this module's; the run itself is plain
+``wandb.init`` with ``resume="allow"`` and a run id derived from the job directory.
 
 What is logged (``/`` separates W&B sections; metric keys use ``_`` instead of the ``.`` of
 ``summary.csv``, because W&B reads dots in metric names as nesting):
@@ -31,12 +40,9 @@ from __future__ import annotations
 
 import logging
 import math
-import netrc
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
-from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,6 +50,7 @@ from xling_edit.evaluation.evaluate import METRIC_PROTOCOLS
 from xling_edit.aggregate import ScopeMeans
 from xling_edit.languages import ALL_LANGUAGES, is_elfi
 from xling_edit.loggers.base import RunLogger
+from xling_edit.paths import output_root, project_path
 from xling_edit.results import SUMMARY_KEYS
 
 log = logging.getLogger(__name__)
@@ -70,40 +77,32 @@ def wandb_key(key: str) -> str:
     return key.replace(".", "_")
 
 
-def api_key_available(env: Mapping[str, str] | None = None) -> bool:
-    """True when W&B could authenticate: ``WANDB_API_KEY`` is set, or the netrc file (``NETRC``
-    or ``~/.netrc``) has a password for the W&B host (``WANDB_BASE_URL``, default api.wandb.ai)."""
-    env = os.environ if env is None else env
-    if env.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(env.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
-    path = env.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
-    try:
-        auth = netrc.netrc(path).authenticators(host)
-    except (OSError, netrc.NetrcParseError):
-        return False
-    return bool(auth and auth[2])
-
-
-def resolve_mode(mode: str, env: Mapping[str, str] | None = None) -> str:
-    """The W&B mode for ``logger.mode``. ``auto``: ``WANDB_MODE`` if set, else ``online`` when an
-    API key is available and ``offline`` otherwise."""
-    env = os.environ if env is None else env
+def check_mode(mode: str) -> str:
+    """``logger.mode``, lower case; a ``ValueError`` naming it when it is not one of
+    :data:`MODES`."""
     mode = str(mode).lower()
     if mode not in MODES:
         raise ValueError(f"logger.mode={mode!r} unknown; one of {list(MODES)}")
+    return mode
+
+
+def init_mode(wandb, mode: str) -> str | None:
+    """The ``mode`` argument of ``wandb.init`` for ``logger.mode``. ``auto``: None (W&B decides:
+    ``WANDB_MODE``, its settings files, else online), or ``offline`` when W&B would go online
+    but ``wandb.login(prompt=False, verify=False)`` finds no credentials (no network, no
+    prompt). Any other mode is passed on."""
+    mode = check_mode(mode)
     if mode != "auto":
         return mode
-    from_env = {"dryrun": "offline", "run": "online"}.get(env.get("WANDB_MODE", "").lower(),
-                                                           env.get("WANDB_MODE", "").lower())
-    if from_env in ("online", "offline", "disabled"):
-        return from_env
-    return "online" if api_key_available(env) else "offline"
+    if str(wandb.setup().settings.mode) in ("offline", "dryrun", "disabled"):
+        return None
+    return None if wandb.login(prompt=False, verify=False) else "offline"
 
 
-def hydra_sweep_group(out_dir: Path | None = None) -> str | None:
+def hydra_sweep_group(out_dir: Path | None = None, root: Path | None = None) -> str | None:
     """The sweep directory of a multirun job (e.g. ``multirun/2026-01-31/12-00-00``), relative
-    to the working directory when inside it; None for single runs.
+    to ``root`` (the job's ``output_root``) when inside it, else absolute; None for single runs.
+    The working directory plays no part.
 
     From Hydra's runtime config when this process has one; otherwise (ranks started by
     ``torch.multiprocessing``, which do not inherit it) the parent of ``out_dir`` when it holds
@@ -124,11 +123,12 @@ def hydra_sweep_group(out_dir: Path | None = None) -> str | None:
         if out_dir is None or not (Path(out_dir).resolve().parent / "multirun.yaml").is_file():
             return None
         sweep = Path(out_dir).resolve().parent
-    if sweep.is_absolute():
+    sweep = sweep.resolve()
+    if root is not None:
         try:
-            sweep = sweep.relative_to(Path.cwd())
+            sweep = sweep.relative_to(Path(root).resolve())
         except ValueError:
-            sweep = Path(*sweep.parts[-3:])
+            pass
     return sweep.as_posix()[-128:]  # W&B's limit on group names
 
 
@@ -189,7 +189,7 @@ class WandbLogger(RunLogger):
     def __init__(self, settings: DictConfig | Mapping):
         s = OmegaConf.to_container(settings, resolve=True) if isinstance(settings, DictConfig) else dict(settings)
         self.s = s
-        self.mode = resolve_mode(s.get("mode", "auto"))  # fail at build time on a bad mode
+        check_mode(s.get("mode", "auto"))  # fail at build time on a bad mode
         self.log_every = max(1, int(s.get("log_every") or 1))
         protos = s.get("stream_protocols")
         known = list(dict.fromkeys(k.split(".", 1)[1] for k in SUMMARY_KEYS))
@@ -216,10 +216,10 @@ class WandbLogger(RunLogger):
     def start(self, cfg: DictConfig, out_dir: Path) -> None:
         s = self.s
         out_dir = Path(out_dir)
-        self.dir = Path(s["dir"]).expanduser() if s.get("dir") else out_dir
+        self.dir = Path(project_path(s["dir"])) if s.get("dir") else out_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         group = s.get("group")
-        group = hydra_sweep_group(out_dir) if group is None else (str(group) or None)
+        group = hydra_sweep_group(out_dir, output_root(cfg)) if group is None else (str(group) or None)
         tags = (default_tags(cfg) if s.get("auto_tags", True) else []) + [str(t) for t in s.get("tags") or []]
         config = _config_dict(cfg)
         config["job_info"] = {"out_dir": str(out_dir.resolve()), "overrides": _job_overrides()}
@@ -232,14 +232,17 @@ class WandbLogger(RunLogger):
             project=s.get("project") or "xling_edit", entity=s.get("entity") or None,
             group=group, name=s.get("run_name") or default_run_name(cfg), job_type=s.get("job_type") or None,
             tags=list(dict.fromkeys(t[:64] for t in tags)), notes=s.get("notes") or None,
-            config=config, dir=str(self.dir), mode=self.mode, reinit="finish_previous",
+            config=config, dir=str(self.dir), mode=init_mode(self.wandb, s.get("mode", "auto")),
+            reinit="finish_previous",
             # a resumed job (same job directory) continues its W&B run, its x-axis included
             id=s.get("run_id") or stable_run_id(out_dir), resume="allow")
         for prefix in ("progress", "case", "ELFI", "ELFO", "time"):
             self.run.define_metric(f"{prefix}/*", step_metric=STEP)
+        mode = "disabled" if getattr(self.run, "disabled", False) else \
+            "offline" if getattr(self.run, "offline", False) else "online"
         where = getattr(self.run, "dir", None)
-        log.info("W&B run %s (%s, group %s, mode %s)%s", self.run.name, self.run.id, group, self.mode,
-                 f"; sync later: wandb sync {Path(where).parent}" if self.mode == "offline" and where else "")
+        log.info("W&B run %s (%s, group %s, mode %s)%s", self.run.name, self.run.id, group, mode,
+                 f"; sync later: wandb sync {Path(where).parent}" if mode == "offline" and where else "")
 
     # ------------------------------------------------------------------------- streaming
 
