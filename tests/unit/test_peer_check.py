@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from tests.conftest import ROOT
 from bench import peer_check
 
 CSV = """row,case_id,eval_lang,phase,reliability,generalization,locality,portability,edit_s
