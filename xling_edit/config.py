@@ -29,6 +29,12 @@ class ModuleTemplates:
         mlp_out_norm: what the block applies to the MLP output before the residual add
             (Gemma-2/3's ``post_feedforward_layernorm``); null when the output is added as is.
             MEMIT maps residual targets back through it.
+        q_proj: the attention's query projection (LoRA's published targets are ``q_proj`` and
+            ``v_proj`` of every block). Where one module computes queries, keys and values
+            together (GPT-2's ``attn.c_attn``, NeoX's ``attention.query_key_value``, Phi-3's
+            ``self_attn.qkv_proj``) both templates name that fused module: LoRA then trains one
+            adapter on it, as EasyEdit's GPT-2 config does, and lists it in ``edit.deviations``.
+        v_proj: the attention's value projection (see ``q_proj``).
     """
 
     layer: str = "model.layers.{}"
@@ -38,6 +44,8 @@ class ModuleTemplates:
     lm_head: str = "lm_head"
     embed: str = "model.embed_tokens"
     mlp_out_norm: Optional[str] = None
+    q_proj: Optional[str] = "model.layers.{}.self_attn.q_proj"
+    v_proj: Optional[str] = "model.layers.{}.self_attn.v_proj"
 
 
 @dataclass

@@ -4,8 +4,8 @@ import pytest
 
 from tests.conftest import SHARED_DATA
 
-METHODS = ["rome", "rome_fast", "memit", "alphaedit", "keybridge", "lora", "ft_l", "ike", "route",
-           "route_qa"]
+METHODS = ["rome", "rome_fast", "memit", "alphaedit", "keybridge", "lora", "lora_down", "ft_l",
+           "ft_l_nll", "ike", "route", "route_qa"]
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -99,3 +99,25 @@ def test_rome_closed_form_through_family_templates(tiny):
         bias = down.bias.double() if getattr(down, "bias", None) is not None else 0.0
         assert torch.allclose(w @ out.tensors["k_star"].double() + bias, out.tensors["v_star"],
                               rtol=1e-4, atol=1e-4)
+
+
+#: where each family's q and v projections live (one fused module where the attention fuses them)
+QV = {"tiny_phi3": ["self_attn.qkv_proj"], "tiny_gpt_neox": ["attention.query_key_value"]}
+
+
+@pytest.mark.parametrize("tiny", sorted(FAMILIES))
+def test_published_lora_trains_every_q_and_v_projection_of_the_family(tiny):
+    """The family's templates give per-block q_proj / v_proj paths (a fused q/k/v module once)."""
+    from xling_edit.editing.lora import LoraEditor
+
+    cfg = compose_cfg(f"model={tiny}").model
+    model, tok = load_model(cfg, seed=0)
+    spec = ModelSpec.from_config(cfg.templates)
+    ed = LoraEditor({"steps": 1}, spec)
+    out = ed.edit(model, tok, EditRequest("eiffel", language("en"), RECORD))
+    n = spec.n_layers(model)
+    block = spec.layer
+    names = QV.get(tiny, ["self_attn.q_proj", "self_attn.v_proj"])
+    assert [d.param for d in out.deltas] == [f"{block.format(i)}.{p}.weight" for i in range(n) for p in names]
+    assert ("attention_projections" in ed.practice()) and (
+        ("fused" in ed.practice()["attention_projections"]) == (tiny in QV))

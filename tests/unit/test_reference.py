@@ -81,3 +81,31 @@ def test_every_method_declares_its_reference_and_the_project_languages_deviate_h
     memit = EDITORS["memit"].published
     assert setup_deviations(memit, MCFG, WIKI, en, True) == {}  # MEMIT's own five words
     assert set(setup_deviations(memit, MCFG, WIKI, hi, True)) == {"context_seeds", "context_join", "kl_prompt"}
+
+
+def _baseline_fields():
+    """(declaration, field, a changed value) for every field the baselines' published setups fix."""
+    from xling_edit.editing.lora import LoraEditor
+
+    other = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v * 2 + 1,
+             str: lambda v: v + "_x", list: lambda v: [*v, 3] if v else [0], type(None): lambda v: 1e-3}
+    for label, pub in (("lora", LoraEditor.published), ("ft_l", LoraEditor.published_ft_l)):
+        for name, value in pub.fields.items():
+            yield pytest.param(pub, name, other[type(value)](value), id=f"{label}.{name}")
+
+
+@pytest.mark.parametrize("pub, name, changed", list(_baseline_fields()))
+def test_each_published_field_of_the_baselines_appears_when_changed(pub, name, changed):
+    mcfg = dict(pub.fields)
+    practice = dict(pub.practice)
+    assert setup_deviations(pub, mcfg, {}, {}, False, practice) == {}  # as published: nothing
+    assert setup_deviations(pub, {**mcfg, name: changed}, {}, {}, False, practice) == {name: changed}
+
+
+def test_the_baselines_practice_item_appears_when_it_differs():
+    from xling_edit.editing.lora import LoraEditor
+
+    pub = LoraEditor.published
+    fused = {"attention_projections": "one fused q/k/v module"}
+    assert setup_deviations(pub, dict(pub.fields), {}, {}, False, fused) == fused
+    assert LoraEditor.published_ft_l.practice == {}  # ROME's loss and clamp are reproduced

@@ -1,18 +1,33 @@
-"""Fine-tuning baselines: LoRA adapters (through ``peft``) and FT-L (one projection, norm-bounded).
+"""Fine-tuning baselines: LoRA / AdaLoRA adapters (through ``peft``) and FT-L (a block's
+projection itself, L∞-bounded).
 
-Both minimise the teacher-forced NLL of ``target_new`` after the edit prompt (mean over the
-target tokens only; the prompt is the context and is not predicted), with Adam:
+Two published forms share this editor (``kind``), each with named variants:
 
-- ``kind: lora`` — rank-r adapters on the ``target`` projection of each block in ``layers``
-  (Hu et al., 2022). After training the adapters are merged into dense deltas,
-  ΔW = scaling · B A with scaling = alpha / rank, in the parameter's own storage layout (GPT-2's
-  Conv1D stores (in, out): ΔWᵀ), and every peft wrapper is removed again, so the model leaves the
-  editor as the module tree it entered with, weights untouched.
-- ``kind: full`` — FT-L (Zhu et al., 2020; ROME's constrained fine-tuning baseline): the
-  projection's weight itself is trained; after every step the change is clipped to the L∞ ball
-  of radius ``norm_constraint``. The weight is restored bit for bit and the change returned.
+- ``method=lora`` — **EasyEdit's LoRA baseline** (``hparams/LoRA/llama-7b.yaml`` run through
+  ``easyeditor/models/lora/lora_main.py``): ``kind: adalora``, peft's AdaLoRA adapters on the
+  ``q_proj`` and ``v_proj`` of every block, trained with Adam (lr 5e-3, no weight decay) for 70
+  steps on the teacher-forced NLL of ``target_new`` after the prompt (mean over the target
+  tokens), plus the orthogonality penalty peft's AdaLoRA model adds to a loss the model computes
+  (0.5 · mean ‖AAᵀ − I‖_F, ‖BᵀB − I‖_F), no early stop. peft's AdaLoRA ignores the ``r`` of
+  EasyEdit's config (8) and builds adapters of its ``init_r`` (12): ΔW = B (A ⊙ E) · alpha /
+  (ranknum + 1e-5), with E (the singular values) starting at 0. EasyEdit never calls
+  ``update_and_allocate``, so AdaLoRA's rank budget never moves: ``rank`` stays 12.
+  ``method=lora_down`` (``kind: lora``) is this project's earlier single-layer form: plain LoRA
+  on one block's ``down_proj``, no adapter dropout, early stop on the NLL.
+- ``method=ft_l`` — **ROME's FT-L** (kmeng01/rome ``baselines/ft``, ``hparams/FT/
+  gpt2-xl_constr.json``): ``kind: full``, every parameter of one block's MLP output projection
+  (weight, and bias where it has one) trained with Adam (lr 5e-4, 25 steps, stop once the loss
+  is below 1e-2), the loss read at the **last prompt position only**: the prompt is the input
+  (the target is not appended) and every target token's log-probability is taken from that one
+  distribution (``loss: prompt_last``); after every step each parameter is clamped to
+  [W₀ − c, W₀ + c] (c = ``norm_constraint`` = 5e-4). ``method=ft_l_nll`` is the same with the
+  teacher-forced target NLL (``loss: target``), this project's earlier FT-L.
 
-The editor returns deltas only; the pipeline applies them (:func:`xling_edit.editing.base.applied`).
+Adapters are merged into dense deltas in the parameter's own storage layout (GPT-2's Conv1D
+stores (in, out): ΔWᵀ) and every peft wrapper is removed again, so the model leaves the editor
+as the module tree it entered with, weights untouched; FT-L restores the trained parameters bit
+for bit and returns their change. The editor returns deltas only; the pipeline applies them
+(:func:`xling_edit.editing.base.applied`).
 """
 
 from __future__ import annotations
@@ -21,8 +36,8 @@ import inspect
 import time
 import zlib
 from contextlib import contextmanager
-from functools import lru_cache
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable, Iterator, List, Mapping, Optional
 
 import torch
@@ -36,54 +51,81 @@ from xling_edit.evaluation.forward import model_device
 from xling_edit.evaluation.text import Encoded, encode
 from xling_edit.models.spec import ModelSpec, is_transposed
 
-KINDS = ("lora", "full")
+KINDS = ("adalora", "lora", "full")
+ADAPTER_KINDS = ("adalora", "lora")
+LOSSES = ("target", "prompt_last")
 ADAPTER = "xling_edit"  # the peft adapter name used while an edit trains
+#: added to AdaLoRA's ranknum before dividing (peft's SVDLinear)
+RANKNUM_EPS = 1e-5
+#: Published.practice item: how the q and v projections are adapted
+QV_ITEM = "attention_projections"
+QV_SEPARATE = "separate q_proj and v_proj modules"
 
 
 @dataclass
 class LoraEditConfig:
-    """LoRA / FT-L editing; per-model values come from ``model.hparams.lora`` (both kinds: the
-    method is ``lora``, ``conf/method/ft_l.yaml`` selects ``kind: full``).
+    """LoRA / AdaLoRA / FT-L editing; the defaults are EasyEdit's LoRA baseline
+    (``method=lora``); ``conf/method/{ft_l,lora_down,ft_l_nll}.yaml`` set the other forms.
+    Per-model values come from ``model.hparams.lora`` (the published LoRA) and, for the named
+    configurations, from ``model.hparams.<their file name>`` (see each file).
 
     Args:
         name: registry name.
-        variant: the label recorded in results (``variant``); the method files set it to
-            ``kind``, so LoRA and FT-L runs are told apart in every results line and table.
-        kind: ``lora`` (adapters, merged into dense deltas) or ``full`` (FT-L: the weight
-            itself, L∞-bounded).
-        target: the projection to train in each block: a key of ``model.templates`` holding a
-            layer-indexed path (``down_proj``, the MLP output projection), or a module path
-            below the block (``model.templates.layer``), e.g. ``self_attn.o_proj``. It must be a
-            linear layer (``nn.Linear`` or GPT-2's ``Conv1D``).
-        layers: blocks whose ``target`` is trained (FT-L as published trains one).
-        rank: LoRA rank r.
-        alpha: LoRA alpha; the adapter's output is scaled by alpha / rank.
-        dropout: dropout on the adapter's input while training (LoRA only).
+        variant: the label recorded in results (``variant``): ``published`` (EasyEdit's LoRA),
+            ``ft_l`` (ROME's FT-L), ``lora_down``, ``ft_l_nll`` — the four forms share the
+            method name ``lora`` and are told apart by it in every results line and table.
+        kind: ``adalora`` (peft's AdaLoRA adapters, as EasyEdit: ``lora_type: adalora``),
+            ``lora`` (plain LoRA adapters) — both merged into dense deltas — or ``full``
+            (FT-L: the projection's own parameters, L∞-bounded).
+        target: the projections trained in each block, each a key of ``model.templates``
+            holding a layer-indexed path (``q_proj``, ``v_proj``, ``down_proj``) or a module
+            path below the block (``model.templates.layer``), e.g. ``self_attn.o_proj``; each a
+            linear layer (``nn.Linear`` or GPT-2's ``Conv1D``). Where ``q_proj`` and
+            ``v_proj`` name one fused module (GPT-2, NeoX, Phi-3) it is adapted once and
+            ``edit.deviations`` says so.
+        layers: blocks whose ``target`` is trained; empty: every block (EasyEdit's
+            ``layers: []``).
+        rank: adapter rank (``lora``: LoraConfig's ``r``; ``adalora``: AdaLoraConfig's
+            ``init_r``, 12 as in EasyEdit, whose ``rank: 8`` peft's AdaLoRA ignores).
+        alpha: adapter scale: ``lora`` multiplies by alpha / rank, ``adalora`` by
+            alpha / (rank + 1e-5).
+        dropout: dropout on the adapter's input while training (adapters only).
+        orth_reg_weight: weight of AdaLoRA's orthogonality penalty, mean over the adapted
+            modules of ‖AAᵀ − I‖_F and ‖BᵀB − I‖_F, added to the loss (``adalora`` only: peft
+            adds it whenever the model computes the loss, as in EasyEdit); 0: none.
         steps: at most this many Adam updates.
         lr: Adam learning rate.
-        loss_stop: stop once the target NLL (mean per token) is below this (ROME's FT
-            baseline: 1e-2); 0 always runs ``steps`` updates.
+        weight_decay: Adam's (L2) weight decay.
+        loss: ``target``: teacher-forced NLL of ``target_new`` after the prompt, mean over its
+            tokens (EasyEdit's LoRA); ``prompt_last``: ROME's FT loss, the prompt alone as
+            input and every target token's log-probability read at its last position.
+        loss_stop: stop once the loss (the NLL, without the penalty) is below this (ROME's FT:
+            1e-2); 0 always runs ``steps`` updates.
         stop_at_argmax: also stop once every target token is the model's top prediction
-            (teacher forced): the smallest change that makes the edit prompt's greedy answer
-            the target, which leaves more of the unrelated prompts alone.
-        norm_constraint: L∞ bound on the weight change, enforced after every step; null: none.
-            FT-L clips each entry of W − W₀ to [−c, c]. LoRA cannot clip a low-rank product
-            entrywise, so B is scaled down until max |scaling · B A| ≤ c.
+            (teacher forced; ``loss: target`` only): the smallest change that makes the edit
+            prompt's greedy answer the target.
+        norm_constraint: L∞ bound on the change, enforced after every step; null: none.
+            FT-L clamps each parameter to [W₀ − c, W₀ + c] (ROME). Adapters cannot be clipped
+            entrywise, so their last factor (LoRA's B, AdaLoRA's E) is scaled down until the
+            merged change's largest entry is c.
         mode: ``single`` or ``sequential`` (one edit at a time; see EditMethodConfig.mode).
         num_edits: cases per group in ``sequential`` mode.
     """
 
     name: str = "lora"
-    variant: str = "lora"
-    kind: str = "lora"
-    target: str = "down_proj"
-    layers: List[int] = field(default_factory=lambda: [0])
-    rank: int = 8
+    variant: str = "published"
+    kind: str = "adalora"
+    target: List[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    layers: List[int] = field(default_factory=list)
+    rank: int = 12
     alpha: float = 32.0
-    dropout: float = 0.0
-    steps: int = 30
+    dropout: float = 0.1
+    orth_reg_weight: float = 0.5
+    steps: int = 70
     lr: float = 5.0e-3
-    loss_stop: float = 1.0e-2
+    weight_decay: float = 0.0
+    loss: str = "target"
+    loss_stop: float = 0.0
     stop_at_argmax: bool = False
     norm_constraint: Optional[float] = None
     mode: str = "single"
@@ -92,12 +134,21 @@ class LoraEditConfig:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"method.kind={self.kind!r}: one of {list(KINDS)}")
-        if not self.layers:
-            raise ValueError("method.layers is empty: name the blocks to train")
-        if self.kind == "lora" and self.rank < 1:
+        if self.loss not in LOSSES:
+            raise ValueError(f"method.loss={self.loss!r}: one of {list(LOSSES)}")
+        if isinstance(self.target, str):
+            self.target = [self.target]
+        if not self.target:
+            raise ValueError("method.target is empty: name the projections to train")
+        if self.kind in ADAPTER_KINDS and self.rank < 1:
             raise ValueError(f"method.rank={self.rank}: must be >= 1")
+        if self.steps < 1:
+            raise ValueError(f"method.steps={self.steps}: must be >= 1")
         if self.norm_constraint is not None and self.norm_constraint <= 0:
             raise ValueError(f"method.norm_constraint={self.norm_constraint}: must be > 0 or null")
+        if self.stop_at_argmax and self.loss != "target":
+            raise ValueError("method.stop_at_argmax=true needs method.loss=target (prompt_last reads "
+                             "every target token at one position)")
 
 
 # ------------------------------------------------------------------ pure pieces
@@ -108,9 +159,33 @@ def lora_delta(a: torch.Tensor, b: torch.Tensor, scaling: float, transposed: boo
     return dw.T if transposed else dw
 
 
+def adalora_delta(a: torch.Tensor, e: torch.Tensor, b: torch.Tensor, scaling: float,
+                  ranknum: float, transposed: bool) -> torch.Tensor:
+    """AdaLoRA's ΔW = B (A ⊙ E) · scaling / (ranknum + 1e-5) (float64; peft's SVDLinear), in the
+    parameter's storage layout. ``a``: [r, in]; ``e``: [r, 1] (singular values); ``b``: [out, r]."""
+    dw = (b.double() @ (a.double() * e.double())) * (float(scaling) / (float(ranknum) + RANKNUM_EPS))
+    return dw.T if transposed else dw
+
+
+def orthogonality_penalty(pairs) -> torch.Tensor:
+    """AdaLoRA's regulariser: the mean over every A and B of ``pairs`` [(A [r, in], B [out, r])]
+    of ‖AAᵀ − I‖_F and ‖BᵀB − I‖_F (peft's ``AdaLoraModel.forward``)."""
+    terms = []
+    for a, b in pairs:
+        for gram in (a @ a.T, b.T @ b):
+            eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+            terms.append(torch.linalg.matrix_norm(gram - eye))
+    return torch.stack(terms).mean()
+
+
 def clip_linf(delta: torch.Tensor, radius: float) -> torch.Tensor:
     """``delta`` with every entry clipped to [−radius, radius] (the L∞ ball's projection)."""
     return delta.clamp(min=-radius, max=radius)
+
+
+def clamp_to_ball(w: torch.Tensor, w0: torch.Tensor, radius: float) -> torch.Tensor:
+    """``w`` clamped entrywise to [w0 − radius, w0 + radius] (ROME's FT: after every step)."""
+    return torch.clamp(w, min=w0 - radius, max=w0 + radius)
 
 
 def target_nll(model: nn.Module, ids: torch.Tensor, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,6 +198,21 @@ def target_nll(model: nn.Module, ids: torch.Tensor, enc: Encoded) -> tuple[torch
     logits = model(input_ids=ids, use_cache=False, **kwargs).logits[0, -keep:-1]
     tgt = ids[0, enc.n_prompt:]
     return F.cross_entropy(logits.float(), tgt), logits
+
+
+def prompt_last_nll(model: nn.Module, ids: torch.Tensor, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+    """ROME's FT loss: (−mean over the target tokens t of log p(t | prompt), the logits [1,
+    vocab]) — the prompt alone is the input and every target token is read from the
+    distribution at its **last** position (not teacher forced: the second target token is
+    scored where the first should come)."""
+    prompt = ids[:, :enc.n_prompt]
+    kwargs = {"logits_to_keep": 1} if _takes_logits_to_keep(type(model)) else {}
+    logits = model(input_ids=prompt, use_cache=False, **kwargs).logits[0, -1:]
+    logp = torch.log_softmax(logits.float(), dim=-1)[0]
+    return -logp[ids[0, enc.n_prompt:]].mean(), logits
+
+
+LOSS_FUNCTIONS = {"target": target_nll, "prompt_last": prompt_last_nll}
 
 
 def _all_top(logits: torch.Tensor, ids: torch.Tensor, enc: Encoded) -> bool:
@@ -156,7 +246,7 @@ def trainable_only(model: nn.Module, params: list[torch.Tensor] = ()) -> Iterato
 # ------------------------------------------------------------------ the editor
 @register_editor("lora", schema=LoraEditConfig)
 class LoraEditor(Editor):
-    """LoRA adapters merged into dense deltas, or FT-L (module docstring).
+    """LoRA / AdaLoRA adapters merged into dense deltas, or FT-L (module docstring).
 
     Args:
         hparams: a ``LoraEditConfig`` mapping (already merged with the model's values).
@@ -166,26 +256,37 @@ class LoraEditor(Editor):
     """
 
     schema = LoraEditConfig
-    #: EasyEdit's LoRA baseline (hparams/LoRA, e.g. llama-7b.yaml, as audited in issue 23)
+    #: EasyEdit's LoRA baseline: every algorithmic field of the schema at its published value
     published = Published(
-        source="EasyEdit's LoRA baseline (hparams/LoRA/*.yaml): AdaLoRA on q_proj and v_proj "
-               "of every layer, dropout 0.1, 70 steps, no early stop",
-        fields={"kind": "adalora", "target": ["q_proj", "v_proj"], "layers": "all",
-                "dropout": 0.1, "steps": 70, "loss_stop": None})
-    #: ROME's FT-L baseline (kmeng01/rome, baselines/ft): one layer's MLP weights, L-inf bound
+        source="EasyEdit's LoRA baseline (zjunlp/EasyEdit hparams/LoRA/llama-7b.yaml through "
+               "easyeditor/models/lora/lora_main.py): AdaLoRA (peft init_r 12, alpha 32, dropout "
+               "0.1) on q_proj and v_proj of every layer, Adam lr 5e-3, 70 steps, target NLL + "
+               "peft's orthogonality penalty, no early stop",
+        fields={"kind": "adalora", "target": ["q_proj", "v_proj"], "layers": [], "rank": 12,
+                "alpha": 32.0, "dropout": 0.1, "orth_reg_weight": 0.5, "steps": 70, "lr": 5e-3,
+                "weight_decay": 0.0, "loss": "target", "loss_stop": 0.0, "stop_at_argmax": False,
+                "norm_constraint": None},
+        practice={QV_ITEM: QV_SEPARATE})
+    #: ROME's FT-L baseline (kmeng01/rome baselines/ft, hparams/FT/gpt2-xl_constr.json); the
+    #: layer is a per-model choice (GPT-2 XL: 0)
     published_ft_l = Published(
-        source="Meng et al. 2022, FT-L baseline (kmeng01/rome baselines/ft): one layer's MLP "
-               "weights, L-inf norm constraint 5e-4, Adam lr 5e-4, 25 steps",
-        fields={"norm_constraint": 5e-4, "lr": 5e-4, "steps": 25},
-        practice={"loss_and_clamp": "kmeng01/rome baselines/ft's loss position and clamping"})
+        source="Meng et al. 2022, FT-L baseline (kmeng01/rome baselines/ft/ft_main.py, "
+               "hparams/FT/gpt2-xl_constr.json): one layer's MLP output projection (weight and "
+               "bias), loss at the last prompt position, clamp to W0 +- 5e-4 after every step, "
+               "Adam lr 5e-4, 25 steps, stop below 1e-2",
+        fields={"kind": "full", "target": ["down_proj"], "steps": 25, "lr": 5e-4,
+                "weight_decay": 0.0, "loss": "prompt_last", "loss_stop": 1e-2,
+                "stop_at_argmax": False, "norm_constraint": 5e-4})
 
     def published_setup(self):
         return self.published_ft_l if self.hp.kind == "full" else self.published
 
     def practice(self) -> dict[str, str]:
-        if self.hp.kind == "full":  # not reproduced: ours is the target NLL after the prompt
-            return {"loss_and_clamp": "target-token NLL after the prompt; clamp after every step"}
-        return {}
+        if self.hp.kind == "full":
+            return {}
+        fused = self.fused_qv()
+        return {QV_ITEM: f"one fused q/k/v module {fused} (q_proj and v_proj name it)"
+                if fused else QV_SEPARATE}
 
     def __init__(self, hparams: Mapping[str, Any], spec: ModelSpec, seed: int = 0,
                  covariance: Callable[[int], torch.Tensor | None] | None = None,
@@ -195,32 +296,46 @@ class LoraEditor(Editor):
 
     @property
     def edit_layers(self) -> list[int]:
-        """Blocks whose weights an edit changes."""
+        """Blocks whose weights an edit changes (empty: every block)."""
         return sorted(int(l) for l in self.hp.layers)
 
-    def module_path(self, layer: int) -> str:
-        """Where ``target`` lives in block ``layer``."""
+    def fused_qv(self) -> str | None:
+        """The template of the module that ``q_proj`` and ``v_proj`` both name (a fused q/k/v
+        projection), when ``target`` names both; else None."""
         t = self.hp.target
-        template = getattr(self.spec, t, None) if t in ModelSpec.__dataclass_fields__ else None
-        if template is not None and "{}" in template:
+        q, v = getattr(self.spec, "q_proj", None), getattr(self.spec, "v_proj", None)
+        return q if "q_proj" in t and "v_proj" in t and q is not None and q == v else None
+
+    def module_path(self, layer: int, target: str | None = None) -> str:
+        """Where ``target`` (default: the first of ``method.target``) lives in block ``layer``."""
+        t = self.hp.target[0] if target is None else target
+        if t in ModelSpec.__dataclass_fields__:
+            template = getattr(self.spec, t, None)
+            if template is None:
+                raise ValueError(f"method.target={t!r}: model.templates.{t} is not set for this model")
+            if "{}" not in template:
+                raise ValueError(f"method.target={t!r}: model.templates.{t} is not inside a block")
             return template.format(layer)
-        if template is not None:
-            raise ValueError(f"method.target={t!r}: model.templates.{t} is not inside a block")
         return f"{self.spec.layer.format(layer)}.{t}"
 
+    def layers_of(self, model: nn.Module) -> list[int]:
+        """``method.layers``, or every block of ``model`` when it is empty."""
+        return self.edit_layers or list(range(self.spec.n_layers(model)))
+
     def _targets(self, model: nn.Module) -> dict[str, nn.Module]:
+        """{path: module} of every projection trained, in block order (a fused module once)."""
         out = {}
-        for layer in self.edit_layers:
-            path = self.module_path(layer)
-            try:
-                m = model.get_submodule(path)
-            except AttributeError:
-                raise ValueError(f"method.target={self.hp.target!r}: the model has no module "
-                                 f"{path!r}") from None
-            if getattr(getattr(m, "weight", None), "ndim", 0) != 2:
-                raise ValueError(f"method.target={self.hp.target!r}: {path!r} is a "
-                                 f"{type(m).__name__}, not a linear projection")
-            out[path] = m
+        for layer in self.layers_of(model):
+            for t in self.hp.target:
+                path = self.module_path(layer, t)
+                try:
+                    m = model.get_submodule(path)
+                except AttributeError:
+                    raise ValueError(f"method.target={t!r}: the model has no module {path!r}") from None
+                if getattr(getattr(m, "weight", None), "ndim", 0) != 2:
+                    raise ValueError(f"method.target={t!r}: {path!r} is a {type(m).__name__}, "
+                                     f"not a linear projection")
+                out[path] = m
         return out
 
     def edit(self, model: nn.Module, tok, request: EditRequest) -> EditOutcome:
@@ -232,19 +347,22 @@ class LoraEditor(Editor):
         ids = torch.tensor([enc.input_ids], device=model_device(model))
         targets = self._targets(model)
         was_training = model.training
-        model.eval()  # no dropout in the model; LoRA's own dropout is switched on separately
+        model.eval()  # no dropout in the model; the adapters' own dropout is switched on separately
         try:
             with trainable_only(model):  # peft freezes the base weights: give their flags back
-                if hp.kind == "lora":
-                    deltas, trace, tensors = self._train_lora(model, ids, enc, targets, request.case_id)
+                if hp.kind in ADAPTER_KINDS:
+                    deltas, trace, tensors = self._train_adapters(model, ids, enc, targets, request.case_id)
                 else:
                     deltas, trace, tensors = self._train_full(model, ids, enc, targets)
         finally:
             model.train(was_training)
         params = dict(model.named_parameters())
         info = {
-            "method": "lora", "kind": hp.kind, "edit_kind": "weights",
-            "target": hp.target, "layers": self.edit_layers, "params": [d.param for d in deltas],
+            "method": "lora", "variant": hp.variant, "kind": hp.kind, "edit_kind": "weights",
+            "loss": hp.loss,
+            "deviations": {},  # the pipeline adds every field that differs from the published setup
+            "target": list(hp.target), "layers": self.layers_of(model),
+            "params": [d.param for d in deltas],
             "steps": trace["steps"], "lr": hp.lr,
             "nll_before": round(trace["nll"][0], 4), "nll_after": round(trace["nll"][-1], 4),
             "nll_trajectory": [round(x, 4) for x in trace["nll"]],
@@ -255,110 +373,170 @@ class LoraEditor(Editor):
             "n_prompt_tokens": enc.n_prompt, "n_target_tokens": len(enc.target_ids),
             "edit_s": round(time.perf_counter() - t0, 3),
         }
-        if hp.kind == "lora":
-            info.update(rank=hp.rank, alpha=hp.alpha, dropout=hp.dropout, scaling=hp.alpha / hp.rank)
+        if hp.kind in ADAPTER_KINDS:
+            scaling = hp.alpha / (hp.rank + RANKNUM_EPS) if hp.kind == "adalora" else hp.alpha / hp.rank
+            info.update(rank=hp.rank, alpha=hp.alpha, dropout=hp.dropout, scaling=scaling)
+            if hp.kind == "adalora":
+                info["penalty_trajectory"] = [round(x, 4) for x in trace["penalty"]]
         return EditOutcome(deltas=deltas, info=info, tensors={**tensors, "encoded": enc})
 
     # -------------------------------------------------------------- training loop
-    def _fit(self, model, ids, enc, params: list[torch.Tensor], constrain) -> tuple[dict, torch.Tensor]:
-        """Adam on ``params`` against the target NLL; ``constrain()`` after every step. Returns
-        ({"nll": per forward, "steps": updates made}, the final target logits)."""
+    def _fit(self, model, ids, enc, params: list[torch.Tensor], constrain,
+             penalty: Callable[[], torch.Tensor] | None = None,
+             settle: Callable[[], bool] = lambda: False) -> tuple[dict, torch.Tensor]:
+        """Adam on ``params`` against the loss (``method.loss``, plus ``penalty()`` when given);
+        ``constrain()`` after every step. ``settle()`` switches training-only behaviour off
+        before the final logits are taken (the adapters' dropout; True when it was on, so that
+        an early stop's logits are measured again). Returns ({"nll": per forward, "penalty":
+        per forward, "steps": updates made}, the final loss logits: what the merged edit
+        computes)."""
         hp = self.hp
-        opt = torch.optim.Adam(params, lr=hp.lr)
-        nlls, steps, final = [], 0, None
+        loss_fn = LOSS_FUNCTIONS[hp.loss]
+        opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        nlls, pens, steps, final = [], [], 0, None
         with trainable_only(model, params):
             for _ in range(hp.steps):
-                loss, logits = target_nll(model, ids, enc)
-                value = float(loss.detach())
+                nll, logits = loss_fn(model, ids, enc)
+                value = float(nll.detach())
                 nlls.append(value)
                 if value != value or value in (float("inf"), float("-inf")):
                     raise FloatingPointError(f"target NLL is {value} after {steps} steps")
                 if value < hp.loss_stop or (hp.stop_at_argmax and _all_top(logits, ids, enc)):
                     final = logits.detach()
                     break
+                loss = nll
+                if penalty is not None:
+                    pen = penalty()
+                    pens.append(float(pen.detach()))
+                    loss = nll + pen
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 steps += 1
                 with torch.no_grad():
                     constrain()
-            if final is None:  # measure where the last update landed
+            stopped = final is not None
+            if settle() or not stopped:  # measure where the last update landed, dropout off
                 with torch.no_grad():
-                    loss, final = target_nll(model, ids, enc)
-                nlls.append(float(loss))
-        return {"nll": nlls, "steps": steps}, final
+                    nll, final = loss_fn(model, ids, enc)
+                    if not stopped:
+                        nlls.append(float(nll))
+                        if penalty is not None:
+                            pens.append(float(penalty()))
+        return {"nll": nlls, "penalty": pens, "steps": steps}, final
 
     def _train_full(self, model, ids, enc, targets):
-        """FT-L: train each target weight in place, clip W − W₀ to the L∞ ball after every
-        step, return the change and restore W₀ exactly."""
+        """FT-L: train every parameter of each target module (weight, and bias where it has
+        one: ROME selects the parameters under the module's path) in place, clamp each to
+        [W₀ − c, W₀ + c] after every step, return the changes and restore W₀ exactly."""
         c = self.hp.norm_constraint
-        weights = {path: m.weight for path, m in targets.items()}
-        saved = {path: w.detach().clone() for path, w in weights.items()}
+        weights = {f"{path}.{n}": p for path, m in targets.items()
+                   for n, p in m.named_parameters(recurse=False)}
+        saved = {name: w.detach().clone() for name, w in weights.items()}
 
         def constrain():
             if c is not None:
-                for path, w in weights.items():
-                    w.copy_(saved[path] + clip_linf(w - saved[path], c))
+                for name, w in weights.items():
+                    w.copy_(clamp_to_ball(w, saved[name], c))
 
         try:
             trace, logits = self._fit(model, ids, enc, list(weights.values()), constrain)
             with torch.no_grad():
-                deltas = []
-                for path, w in weights.items():
-                    d = w.detach() - saved[path]
-                    deltas.append(WeightDelta(f"{path}.weight", clip_linf(d, c) if c is not None else d))
+                deltas = [WeightDelta(name, w.detach() - saved[name]) for name, w in weights.items()]
         finally:
             with torch.no_grad():
-                for path, w in weights.items():
-                    w.copy_(saved[path])
+                for name, w in weights.items():
+                    w.copy_(saved[name])
         return deltas, trace, {"final_logits": logits}
 
-    def _train_lora(self, model, ids, enc, targets, case_id: str):
-        """LoRA through peft: inject adapters on the targets, train them, merge them into dense
-        deltas, remove every peft module (also on error)."""
-        from peft import LoraConfig
-        from peft.tuners.lora import LoraModel
-
+    def _train_adapters(self, model, ids, enc, targets, case_id: str):
+        """LoRA / AdaLoRA through peft: inject adapters on the targets, train them, merge them
+        into dense deltas, remove every peft module (also on error)."""
         hp = self.hp
         transposed = {is_transposed(m) for m in targets.values()}
         if len(transposed) != 1:
-            raise ValueError(f"method.target={hp.target!r}: mixes Conv1D and Linear layers")
-        config = LoraConfig(r=hp.rank, lora_alpha=hp.alpha, lora_dropout=hp.dropout,
-                            target_modules=list(targets), fan_in_fan_out=transposed.pop(),
-                            bias="none", init_lora_weights=True)
+            raise ValueError(f"method.target={list(hp.target)}: mixes Conv1D and Linear layers")
+        fan_in_fan_out = transposed.pop()
+        if hp.kind == "adalora":
+            from peft import AdaLoraConfig
+            from peft.tuners.adalora import AdaLoraModel as Tuner
+
+            # EasyEdit's AdaLoraConfig call, with the rank it gets (init_r) named; total_step
+            # only has to be set (EasyEdit never calls update_and_allocate)
+            config = AdaLoraConfig(init_r=hp.rank, lora_alpha=hp.alpha, lora_dropout=hp.dropout,
+                                   target_modules=list(targets), fan_in_fan_out=fan_in_fan_out,
+                                   total_step=hp.steps, orth_reg_weight=hp.orth_reg_weight,
+                                   bias="none", init_lora_weights=True)
+        else:
+            from peft import LoraConfig
+            from peft.tuners.lora import LoraModel as Tuner
+
+            config = LoraConfig(r=hp.rank, lora_alpha=hp.alpha, lora_dropout=hp.dropout,
+                                target_modules=list(targets), fan_in_fan_out=fan_in_fan_out,
+                                bias="none", init_lora_weights=True)
         originals = dict(targets)
-        # A's random init from (seed, case): the same edit whatever ran before it
+        # the adapters' random init from (seed, case): the same edit whatever ran before it
         case_seed = (self.seed * 1_000_003 + zlib.crc32(str(case_id).encode())) % (2 ** 63)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(case_seed)
-            tuner = LoraModel(model, config, ADAPTER)
+            tuner = Tuner(model, config, ADAPTER)
         try:
             layers = {path: model.get_submodule(path) for path in targets}
             for m in layers.values():
                 m.lora_dropout[ADAPTER].train(hp.dropout > 0)
-            ab = [(m.lora_A[ADAPTER].weight, m.lora_B[ADAPTER].weight, float(m.scaling[ADAPTER]))
-                  for m in layers.values()]
+            factors = {path: _factors(m, hp.kind) for path, m in layers.items()}
+            trained = [t for f in factors.values() for t in f["params"]]
+            penalty = None
+            if hp.kind == "adalora" and hp.orth_reg_weight > 0:
+                pairs = [(f["A"], f["B"]) for f in factors.values()]
+
+                def penalty():
+                    return hp.orth_reg_weight * orthogonality_penalty(pairs)
 
             def constrain():
                 if hp.norm_constraint is None:
                     return
-                for a, b, s in ab:  # shrink B until the merged change fits the L∞ ball
-                    peak = float((s * (b.double() @ a.double())).abs().max())
+                for path, f in factors.items():  # shrink the last factor until the change fits
+                    peak = float(_merged(f, hp.kind, False).abs().max())
                     if peak > hp.norm_constraint:
-                        b.mul_(hp.norm_constraint / peak)
+                        f["last"].mul_(hp.norm_constraint / peak)
 
-            trace, logits = self._fit(model, ids, enc, [t for a, b, _ in ab for t in (a, b)], constrain)
-            adapters = {}
-            deltas = []
-            for (path, m), (a, b, s) in zip(layers.items(), ab):
-                a, b = a.detach().clone(), b.detach().clone()
+            def settle() -> bool:
+                for m in layers.values():
+                    m.lora_dropout[ADAPTER].eval()
+                return hp.dropout > 0
+
+            trace, logits = self._fit(model, ids, enc, trained, constrain, penalty, settle)
+            adapters, deltas = {}, []
+            for path, f in factors.items():
                 w = originals[path].weight
-                dw = lora_delta(a, b, s, is_transposed(originals[path]))
+                with torch.no_grad():
+                    dw = _merged(f, hp.kind, is_transposed(originals[path]))
                 deltas.append(WeightDelta(f"{path}.weight", dw.to(dtype=w.dtype, device=w.device)))
-                adapters[f"{path}.weight"] = {"A": a, "B": b, "scaling": s}
+                adapters[f"{path}.weight"] = {k: (v.detach().clone() if torch.is_tensor(v) else v)
+                                              for k, v in f.items() if k not in ("params", "last")}
         finally:
             tuner.unload()  # puts every original module back, drops model.peft_config
         left = [n for n, m in model.named_modules() if type(m).__module__.startswith("peft.")]
         if left or any(model.get_submodule(p) is not m for p, m in originals.items()):
             raise RuntimeError(f"peft modules left in the model after the edit: {left[:5]}")
         return deltas, trace, {"final_logits": logits, "adapters": adapters}
+
+
+def _factors(m: nn.Module, kind: str) -> dict:
+    """A peft layer's trained factors: A, B (and AdaLoRA's E, ranknum), the scaling, the
+    parameters to train and the one scaled down by a norm constraint."""
+    a, b = m.lora_A[ADAPTER], m.lora_B[ADAPTER]
+    if kind == "adalora":  # SVDLinear keeps its factors as bare parameters
+        e = m.lora_E[ADAPTER]
+        return {"A": a, "E": e, "B": b, "scaling": float(m.scaling[ADAPTER]),
+                "ranknum": float(m.ranknum[ADAPTER]), "params": [a, e, b], "last": e}
+    a, b = a.weight, b.weight
+    return {"A": a, "B": b, "scaling": float(m.scaling[ADAPTER]), "params": [a, b], "last": b}
+
+
+def _merged(f: dict, kind: str, transposed: bool) -> torch.Tensor:
+    """The dense change (float64) of one adapter's factors (:func:`_factors`)."""
+    if kind == "adalora":
+        return adalora_delta(f["A"], f["E"], f["B"], f["scaling"], f["ranknum"], transposed)
+    return lora_delta(f["A"], f["B"], f["scaling"], transposed)

@@ -27,6 +27,8 @@ class ModelSpec:
     lm_head: str
     embed: str
     mlp_out_norm: str | None = None
+    q_proj: str | None = None
+    v_proj: str | None = None
 
     @classmethod
     def from_config(cls, templates: Mapping[str, Any]) -> "ModelSpec":
