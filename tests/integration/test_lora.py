@@ -424,3 +424,13 @@ def test_run_py_end_to_end(tmp_path):
     assert all(l["post"] is not None and l["edit"]["nll_after"] < l["edit"]["nll_before"] for l in lines)
     info = json.loads((out / "run_info.json").read_text())
     assert "EasyEdit" in info["published_reference"]
+
+
+def test_one_target_name_without_brackets():
+    from xling_edit.editing import method_config
+
+    cfg = compose("method=lora_down", "model=gemma3_270m", "method.target=down_proj")
+    from xling_edit.config import schema_from_mapping
+
+    assert schema_from_mapping(LoraEditConfig, method_config(cfg)).target == ["down_proj"]
+    assert LoraEditConfig(target="o_proj").target == ["o_proj"]

@@ -115,7 +115,9 @@ class LoraEditConfig:
     name: str = "lora"
     variant: str = "published"
     kind: str = "adalora"
-    target: List[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # Any: a list, or one name (``method.target=down_proj`` without brackets); __post_init__
+    # makes it a list
+    target: Any = field(default_factory=lambda: ["q_proj", "v_proj"])
     layers: List[int] = field(default_factory=list)
     rank: int = 12
     alpha: float = 32.0
@@ -138,6 +140,7 @@ class LoraEditConfig:
             raise ValueError(f"method.loss={self.loss!r}: one of {list(LOSSES)}")
         if isinstance(self.target, str):
             self.target = [self.target]
+        self.target = [str(t) for t in self.target]
         if not self.target:
             raise ValueError("method.target is empty: name the projections to train")
         if self.kind in ADAPTER_KINDS and self.rank < 1:
