@@ -382,7 +382,7 @@ def test_the_method_files_compose(method, variant, kind, loss):
     ("ft_l", {}),
     ("lora_down", {"kind": "lora", "target": ["down_proj"], "layers": [14], "rank": 8,
                    "dropout": 0.0, "orth_reg_weight": 0.0, "steps": 25, "lr": 5.0e-4,
-                   "loss_stop": 1.0}),
+                   "loss_stop": 1.0, "target_suffix": ""}),
     ("ft_l_nll", {"loss": "target"}),
 ])
 def test_published_forms_list_no_deviation_and_variants_list_theirs(method, expected):
@@ -434,3 +434,16 @@ def test_one_target_name_without_brackets():
 
     assert schema_from_mapping(LoraEditConfig, method_config(cfg)).target == ["down_proj"]
     assert LoraEditConfig(target="o_proj").target == ["o_proj"]
+
+
+def test_easyedits_literal_suffix_is_trained_after_the_target(tiny):
+    """EasyEdit trains on f"{prompt} {target} <|endoftext|>": the published form's loss covers the
+    suffix's tokens too; lora_down (target_suffix "") the target's alone."""
+    name, model, tok, spec, cfg = tiny
+    pub = LoraEditor({**PUBLISHED_QUICK, "steps": 1}, spec).edit(model, tok, request())
+    bare = LoraEditor({**PUBLISHED_QUICK, "steps": 1, "target_suffix": ""}, spec).edit(model, tok, request())
+    enc = pub.tensors["encoded"]
+    suffix = tok.decode(enc.input_ids[enc.n_prompt:])
+    assert suffix.strip().endswith("<|endoftext|>") and FACT.target_new in suffix
+    assert pub.info["n_target_tokens"] > bare.info["n_target_tokens"]
+    assert tok.decode(bare.tensors["encoded"].input_ids[enc.n_prompt:]).strip() == FACT.target_new

@@ -99,6 +99,10 @@ class LoraEditConfig:
         loss: ``target``: teacher-forced NLL of ``target_new`` after the prompt, mean over its
             tokens (EasyEdit's LoRA); ``prompt_last``: ROME's FT loss, the prompt alone as
             input and every target token's log-probability read at its last position.
+        target_suffix: text trained after ``target_new`` (``loss: target`` only): EasyEdit's
+            ``execute_lora`` trains on ``f"{prompt} {target} <|endoftext|>"``, the literal
+            string, which tokenizers other than GPT-2's split into ordinary pieces; ``""``:
+            the target alone.
         loss_stop: stop once the loss (the NLL, without the penalty) is below this (ROME's FT:
             1e-2); 0 always runs ``steps`` updates.
         stop_at_argmax: also stop once every target token is the model's top prediction
@@ -127,6 +131,7 @@ class LoraEditConfig:
     lr: float = 5.0e-3
     weight_decay: float = 0.0
     loss: str = "target"
+    target_suffix: str = " <|endoftext|>"
     loss_stop: float = 0.0
     stop_at_argmax: bool = False
     norm_constraint: Optional[float] = None
@@ -267,8 +272,8 @@ class LoraEditor(Editor):
                "peft's orthogonality penalty, no early stop",
         fields={"kind": "adalora", "target": ["q_proj", "v_proj"], "layers": [], "rank": 12,
                 "alpha": 32.0, "dropout": 0.1, "orth_reg_weight": 0.5, "steps": 70, "lr": 5e-3,
-                "weight_decay": 0.0, "loss": "target", "loss_stop": 0.0, "stop_at_argmax": False,
-                "norm_constraint": None},
+                "weight_decay": 0.0, "loss": "target", "target_suffix": " <|endoftext|>",
+                "loss_stop": 0.0, "stop_at_argmax": False, "norm_constraint": None},
         practice={QV_ITEM: QV_SEPARATE})
     #: ROME's FT-L baseline (kmeng01/rome baselines/ft, hparams/FT/gpt2-xl_constr.json); the
     #: layer is a per-model choice (GPT-2 XL: 0)
@@ -278,7 +283,7 @@ class LoraEditor(Editor):
                "bias), loss at the last prompt position, clamp to W0 +- 5e-4 after every step, "
                "Adam lr 5e-4, 25 steps, stop below 1e-2",
         fields={"kind": "full", "target": ["down_proj"], "steps": 25, "lr": 5e-4,
-                "weight_decay": 0.0, "loss": "prompt_last", "loss_stop": 1e-2,
+                "weight_decay": 0.0, "loss": "prompt_last", "target_suffix": "", "loss_stop": 1e-2,
                 "stop_at_argmax": False, "norm_constraint": 5e-4})
 
     def published_setup(self):
@@ -346,7 +351,8 @@ class LoraEditor(Editor):
         t0 = time.perf_counter()
         rec = request.record
         prompt = rec.prompt + request.answer_prefix
-        enc = encode(tok, prompt, rec.target_new, request.lang["word_sep"])
+        suffix = hp.target_suffix if hp.loss == "target" else ""
+        enc = encode(tok, prompt, rec.target_new + suffix, request.lang["word_sep"])
         ids = torch.tensor([enc.input_ids], device=model_device(model))
         targets = self._targets(model)
         was_training = model.training
