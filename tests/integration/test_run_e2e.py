@@ -90,7 +90,7 @@ def test_job_dirs_and_resume_do_not_depend_on_the_working_directory(tmp_path):
 
 def test_help_and_cfg_job():
     r = subprocess.run([sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0 and "edit_lang" in r.stdout
+    assert r.returncode == 0 and "edit_lang" in r.stdout and "$XLING_EDIT_OUTPUTS" in r.stdout
     r = subprocess.run([sys.executable, "run.py", "--cfg", "job"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "gemma3_270m" in r.stdout
 
