@@ -157,13 +157,25 @@ def negative_control(old, new, data: Path, out, shifts=(1, 7, 31, 101)) -> None:
     """Each subject against other cases' prompts that do not name the same entity."""
     print(f"\nNegative control: subjects matched in other cases' prompts (shifts {shifts}):",
           file=out)
+    for lang, ps in negative_pairs(data, shifts).items():
+        found = collections.Counter()
+        for prompt, subject in ps:
+            for name, module in (("old", old), ("new", new)):
+                found[name] += module.find_subject(prompt, subject) is not None
+        print(f"{lang}: old {found['old']}, new {found['new']} of {len(ps)} pairs", file=out)
+
+
+def negative_pairs(data: Path, shifts=(1, 7, 31, 101)) -> dict[str, list[tuple[str, str]]]:
+    """{lang: [(another case's prompt, subject), ...]}: each case's subject against the prompts
+    of the cases ``shifts`` rows on, skipping those that name the same entity (same English
+    subject, the English subject in the English prompt, or the subject in the prompt)."""
     by_lang = collections.defaultdict(list)
     for lang, i, half, rows in halves(data):
         by_lang[lang].append((i, rows))
+    pairs = collections.defaultdict(list)
     for lang in LANGS:
         idx = by_lang[lang]
         rows = idx[0][1]
-        pairs, found = 0, collections.Counter()
         for a, (i, _) in enumerate(idx):
             subject, en = rows[i][lang]["subject"], rows[i]["en"]["subject"]
             for k in shifts:
@@ -171,10 +183,8 @@ def negative_control(old, new, data: Path, out, shifts=(1, 7, 31, 101)) -> None:
                 if en == rows[j]["en"]["subject"] or en.lower() in rows[j]["en"]["src"].lower() \
                         or subject in rows[j][lang]["src"]:
                     continue
-                pairs += 1
-                for name, module in (("old", old), ("new", new)):
-                    found[name] += module.find_subject(rows[j][lang]["src"], subject) is not None
-        print(f"{lang}: old {found['old']}, new {found['new']} of {pairs} pairs", file=out)
+                pairs[lang].append((rows[j][lang]["src"], subject))
+    return pairs
 
 
 # setting -> (use the language's morphology?, fallback)
@@ -224,21 +234,7 @@ def fallback_negatives(data: Path, shifts=(1, 7, 31, 101)) -> dict:
     other bn/mr records' prompts that do not name it (as tests/unit/test_localize_yaml.py)."""
     matchers = {setting: setting_matcher(setting) for setting in FALLBACK_SETTINGS}
     out = {setting: {} for setting in FALLBACK_SETTINGS}
-    by_lang = collections.defaultdict(list)
-    for lang, i, half, rows in halves(data):
-        by_lang[lang].append((i, rows))
-    pairs = collections.defaultdict(list)  # lang -> [(prompt, subject)]
-    for lang in LANGS:
-        idx = by_lang[lang]
-        rows = idx[0][1]
-        for a, (i, _) in enumerate(idx):
-            subject, en = rows[i][lang]["subject"], rows[i]["en"]["subject"]
-            for k in shifts:
-                j = idx[(a + k) % len(idx)][0]
-                if en == rows[j]["en"]["subject"] or en.lower() in rows[j]["en"]["src"].lower() \
-                        or subject in rows[j][lang]["src"]:
-                    continue
-                pairs[lang].append((rows[j][lang]["src"], subject))
+    pairs = negative_pairs(data, shifts)  # lang -> [(prompt, subject)]
     records = json.loads((ROOT / INLINE_FIXTURE).read_text(encoding="utf-8"))["records"]
     for r in records:
         for o in records:

@@ -66,6 +66,17 @@ def target_nll(model, tok, rec=FACT):
     return float(torch.nn.functional.cross_entropy(logits.float(), ids[0, enc.n_prompt:]))
 
 
+def with_deltas(model, tok, out):
+    """(the edited model's logits at the target positions of the edit's encoded sequence, its
+    target NLL on FACT), with ``out``'s deltas applied (and restored afterwards)."""
+    enc = out.tensors["encoded"]
+    ids = torch.tensor([enc.input_ids])
+    with applied(model, out.deltas):
+        with torch.no_grad():
+            merged = model(input_ids=ids).logits[0, enc.n_prompt - 1: -1]
+        return merged, target_nll(model, tok)
+
+
 def qv_paths(name, spec, model):
     """Every block's q and v projection (GPT-2: the fused c_attn, once per block)."""
     n = spec.n_layers(model)
@@ -102,12 +113,7 @@ def test_published_adalora_targets_every_q_v_layer_and_the_merge_reproduces_the_
         assert torch.allclose(d.delta.double(), expected, rtol=1e-5, atol=1e-9)
 
     # the merged deltas compute what the trained adapters computed (dropout off)
-    enc = out.tensors["encoded"]
-    ids = torch.tensor([enc.input_ids])
-    with applied(model, out.deltas):
-        with torch.no_grad():
-            merged = model(input_ids=ids).logits[0, enc.n_prompt - 1: -1]
-        nll1 = target_nll(model, tok)
+    merged, nll1 = with_deltas(model, tok, out)
     assert torch.allclose(merged, out.tensors["final_logits"], atol=1e-5, rtol=1e-5)
     assert_untouched(model, snap)  # applied() restored bit for bit
     assert nll1 < nll0
@@ -206,12 +212,7 @@ def test_lora_down_delta_is_the_adapter_product_and_the_model_is_left_as_it_was(
     conv = isinstance(spec.module(model, "down_proj", 1), Conv1D)
     expected = product.T if conv else product
     assert torch.allclose(delta.delta.double(), expected, rtol=1e-5, atol=1e-7)
-    enc = out.tensors["encoded"]
-    ids = torch.tensor([enc.input_ids])
-    with applied(model, out.deltas):
-        with torch.no_grad():
-            merged = model(input_ids=ids).logits[0, enc.n_prompt - 1: -1]
-        nll1 = target_nll(model, tok)
+    merged, nll1 = with_deltas(model, tok, out)
     assert torch.allclose(merged, out.tensors["final_logits"], atol=1e-4, rtol=1e-4)
     assert nll1 < nll0 and out.info["kind"] == "lora"
 

@@ -121,15 +121,21 @@ def test_bn_mr_recall_comes_from_the_yaml(without_morphology, lang):
     assert s["recall"] <= 0.4, s  # only uninflected subjects and long near-equal words
 
 
+def negative_pairs():
+    """(another record's prompt, subject, language) for every bn/mr record against the other
+    records of its language whose prompts do not name it."""
+    for r in CASES:
+        for o in CASES:
+            if o["lang"] == r["lang"] and o["subject"] != r["subject"] and r["subject"] not in o["prompt"]:
+                yield o["prompt"], r["subject"], r["lang"]
+
+
 def test_bn_mr_negative_control(with_yaml, record_property):
     """Each subject against the other records' prompts that do not name it: never found."""
     pairs = found = 0
-    for r in CASES:
-        for o in CASES:
-            if o["lang"] != r["lang"] or o["subject"] == r["subject"] or r["subject"] in o["prompt"]:
-                continue
-            pairs += 1
-            found += find_subject(o["prompt"], r["subject"], lang=r["lang"]) is not None
+    for prompt, subject, lang in negative_pairs():
+        pairs += 1
+        found += find_subject(prompt, subject, lang=lang) is not None
     line = f"localize negative control bn+mr: {found} of {pairs} mismatched subject/prompt pairs matched"
     print(line)
     record_property("summary", line)
@@ -230,12 +236,9 @@ def test_fallback_does_not_take_a_neighbouring_entity(prompt, subject, other):
 
 def test_fallback_bn_mr_negative_control(without_morphology):
     pairs = found = 0
-    for r in CASES:
-        for o in CASES:
-            if o["lang"] != r["lang"] or o["subject"] == r["subject"] or r["subject"] in o["prompt"]:
-                continue
-            pairs += 1
-            found += find_subject(o["prompt"], r["subject"], lang=r["lang"], fallback="span") is not None
+    for prompt, subject, lang in negative_pairs():
+        pairs += 1
+        found += find_subject(prompt, subject, lang=lang, fallback="span") is not None
     assert pairs > 1000 and found == 0
 
 
