@@ -448,3 +448,13 @@ def test_easyedits_literal_suffix_is_trained_after_the_target(tiny):
     assert suffix.strip().endswith("<|endoftext|>") and FACT.target_new in suffix
     assert pub.info["n_target_tokens"] > bare.info["n_target_tokens"]
     assert tok.decode(bare.tensors["encoded"].input_ids[enc.n_prompt:]).strip() == FACT.target_new
+
+
+@pytest.mark.parametrize("section", ["lora_down", "ft_l", "lora"])
+def test_a_misspelt_model_value_for_a_named_form_is_an_error(section):
+    from xling_edit.editing import method_config
+
+    cfg = compose("method=lora_down", "model=gemma3_270m", f"+model.hparams.{section}.lyers=[3]")
+    with pytest.raises(ValueError, match=rf"model\.hparams\.{section} has unknown fields \['lyers'\]"):
+        method_config(cfg)
+    method_config(compose("method=lora_down", "model=gemma3_270m"))  # the shipped values are known

@@ -55,11 +55,12 @@ def method_config(cfg):
     if name not in schemas:
         raise ValueError(f"unknown method {name!r}; available: {sorted(schemas)}")
     fields = set(schemas[name].__dataclass_fields__)
-    for source in (name, getattr(schemas[name], "HPARAMS_FROM", None)):
-        overrides = ((cfg.model.hparams or {}).get(source) or {}) if source else {}
-        unknown = sorted(set(overrides) - fields) if source == name else []
+    # the method's own section and the sections its named forms read (HPARAMS_VARIANTS)
+    for source in (name, *getattr(schemas[name], "HPARAMS_VARIANTS", ())):
+        overrides = (cfg.model.hparams or {}).get(source) or {}
+        unknown = sorted(set(overrides) - fields)
         if unknown:
-            raise ValueError(f"model.hparams.{name} has unknown fields {unknown}; known: {sorted(fields)}")
+            raise ValueError(f"model.hparams.{source} has unknown fields {unknown}; known: {sorted(fields)}")
     resolved = OmegaConf.to_container(cfg.method, resolve=True)
     resolved.pop("module", None)  # where the method came from, not one of its settings
     return OmegaConf.merge(OmegaConf.structured(schemas[name]), resolved)

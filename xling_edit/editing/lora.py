@@ -38,7 +38,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Iterator, List, Mapping, Optional
+from typing import Any, Callable, ClassVar, Iterator, List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -115,6 +115,10 @@ class LoraEditConfig:
         mode: ``single`` or ``sequential`` (one edit at a time; see EditMethodConfig.mode).
         num_edits: cases per group in ``sequential`` mode.
     """
+
+    #: the model sections the named forms read (``${oc.select:model.hparams.<section>...}`` in
+    #: their YAMLs), checked for unknown fields like ``model.hparams.lora``
+    HPARAMS_VARIANTS: ClassVar[tuple] = ("lora_down", "ft_l")
 
     name: str = "lora"
     variant: str = "published"
