@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-from xling_edit.config import MODES
 from xling_edit.editing.base import EditRequest, SkipCase, applied
 from xling_edit.editing.localize import find_subject
 from xling_edit.editing.reference import line_deviations
@@ -223,19 +222,12 @@ def export_model(ctx: Ctx, deltas: list, group: int) -> None:
     """Save the model with ``deltas`` applied (``save_pretrained``, safetensors) and its tokenizer
     to ``<export_dir>/group<group>``; the weights are restored afterwards, bit for bit."""
     from xling_edit.atomic import build_once
-    from xling_edit.models.loading import drop_gguf_quantizer
+    from xling_edit.models.loading import save_checkpoint
 
     target = Path(ctx.export_dir) / f"group{group}"
     target.parent.mkdir(parents=True, exist_ok=True)
-    if getattr(ctx.model, "hf_quantizer", None) is not None:  # a dequantised GGUF checkpoint
-        drop_gguf_quantizer(ctx.model)
-
-    def save(tmp: Path) -> None:
-        ctx.model.save_pretrained(str(tmp), safe_serialization=True)
-        ctx.tok.save_pretrained(str(tmp))
-
-    with applied(ctx.model, deltas):
-        build_once(target, save, reuse=False)  # written beside, renamed into place
+    with applied(ctx.model, deltas):  # written beside, renamed into place
+        build_once(target, lambda tmp: save_checkpoint(ctx.model, ctx.tok, tmp), reuse=False)
     log.info("exported the model with %d edit(s) applied to %s", len(deltas), target)
 
 

@@ -93,12 +93,10 @@ def build_context(request: EditRequest, pool: Sequence, k: int, seed: int,
     placed last, nearest the stated fact."""
     lang = request.lang
     code, template, sep = lang["code"], lang["ike_fact"], lang["word_sep"]
-    others = [c for c in pool if c.case_id != request.case_id and code in c.langs]
-    if order is None:
-        rng = random.Random(f"{seed}:{request.case_id}")
-        order = rng.sample(others, len(others))
-    else:
-        order = [c for c in order if c.case_id != request.case_id and code in c.langs]
+    ranked = order is not None
+    order = [c for c in (order if ranked else pool) if c.case_id != request.case_id and code in c.langs]
+    if not ranked:
+        order = random.Random(f"{seed}:{request.case_id}").sample(order, len(order))
     blocks, used = [], []
     for case in order:
         if len(blocks) == k:
@@ -184,8 +182,8 @@ class IkeEditor(Editor):
         if self.hp.retrieval != "knn":
             return None
         code = request.lang["code"]
-        pool = [c for c in self.pool if code in c.langs]
-        if self._keys is None or self._keys[0] != code:
+        if self._keys is None or self._keys[0] != code:  # the pool's embeddings, once per language
+            pool = [c for c in self.pool if code in c.langs]
             self._keys = (code, pool, prompt_embedding(model, tok, [c.langs[code].prompt for c in pool]))
         _, pool, keys = self._keys
         return nearest(prompt_embedding(model, tok, [request.record.prompt])[0], keys, pool)

@@ -36,9 +36,9 @@ from xling_edit.editing.localize import DEFAULT_FALLBACK, SubjectMatch, find_sub
 from xling_edit.evaluation.forward import (
     _StopForward, capture_output, full_logits_at, logits_at, pad_right, skip_below,
 )
-from xling_edit.evaluation.prefix import (  # noqa: F401 (re-exported: the value optimisation's checks)
-    PREFIX_ATTENTION, PREFIX_LAYER_TYPES, PREFIX_MODEL_TYPES, cache_kwarg as _cache_kwarg, empty_cache,
-    layer_kv as _layer_kv, prefix_cache_unsupported,
+from xling_edit.evaluation.prefix import (
+    cache_holding, cache_kwarg as _cache_kwarg, empty_cache, layer_kv as _layer_kv,
+    prefix_cache_unsupported,
 )
 from xling_edit.evaluation.text import Encoded, encode, last_token_in_span
 from xling_edit.models.spec import ModelSpec
@@ -615,16 +615,10 @@ class _Suffix:
 
     def cache(self):
         """A fresh cache holding the prefix (a forward appends the suffix to it)."""
-        from transformers import DynamicCache
-
-        c = DynamicCache()
         real = next(e for e in self.kv if e is not None)[0]
         r, p = self.mask.shape[0], self.mask.shape[1] - self.st.ids.shape[1]
         dummy = real.new_zeros(()).expand(r, 1, p, 1)  # blocks not run: only their length is read
-        for i, e in enumerate(self.kv):
-            k, v = e if e is not None else (dummy, dummy)
-            c.update(k, v, i)
-        return c
+        return cache_holding([e if e is not None else (dummy, dummy) for e in self.kv])
 
 
 def _suffix(st: _Stack, src: torch.Tensor, kv: list, lower: torch.Tensor | None) -> _Suffix:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from xling_edit.config import EvalConfig
-from xling_edit.evaluation.prefix import MIN_SHARED_TOKENS, SharedPrefix, common_prefix_len
+from xling_edit.evaluation.prefix import SharedPrefix
 from xling_edit.evaluation.text import Encoded
 from xling_edit.models.spec import ModelSpec
 
@@ -289,7 +289,7 @@ def _score(model, tok, spec, encs, opts: EvalOptions, keep_from, reuse, deltas) 
         if shared is not None:  # the rows' own tokens after the recorded prefix
             kw = {"use_cache": True, shared.kwarg: shared.cache(len(idx)),
                   "position_ids": n_pre + torch.arange(ids.shape[1], device=device)[None].expand(len(idx), -1)}
-            mask = torch.cat([shared.mask(len(idx)), mask], dim=1)
+            mask = torch.cat([mask.new_ones((len(idx), n_pre)), mask], dim=1)
         states = lower_in.states.get(key) if lower_in is not None else None
         record = (capture_output(spec.module(model, "layer", lower_out.layer - 1))
                   if lower_out is not None else nullcontext({}))
@@ -317,9 +317,7 @@ def _score(model, tok, spec, encs, opts: EvalOptions, keep_from, reuse, deltas) 
 
 def _shared_prefix(model, encs: Sequence[Encoded]) -> SharedPrefix | None:
     """The recorded keys and values of the tokens every row starts with, up to the first
-    position whose next token is scored; None when that is shorter than MIN_SHARED_TOKENS."""
-    n = common_prefix_len([e.input_ids for e in encs])
-    n = min([n, *(min(e.target_positions) - 1 for e in encs if len(e.target_positions))])
-    if n < MIN_SHARED_TOKENS:
-        return None
-    return SharedPrefix.record(model, encs[0].input_ids[:n], "scoring")
+    position whose next token is scored (:meth:`SharedPrefix.shared_by`)."""
+    scored = min((min(e.target_positions) - 1 for e in encs if len(e.target_positions)),
+                 default=min(len(e.input_ids) for e in encs))
+    return SharedPrefix.shared_by(model, [e.input_ids for e in encs], scored, "scoring")

@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 
 from xling_edit.evaluation.forward import model_device
-from xling_edit.evaluation.prefix import MIN_SHARED_TOKENS, SharedPrefix, common_prefix_len
+from xling_edit.evaluation.prefix import SharedPrefix, cache_kwarg
 
 
 @dataclass(frozen=True)
@@ -83,10 +83,8 @@ def generate_answers(model, tok, prompts: Sequence[str], stops: Sequence[Sequenc
     out: list[Generated | None] = [None] * len(prompts)
     eos = _eos_ids(model, tok)
     prefix = None
-    if shared_prefix and encoded:
-        n = min(common_prefix_len(encoded), min(len(e) for e in encoded) - 1)  # a last token to run
-        if n >= MIN_SHARED_TOKENS:
-            prefix = SharedPrefix.record(model, encoded[0][:n], "generation")
+    if shared_prefix and encoded:  # every row keeps a last token to run
+        prefix = SharedPrefix.shared_by(model, encoded, min(len(e) for e in encoded) - 1, "generation")
     with torch.inference_mode():
         for b in range(0, len(order), max(1, batch_size)):
             idx = order[b: b + batch_size]
@@ -95,14 +93,6 @@ def generate_answers(model, tok, prompts: Sequence[str], stops: Sequence[Sequenc
             for i, g in zip(idx, gens):
                 out[i] = g
     return out  # type: ignore[return-value]
-
-
-def _cache_keyword(model) -> str:
-    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier), as the model takes it."""
-    import inspect
-
-    params = inspect.signature(type(model).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 def _greedy(model, tok, seqs: list[list[int]], stops: list[Sequence[str]], cap: int,
@@ -122,13 +112,13 @@ def _greedy(model, tok, seqs: list[list[int]], stops: list[Sequence[str]], cap: 
     why: list[str] = ["cap"] * n
     texts = [""] * n
     past, step_ids, step_pos = None, ids, pos
-    cache_kw = _cache_keyword(model)
+    cache_kw = cache_kwarg(model) or "past_key_values"
     if prefix is not None and width - min(len(s) for s in seqs) <= prefix.n:
         # row r's first (padding + prefix) slots come from the recorded prefix: its cache
         # holds the prefix's first n - shift[r] tokens after shift[r] padding slots, its input
         # the rest of the row, the same slots and positions as the left-padded batch's
         shift = torch.tensor([width - len(s) for s in seqs], device=device)
-        past, cache_kw = prefix.cache(n, shift), prefix.kwarg
+        past = prefix.cache(n, shift)
         step_ids, step_pos = ids[:, prefix.n:], pos[:, prefix.n:]
     live = list(range(n))  # original rows still decoding, in the order of the batch's rows
     for _ in range(cap):

@@ -153,32 +153,36 @@ class SharedPrefix:
             kv.append((k, v))
         return cls(len(ids), kv, kw)
 
+    @classmethod
+    def shared_by(cls, model: nn.Module, seqs: Sequence[Sequence[int]], at_most: int,
+                  what: str) -> "SharedPrefix | None":
+        """The recorded leading tokens every one of ``seqs`` shares, at most ``at_most`` of them;
+        None when fewer than :data:`MIN_SHARED_TOKENS` (not worth a pass) or :meth:`record`
+        cannot serve the model."""
+        n = min(common_prefix_len(seqs), at_most)
+        return cls.record(model, seqs[0][:n], what) if n >= MIN_SHARED_TOKENS else None
+
     def cache(self, rows: int, shift: torch.Tensor | None = None):
         """A fresh cache for a batch of ``rows`` (a forward appends its tokens after it).
 
         ``shift`` [rows] (left-padded batches): row r holds the first ``n - shift[r]`` prefix
         tokens in the cache's last slots (its first ``shift[r]`` slots are padding, masked by
-        :meth:`mask`), and its input starts with the remaining ``shift[r]`` prefix tokens, so
-        the row's real tokens sit where a left-padded batch of the whole sequences puts them.
-        None: every row holds the whole prefix."""
-        from transformers import DynamicCache
-
-        c = DynamicCache()
-        for i, (k, v) in enumerate(self.kv):
-            if shift is None:
-                k, v = k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)
-            else:
-                k, v = _shifted(k, shift), _shifted(v, shift)
-            c.update(k, v, i)
-        return c
-
-    def mask(self, rows: int, shift: torch.Tensor | None = None) -> torch.Tensor:
-        """[rows, n] attention mask of the cache's slots (0 at a shifted row's padding)."""
-        device = self.kv[0][0].device
-        slot = torch.arange(self.n, device=device)[None, :].expand(rows, -1)
+        the batch's own attention mask), and its input starts with the remaining ``shift[r]``
+        prefix tokens, so the row's real tokens sit where a left-padded batch of the whole
+        sequences puts them. None: every row holds the whole prefix."""
         if shift is None:
-            return torch.ones((rows, self.n), dtype=torch.long, device=device)
-        return (slot >= shift.to(device)[:, None]).long()
+            return cache_holding([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
+                                  for k, v in self.kv])
+        return cache_holding([(_shifted(k, shift), _shifted(v, shift)) for k, v in self.kv])
+
+
+def cache_holding(kv: Sequence):
+    """A fresh transformers cache holding block i's (keys, values) ``kv[i]``; a forward given it
+    appends its own tokens after them."""
+    c = empty_cache()
+    for i, (k, v) in enumerate(kv):
+        c.update(k, v, i)
+    return c
 
 
 def _shifted(t: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

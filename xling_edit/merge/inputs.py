@@ -103,11 +103,10 @@ def materialize(model: Mapping[str, Any], cache_root: Path, seed: int,
 
 
 def _save_random(model: Mapping[str, Any], seed: int, out: Path) -> None:
-    from xling_edit.models.loading import random_model
+    from xling_edit.models.loading import random_model, save_checkpoint
 
     m, tok = random_model(dict(plain(model.get("random_init")) or {}), seed=seed)
-    m.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
+    save_checkpoint(m, tok, out)
 
 
 def _corpus_path(lang: str) -> Path:
@@ -133,6 +132,8 @@ def finetune_variant(src: Path, ft: Mapping[str, Any], out: Path) -> None:
     """Fine-tune the checkpoint in ``src`` on one language's paragraphs (full parameters,
     Adam, deterministic given the seed) and save it as an ordinary checkpoint in ``out``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from xling_edit.models.loading import save_checkpoint
 
     tok = AutoTokenizer.from_pretrained(src)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
@@ -167,5 +168,4 @@ def finetune_variant(src: Path, ft: Mapping[str, Any], out: Path) -> None:
     model.eval()
     log.info("fine-tuned on %s: loss %.3f -> %.3f over %d steps", ft["lang"], first, float(loss.detach()),
              steps)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
+    save_checkpoint(model, tok, out)

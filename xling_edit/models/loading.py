@@ -44,6 +44,15 @@ def drop_gguf_quantizer(model) -> None:
         del model.config.quantization_config
 
 
+def save_checkpoint(model, tok, out) -> None:
+    """``model`` (safetensors) and ``tok`` as an ordinary ``save_pretrained`` checkpoint in
+    ``out``; a model loaded from a GGUF file loses its (dequantised) quantizer state first."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        drop_gguf_quantizer(model)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+
+
 def load_model(cfg: Mapping[str, Any], seed: int = 0):
     """Return ``(model, tokenizer)`` in eval mode with gradients off for every parameter."""
     source = cfg["source"]
@@ -270,8 +279,7 @@ def _gguf_cache(cfg: Mapping[str, Any]) -> str:
             str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
         )
         drop_gguf_quantizer(model)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        save_checkpoint(model, tok, tmp)
 
     t0 = time.perf_counter()
     if not build_once(target, convert):  # another job converted it while we waited
