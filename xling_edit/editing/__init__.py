@@ -55,12 +55,14 @@ def method_config(cfg):
     if name not in schemas:
         raise ValueError(f"unknown method {name!r}; available: {sorted(schemas)}")
     fields = set(schemas[name].__dataclass_fields__)
-    # the method's own section and the sections its named forms read (HPARAMS_VARIANTS)
-    for source in (name, *getattr(schemas[name], "HPARAMS_VARIANTS", ())):
+    # the method's own section, and the sections its named forms read (HPARAMS_VARIANTS: the
+    # fields each reads)
+    sections = {name: fields, **{k: set(v) for k, v in getattr(schemas[name], "HPARAMS_VARIANTS", {}).items()}}
+    for source, known in sections.items():
         overrides = (cfg.model.hparams or {}).get(source) or {}
-        unknown = sorted(set(overrides) - fields)
+        unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(f"model.hparams.{source} has unknown fields {unknown}; known: {sorted(fields)}")
+            raise ValueError(f"model.hparams.{source} has unknown fields {unknown}; known: {sorted(known)}")
     resolved = OmegaConf.to_container(cfg.method, resolve=True)
     resolved.pop("module", None)  # where the method came from, not one of its settings
     return OmegaConf.merge(OmegaConf.structured(schemas[name]), resolved)

@@ -116,9 +116,11 @@ class LoraEditConfig:
         num_edits: cases per group in ``sequential`` mode.
     """
 
-    #: the model sections the named forms read (``${oc.select:model.hparams.<section>...}`` in
-    #: their YAMLs), checked for unknown fields like ``model.hparams.lora``
-    HPARAMS_VARIANTS: ClassVar[tuple] = ("lora_down", "ft_l")
+    #: the model sections the named forms read and the fields they read from them
+    #: (``${oc.select:model.hparams.<section>.<field>...}`` in their YAMLs); any other field
+    #: there is an error, as an unknown one under ``model.hparams.lora`` is
+    HPARAMS_VARIANTS: ClassVar[dict] = {"lora_down": ("layers", "steps", "lr", "loss_stop"),
+                                        "ft_l": ("layers", "steps")}
 
     name: str = "lora"
     variant: str = "published"
@@ -175,8 +177,8 @@ def adalora_delta(a: torch.Tensor, e: torch.Tensor, b: torch.Tensor, scaling: fl
                   ranknum: float, transposed: bool) -> torch.Tensor:
     """AdaLoRA's ΔW = B (A ⊙ E) · scaling / (ranknum + 1e-5) (float64; peft's SVDLinear), in the
     parameter's storage layout. ``a``: [r, in]; ``e``: [r, 1] (singular values); ``b``: [out, r]."""
-    dw = (b.double() @ (a.double() * e.double())) * (float(scaling) / (float(ranknum) + RANKNUM_EPS))
-    return dw.T if transposed else dw
+    return lora_delta(a.double() * e.double(), b, float(scaling) / (float(ranknum) + RANKNUM_EPS),
+                      transposed)
 
 
 def orthogonality_penalty(pairs) -> torch.Tensor:
@@ -188,11 +190,6 @@ def orthogonality_penalty(pairs) -> torch.Tensor:
             eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
             terms.append(torch.linalg.matrix_norm(gram - eye))
     return torch.stack(terms).mean()
-
-
-def clip_linf(delta: torch.Tensor, radius: float) -> torch.Tensor:
-    """``delta`` with every entry clipped to [−radius, radius] (the L∞ ball's projection)."""
-    return delta.clamp(min=-radius, max=radius)
 
 
 def clamp_to_ball(w: torch.Tensor, w0: torch.Tensor, radius: float) -> torch.Tensor:
@@ -334,10 +331,11 @@ class LoraEditor(Editor):
         """``method.layers``, or every block of ``model`` when it is empty."""
         return self.edit_layers or list(range(self.spec.n_layers(model)))
 
-    def _targets(self, model: nn.Module) -> dict[str, nn.Module]:
-        """{path: module} of every projection trained, in block order (a fused module once)."""
+    def _targets(self, model: nn.Module, layers: list[int]) -> dict[str, nn.Module]:
+        """{path: module} of every projection trained in ``layers``, in block order (a fused
+        module once)."""
         out = {}
-        for layer in self.layers_of(model):
+        for layer in layers:
             for t in self.hp.target:
                 path = self.module_path(layer, t)
                 try:
@@ -358,7 +356,8 @@ class LoraEditor(Editor):
         suffix = hp.target_suffix if hp.loss == "target" else ""
         enc = encode(tok, prompt, rec.target_new + suffix, request.lang["word_sep"])
         ids = torch.tensor([enc.input_ids], device=model_device(model))
-        targets = self._targets(model)
+        layers = self.layers_of(model)
+        targets = self._targets(model, layers)
         was_training = model.training
         model.eval()  # no dropout in the model; the adapters' own dropout is switched on separately
         try:
@@ -374,7 +373,7 @@ class LoraEditor(Editor):
             "method": "lora", "variant": hp.variant, "kind": hp.kind, "edit_kind": "weights",
             "loss": hp.loss,
             "deviations": {},  # the pipeline adds every field that differs from the published setup
-            "target": list(hp.target), "layers": self.layers_of(model),
+            "target": list(hp.target), "layers": layers,
             "params": [d.param for d in deltas],
             "steps": trace["steps"], "lr": hp.lr,
             "nll_before": round(trace["nll"][0], 4), "nll_after": round(trace["nll"][-1], 4),
@@ -387,8 +386,8 @@ class LoraEditor(Editor):
             "edit_s": round(time.perf_counter() - t0, 3),
         }
         if hp.kind in ADAPTER_KINDS:
-            scaling = hp.alpha / (hp.rank + RANKNUM_EPS) if hp.kind == "adalora" else hp.alpha / hp.rank
-            info.update(rank=hp.rank, alpha=hp.alpha, dropout=hp.dropout, scaling=scaling)
+            info.update(rank=hp.rank, alpha=hp.alpha, dropout=hp.dropout,
+                        scaling=_scale(next(iter(tensors["adapters"].values()))))
             if hp.kind == "adalora":
                 info["penalty_trajectory"] = [round(x, 4) for x in trace["penalty"]]
         return EditOutcome(deltas=deltas, info=info, tensors={**tensors, "encoded": enc})
@@ -498,7 +497,7 @@ class LoraEditor(Editor):
             for m in layers.values():
                 m.lora_dropout[ADAPTER].train(hp.dropout > 0)
             factors = {path: _factors(m, hp.kind) for path, m in layers.items()}
-            trained = [t for f in factors.values() for t in f["params"]]
+            trained = [f[k] for f in factors.values() for k in "AEB" if k in f]
             penalty = None
             if hp.kind == "adalora" and hp.orth_reg_weight > 0:
                 pairs = [(f["A"], f["B"]) for f in factors.values()]
@@ -509,10 +508,10 @@ class LoraEditor(Editor):
             def constrain():
                 if hp.norm_constraint is None:
                     return
-                for path, f in factors.items():  # shrink the last factor until the change fits
-                    peak = float(_merged(f, hp.kind, False).abs().max())
+                for path, f in factors.items():  # shrink the last factor (E, else B) until it fits
+                    peak = float(_merged(f, False).abs().max())
                     if peak > hp.norm_constraint:
-                        f["last"].mul_(hp.norm_constraint / peak)
+                        f.get("E", f["B"]).mul_(hp.norm_constraint / peak)
 
             def settle() -> bool:
                 for m in layers.values():
@@ -524,10 +523,10 @@ class LoraEditor(Editor):
             for path, f in factors.items():
                 w = originals[path].weight
                 with torch.no_grad():
-                    dw = _merged(f, hp.kind, is_transposed(originals[path]))
+                    dw = _merged(f, fan_in_fan_out)
                 deltas.append(WeightDelta(f"{path}.weight", dw.to(dtype=w.dtype, device=w.device)))
                 adapters[f"{path}.weight"] = {k: (v.detach().clone() if torch.is_tensor(v) else v)
-                                              for k, v in f.items() if k not in ("params", "last")}
+                                              for k, v in f.items()}
         finally:
             tuner.unload()  # puts every original module back, drops model.peft_config
         left = [n for n, m in model.named_modules() if type(m).__module__.startswith("peft.")]
@@ -537,19 +536,21 @@ class LoraEditor(Editor):
 
 
 def _factors(m: nn.Module, kind: str) -> dict:
-    """A peft layer's trained factors: A, B (and AdaLoRA's E, ranknum), the scaling, the
-    parameters to train and the one scaled down by a norm constraint."""
+    """A peft layer's trained factors: A, B (and AdaLoRA's E and ranknum) and the scaling."""
     a, b = m.lora_A[ADAPTER], m.lora_B[ADAPTER]
     if kind == "adalora":  # SVDLinear keeps its factors as bare parameters
-        e = m.lora_E[ADAPTER]
-        return {"A": a, "E": e, "B": b, "scaling": float(m.scaling[ADAPTER]),
-                "ranknum": float(m.ranknum[ADAPTER]), "params": [a, e, b], "last": e}
-    a, b = a.weight, b.weight
-    return {"A": a, "B": b, "scaling": float(m.scaling[ADAPTER]), "params": [a, b], "last": b}
+        return {"A": a, "E": m.lora_E[ADAPTER], "B": b, "scaling": float(m.scaling[ADAPTER]),
+                "ranknum": float(m.ranknum[ADAPTER])}
+    return {"A": a.weight, "B": b.weight, "scaling": float(m.scaling[ADAPTER])}
 
 
-def _merged(f: dict, kind: str, transposed: bool) -> torch.Tensor:
+def _scale(f: dict) -> float:
+    """The factor the adapter's product is multiplied by (AdaLoRA: scaling / (ranknum + 1e-5))."""
+    return f["scaling"] / (f["ranknum"] + RANKNUM_EPS) if "E" in f else f["scaling"]
+
+
+def _merged(f: dict, transposed: bool) -> torch.Tensor:
     """The dense change (float64) of one adapter's factors (:func:`_factors`)."""
-    if kind == "adalora":
+    if "E" in f:
         return adalora_delta(f["A"], f["E"], f["B"], f["scaling"], f["ranknum"], transposed)
     return lora_delta(f["A"], f["B"], f["scaling"], transposed)
