@@ -24,26 +24,21 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from xling_edit.aggregate import ok_lines, value_of  # noqa: E402
+from xling_edit.report.load import load_run  # noqa: E402
+from xling_edit.report.maths import PHASES  # noqa: E402
+
 #: reference column -> this project's metric key (EasyEdit's protocol)
 METRICS = {"reliability": "reliability.token_acc", "generalization": "generalization.token_acc",
            "locality": "locality.agree_token", "portability": "portability.token_acc"}
-PHASES = ("pre", "post")
 #: two scores "agree" case by case when they differ by at most this
 SAME = 1e-6
-
-
-def _num(value) -> float | None:
-    if value is None or value == "":
-        return None
-    x = float(value)
-    return None if math.isnan(x) else x
 
 
 def read_reference(path: Path) -> dict[tuple[str, str, str], dict[str, float | None]]:
@@ -52,26 +47,20 @@ def read_reference(path: Path) -> dict[tuple[str, str, str], dict[str, float | N
     with open(path, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             key = (str(row["case_id"]), row["eval_lang"], row["phase"])
-            out[key] = {m: _num(row.get(m)) for m in METRICS}
+            out[key] = {m: value_of(row.get(m)) for m in METRICS}
     return out
 
 
-def read_job(job: Path) -> dict[tuple[str, str, str], dict[str, float | None]]:
-    """The same structure from a job directory's ``results.jsonl`` (lines with status ok)."""
-    from xling_edit.report.maths import upgrade_line
-
+def job_scores(lines) -> dict[tuple[str, str, str], dict[str, float | None]]:
+    """The same structure from a job's results lines (:func:`xling_edit.report.load.load_run`;
+    lines with status ok)."""
     out = {}
-    for text in (job / "results.jsonl").read_text(encoding="utf-8").splitlines():
-        if not text.strip():
-            continue
-        line = upgrade_line(json.loads(text))
-        if line.get("status") != "ok":
-            continue
+    for line in ok_lines(lines):
         for phase in PHASES:
             scores = line.get(phase)
             if isinstance(scores, dict):
                 out[(str(line["case_id"]), line["eval_lang"], phase)] = {
-                    m: _num(scores.get(key)) for m, key in METRICS.items()}
+                    m: value_of(scores.get(key)) for m, key in METRICS.items()}
     return out
 
 
@@ -129,7 +118,8 @@ def main(argv=None) -> int:
         ap.error(f"{args.job}: no results.jsonl (not a job directory?)")
     if not args.reference.is_file():
         ap.error(f"--reference {args.reference}: no such file")
-    ours, ref = read_job(args.job), read_reference(args.reference)
+    run = load_run(args.job)
+    ours, ref = job_scores(run.lines), read_reference(args.reference)
     cases = sorted({k[0] for k in ours} & {k[0] for k in ref})
     if not cases:
         ap.error(f"{args.job} and {args.reference} share no case")
@@ -139,8 +129,8 @@ def main(argv=None) -> int:
     post = [c for c in cells if c["phase"] == "post"]
     print(f"post-edit means within {args.tolerance}: {sum(c['within_tolerance'] for c in post)} of {len(post)}")
     info = {}
-    if (args.job / "run_info.json").is_file():
-        run_info = json.loads((args.job / "run_info.json").read_text(encoding="utf-8"))
+    if run.info:
+        run_info = run.info
         cfg = run_info.get("config") or {}
         info = {"method": cfg.get("method"), "model": (cfg.get("model") or {}).get("name"),
                 "setup_deviations": run_info.get("setup_deviations"),
