@@ -73,7 +73,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Tuple
 
-from xling_edit.evaluation.matching import Morphology, morphology
+from xling_edit.evaluation.matching import _NUKTAS, Morphology, morphology
 
 _WORD = re.compile(r"[^\s.,;:!?¿¡\"'“”‘’«»()\[\]{}।॥—–-]+")
 
@@ -182,8 +182,7 @@ def _boundary_ok(prompt: str, subject: str, start: int, end: int, rules: Rules) 
             return True
         last = _WORD.findall(subject)[-1]
         begin = max(word.start(), end - len(last))
-        stem, whole = prompt[begin:end], prompt[begin:word.end()]
-        return _inflection(_fold(stem), _fold(whole), _script(whole), rules) is not None
+        return _inflects(prompt[begin:end], prompt[begin:word.end()], rules) is not None
     return True
 
 
@@ -211,7 +210,7 @@ def _verbatim(prompt: str, subject: str, rules: Rules) -> SubjectMatch | None:
             return SubjectMatch(i, i + len(subject), "exact", 1.0, subject)
         i = prompt.find(subject, i + 1)
     norm_prompt, back = _normalized_with_map(prompt)
-    norm_subject = _normalized_with_map(subject)[0]
+    norm_subject = "".join(map(_decomposed, subject))
     n = len(norm_subject)
     j = norm_prompt.find(norm_subject)
     while j >= 0:
@@ -250,7 +249,7 @@ def _script(word: str) -> str:
 # the languages' parsed suffixes read them) and Devanagari candrabindu read as anusvara; the
 # Tamil aytham that marks a foreign sound (ஃப = f) dropped; zero-width (non-)joiners dropped
 # (Kannada ಲಂಡನ್‌ನಲ್ಲಿ): spellings of one name vary in these.
-_MARK_FOLD = {**dict.fromkeys("\u093c\u09bc\u0a3c\u0abc\u0b3c\u0cbc\u0c3c", ""),
+_MARK_FOLD = {**dict.fromkeys(_NUKTAS, ""),
               "\u0901": "\u0902", "\u0b83": "", "\u200c": "", "\u200d": ""}
 _ORDINAL = re.compile(r"(\d+)(?:st|nd|rd|th|er|re|e|°|º|ª|o|a)")  # 1st, 1er, 1°, 2nd, 3a
 
@@ -264,7 +263,7 @@ def _fold_with_map(text: str) -> tuple[str, list[int]]:
         script = _char_script(n[:1])
         if script == "LATIN" or (not script and unicodedata.combining(n[:1])
                                  and i and _char_script(text[i - 1]) == "LATIN"):
-            n = "".join(c for c in unicodedata.normalize("NFD", n) if not unicodedata.combining(c))
+            n = "".join(c for c in n if not unicodedata.combining(c))  # n is NFKD already
         elif len(n) == 1 and n.isdecimal():
             n = str(unicodedata.decimal(n))
         n = "".join(_MARK_FOLD.get(c, c) for c in n)
@@ -420,8 +419,12 @@ def inflection_stem(subject_word: str, prompt_word: str,
                     lang: "str | Morphology | None" = None) -> int | None:
     """Length of the stem of the folded ``prompt_word`` when it inflects ``subject_word``
     (``lang``: as in :func:`find_subject`)."""
-    return _inflection(_fold(subject_word), _fold(prompt_word), _script(prompt_word),
-                       language_rules(lang))
+    return _inflects(subject_word, prompt_word, language_rules(lang))
+
+
+def _inflects(subject_word: str, prompt_word: str, rules: Rules) -> int | None:
+    """:func:`_inflection` of the two words folded, in the prompt word's script."""
+    return _inflection(_fold(subject_word), _fold(prompt_word), _script(prompt_word), rules)
 
 
 def _is_mark(ch: str) -> bool:
