@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from xling_edit.editing.base import EditRequest, SkipCase, applied
-from xling_edit.editing.localize import find_subject
 from xling_edit.editing.reference import line_deviations
+from xling_edit.editing.value import locate_subject
 from xling_edit.evaluation import answers as gen_eval
 from xling_edit.evaluation import scorers
 from xling_edit.evaluation.evaluate import build_rows, lang_metrics, score_rows
@@ -173,11 +173,10 @@ def run_group(cases, ctx: Ctx, common: dict) -> list[dict]:
     elif ctx.mode == "batch":
         ok = []
         for ev in live:  # a case whose subject cannot be found is skipped, not the whole batch
-            rec = reqs[id(ev)][0].record
-            if find_subject(rec.prompt, rec.subject, ed.hp.subject_match_threshold,
-                            lang=str(reqs[id(ev)][0].lang["code"]),
-                            fallback=ed.hp.subject_fallback) is None:
-                fail([ev], SkipCase(f"subject {rec.subject!r} not found in prompt {rec.prompt!r}"))
+            try:
+                locate_subject(reqs[id(ev)][0], ed.hp.subject_match_threshold, ed.hp.subject_fallback)
+            except SkipCase as exc:
+                fail([ev], exc)
             else:
                 ok.append(ev)
         if ok:

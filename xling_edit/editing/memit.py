@@ -31,11 +31,10 @@ from xling_edit.editing.base import (
 )
 from xling_edit.config import schema_from_mapping
 from xling_edit.editing.context import PrefixedEditor
-from xling_edit.editing.localize import check_fallback
 from xling_edit.editing.reference import WIKIPEDIA_100K, Published, published_deviations
 from xling_edit.editing.value import (
     EditMethodConfig,
-    Prepared, average_keys, check_v_init, optimise_values, prepare, probe_at_subject,
+    Prepared, average_keys, optimise_values, prepare, probe_at_subject,
     value_options,
 )
 from xling_edit.evaluation.forward import model_device
@@ -186,8 +185,6 @@ class MemitEditor(PrefixedEditor):
         self.hp = schema_from_mapping(self.schema, hparams)
         if not self.hp.layers:
             raise ValueError("method.layers must name at least one layer")
-        check_v_init(self.hp.v_init)  # an unknown v_init fails here, before any case
-        check_fallback(self.hp.subject_fallback)
         Editor.__init__(self, hparams, spec, seed, covariance, covariance_label)
 
     @property

@@ -25,10 +25,9 @@ from xling_edit.editing.base import EditOutcome, EditRequest, WeightDelta, regis
 from xling_edit.config import schema_from_mapping
 from xling_edit.editing.reference import WIKIPEDIA_100K, Published, published_deviations
 from xling_edit.editing.context import PrefixedEditor
-from xling_edit.editing.localize import check_fallback
 from xling_edit.editing.value import (
     EditMethodConfig,
-    average_keys, check_v_init, optimise_value, prepare, value_options,
+    average_keys, optimise_value, prepare, value_options,
 )
 from xling_edit.evaluation.forward import model_device
 from xling_edit.models.spec import ModelSpec, is_transposed, weight_as_out_in
@@ -98,8 +97,6 @@ class RomeEditor(PrefixedEditor):
                  covariance_label: str | None = None):
         super().__init__(hparams, spec, seed, covariance, covariance_label)
         self.hp = schema_from_mapping(RomeConfig, hparams)
-        check_v_init(self.hp.v_init)  # an unknown v_init fails here, before any case
-        check_fallback(self.hp.subject_fallback)
 
     @property
     def edit_layers(self) -> list[int]:

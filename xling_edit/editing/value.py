@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 
 from xling_edit.editing.base import EditRequest, SkipCase
-from xling_edit.editing.localize import DEFAULT_FALLBACK, SubjectMatch, find_subject
+from xling_edit.editing.localize import DEFAULT_FALLBACK, SubjectMatch, check_fallback, find_subject
 from xling_edit.evaluation.forward import (
     _StopForward, capture_output, full_logits_at, logits_at, pad_right, skip_below,
 )
@@ -141,6 +141,10 @@ class EditMethodConfig:
     heldout: int = 0
     v_init: str = "zero"
 
+    def __post_init__(self):  # an unknown value fails when the editor is built, before any case
+        check_v_init(self.v_init)
+        check_fallback(self.subject_fallback)
+
 
 @dataclass
 class Prepared:
@@ -163,15 +167,24 @@ class Prepared:
         return len(self.encs)
 
 
+def locate_subject(request: EditRequest, threshold: float,
+                   fallback: str = DEFAULT_FALLBACK) -> SubjectMatch:
+    """Where ``request``'s subject sits in its prompt (:func:`find_subject` in the request's
+    language); :class:`SkipCase` when it cannot be found."""
+    rec = request.record
+    match = find_subject(rec.prompt, rec.subject, threshold, lang=str(request.lang["code"]),
+                         fallback=fallback)
+    if match is None:
+        raise SkipCase(f"subject {rec.subject!r} not found in prompt {rec.prompt!r}")
+    return match
+
+
 def prepare(tok, request: EditRequest, prefixes: list[str], threshold: float, device,
             fallback: str = DEFAULT_FALLBACK) -> Prepared:
     """``request`` tokenised for editing; ``threshold`` and ``fallback``: subject localisation
     (``subject_match_threshold``, ``subject_fallback``)."""
     rec, lang = request.record, request.lang
-    match = find_subject(rec.prompt, rec.subject, threshold, lang=str(lang["code"]),
-                         fallback=fallback)
-    if match is None:
-        raise SkipCase(f"subject {rec.subject!r} not found in prompt {rec.prompt!r}")
+    match = locate_subject(request, threshold, fallback)
     prompt = rec.prompt + request.answer_prefix
     encs, subj = [], []
     for pre in prefixes:
