@@ -224,7 +224,6 @@ def export_model(ctx: Ctx, deltas: list, group: int) -> None:
     from xling_edit.models.loading import save_checkpoint
 
     target = Path(ctx.export_dir) / f"group{group}"
-    target.parent.mkdir(parents=True, exist_ok=True)
     with applied(ctx.model, deltas):  # written beside, renamed into place
         build_once(target, lambda tmp: save_checkpoint(ctx.model, ctx.tok, tmp), reuse=False)
     log.info("exported the model with %d edit(s) applied to %s", len(deltas), target)

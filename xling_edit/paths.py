@@ -30,7 +30,9 @@ from xling_edit.errors import ConfigError
 #: environment variable giving the default ``output_root``
 OUTPUT_ROOT_ENV = "XLING_EDIT_OUTPUTS"
 #: what to change when an output directory is unusable
-WHERE_ELSE = f"choose another: output_root=<dir> (or ${OUTPUT_ROOT_ENV}), hydra.run.dir=<dir>"
+def where_else(key: str = "hydra.run.dir") -> str:
+    """What to change when an output directory is unusable (``key``: the directory's setting)."""
+    return f"choose another: output_root=<dir> (or ${OUTPUT_ROOT_ENV}), {key}=<dir>"
 
 
 def project_path(path: Any) -> str:
@@ -50,12 +52,8 @@ def output_root(cfg) -> Path:
 def resume_roots(cfg) -> list[Path]:
     """Where ``resume=true`` looks: each of ``cfg.resume_roots``, relative ones under
     :func:`output_root`."""
-    root = output_root(cfg)
-    out = []
-    for r in cfg.resume_roots:
-        p = Path(os.path.expanduser(str(r)))
-        out.append(p if p.is_absolute() else root / p)
-    return out
+    root = output_root(cfg)  # joining an absolute path gives that path
+    return [root / Path(os.path.expanduser(str(r))) for r in cfg.resume_roots]
 
 
 def unwritable(path: Path | str) -> str | None:
@@ -85,7 +83,7 @@ def ensure_output_dir(path: Path | str) -> Path:
         except OSError as exc:
             why = exc.strerror or type(exc).__name__
     if why is not None:
-        raise ConfigError(f"output directory {path}: cannot write there ({why}); {WHERE_ELSE}")
+        raise ConfigError(f"output directory {path}: cannot write there ({why}); {where_else()}")
     return path
 
 
@@ -110,7 +108,7 @@ def check_hydra_dir(config, key: str) -> None:
     why = unwritable(path)
     if why is None:
         return
-    message = f"{key}={path}: cannot write there ({why}); {WHERE_ELSE.replace('hydra.run.dir', key)}"
+    message = f"{key}={path}: cannot write there ({why}); {where_else(key)}"
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise ConfigError(message)
     print(f"error: {message}", file=sys.stderr, flush=True)

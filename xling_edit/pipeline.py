@@ -226,8 +226,9 @@ def _build(ri: runner.RankInfo, cfg: DictConfig, s: Setup) -> Built:
         if mcfg.get("use_covariance") else None
     editor = build_editor(mcfg.name, hparams=mcfg, spec=s.spec, seed=cfg.seed, covariance=cov,
                           covariance_label=cov.label if cov else "identity")
-    capabilities(mcfg.name).check_mode(s.mode, s.group_size)
-    editor.use_dataset(ds.cases, _heldout_cases(cfg, s, ds) if capabilities(mcfg.name).uses_dataset else ())
+    caps = capabilities(mcfg.name)
+    caps.check_mode(s.mode, s.group_size)
+    editor.use_dataset(ds.cases, _heldout_cases(cfg, s, ds) if caps.uses_dataset else ())
     if cov is not None and ri.world > 1:
         with ri.zero_first():  # rank zero computes and caches; the others load
             cov.prefetch(list(editor.edit_layers))

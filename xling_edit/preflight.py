@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from xling_edit.errors import ConfigError, UserError
+from xling_edit.jobdir import JOB_FILE
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,12 @@ def _check(cfg: DictConfig) -> dict[str, Any]:
 
     ds = load_dataset(cfg.data, eval_langs, project_root=PROJECT_ROOT, report=False)
 
+    checked = False
     if cfg.merge.name != "none":
         from xling_edit.merge.api import check_merge
 
         check_merge(cfg.merge)
-    checked = False
-    if cfg.merge.name == "none":
+    else:
         from xling_edit.models.loading import model_skeleton
         from xling_edit.models.spec import ModelSpec
 
@@ -226,10 +227,10 @@ def foreign_job_dir(argv) -> str | None:
            for a in argv):
         return None
     dirs = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
-    if not dirs or not (Path(dirs[-1]) / "job.json").is_file():
+    if not dirs or not (Path(dirs[-1]) / JOB_FILE).is_file():
         return None
     try:
-        old = json.loads((Path(dirs[-1]) / "job.json").read_text()).get("fingerprint")
+        old = json.loads((Path(dirs[-1]) / JOB_FILE).read_text()).get("fingerprint")
         from xling_edit import api, resume
 
         fp = resume.fingerprint(api.compose([a for a in argv if not a.startswith(("hydra.", "-"))]))

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -146,8 +147,6 @@ def case_counts(lines, edit_code, eval_langs, mode):
 def outcome_line(counts: Mapping, failures: Sequence[Mapping], top: int = 3) -> str:
     """One line saying what happened to the cases: how many were edited, skipped and failed,
     with the most common reasons (quoted names folded, so one reason counts once)."""
-    import re
-
     n = sum(counts.values())
     parts = [f"{counts.get('ok', 0)} edited"]
     for status in ("skipped", "failed"):

@@ -48,6 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xling_edit.evaluation.evaluate import METRIC_PROTOCOLS
 from xling_edit.aggregate import ScopeMeans
+from xling_edit.jobdir import RUN_INFO, SUMMARY
 from xling_edit.languages import ALL_LANGUAGES, is_elfi
 from xling_edit.loggers.base import RunLogger
 from xling_edit.paths import output_root, project_path
@@ -328,7 +329,7 @@ class WandbLogger(RunLogger):
         run.log(payload)
         art = wandb.Artifact(f"results-{run.id}", type="results",
                              description="results.jsonl, summary.csv and run_info.json of the job")
-        for name in (RESULTS, "summary.csv", "run_info.json"):
+        for name in (RESULTS, SUMMARY, RUN_INFO):
             if (out_dir / name).is_file():
                 art.add_file(str(out_dir / name), name=name)
         run.log_artifact(art)
@@ -376,7 +377,6 @@ class WandbLogger(RunLogger):
                 pass
 
 
-#: the per-case answers table's columns (one row per case, language and prompt)
 def stable_run_id(out_dir: Path) -> str:
     """The W&B run id of a job directory: the same whenever the job runs (a resume continues
     the run), different for every other directory."""
@@ -415,6 +415,7 @@ def case_table_rows(lines: Sequence[Mapping]) -> list[list]:
     return rows
 
 
+#: the per-case answers table's columns (one row per case, language and prompt)
 ANSWER_COLUMNS = ["case_id", "edit_lang", "eval_lang", "metric", "index", "prompt", "target",
                   "pre", "pre_rung", "post", "post_rung", "post_script"]
 
