@@ -228,7 +228,7 @@ def _build(ri: runner.RankInfo, cfg: DictConfig, s: Setup) -> Built:
                           covariance_label=cov.label if cov else "identity")
     caps = capabilities(mcfg.name)
     caps.check_mode(s.mode, s.group_size)
-    editor.use_dataset(ds.cases, _heldout_cases(cfg, s, ds) if caps.uses_dataset else ())
+    editor.use_dataset(ds.cases, ds.unselected if caps.uses_dataset else ())
     if cov is not None and ri.world > 1:
         with ri.zero_first():  # rank zero computes and caches; the others load
             cov.prefetch(list(editor.edit_layers))
@@ -256,15 +256,6 @@ def _build(ri: runner.RankInfo, cfg: DictConfig, s: Setup) -> Built:
               "variant": str(mcfg.get("variant", "published")),
               "edit_lang": ALL_LANGUAGES if s.mode == "all_languages" else s.edit_code}
     return Built(model_cfg, ds, cov, editor, ctx, pre_cache, common, t_loaded)
-
-
-def _heldout_cases(cfg: DictConfig, s: Setup, ds) -> list:
-    """The dataset's cases outside the run's selection (``data.max_cases`` / ``case_ids``): what
-    a method may learn from (IKE's demonstrations) without touching an evaluated case."""
-    full = load_dataset(OmegaConf.merge(cfg.data, {"max_cases": None, "case_ids": None}),
-                        s.eval_langs, project_root=PROJECT_ROOT, report=False)
-    evaluated = {c.case_id for c in ds.cases}
-    return [c for c in full.cases if c.case_id not in evaluated]
 
 
 @dataclass

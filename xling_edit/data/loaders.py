@@ -59,6 +59,9 @@ class LoadedDataset:
     notes: list[str] = field(default_factory=list)
     # records left out under on_invalid=skip: {file, case, field, problem}
     invalid: list[dict] = field(default_factory=list)
+    # the valid cases the selection (data.case_ids / max_cases) left out, in file order: what a
+    # method may learn from without touching an evaluated case (IKE's demonstrations)
+    unselected: list[EditCase] = field(default_factory=list)
 
     def count_missing(self, langs: Iterable[str]) -> None:
         self.missing = Counter()
@@ -297,6 +300,7 @@ def load_dataset(cfg: Mapping[str, Any], langs: Sequence[str],
     if not ds.cases:
         raise DataError(name, None, "<dataset>", f"no valid cases ({len(ds.invalid)} invalid record(s) "
                         f"skipped; first: {ds.invalid[0] if ds.invalid else None})")
+    every = list(ds.cases)
     ids = cfg.get("case_ids")
     if ids:
         wanted = [str(i) for i in ids]
@@ -312,6 +316,9 @@ def load_dataset(cfg: Mapping[str, Any], langs: Sequence[str],
         if max_cases < 1:
             raise ConfigError(f"data.max_cases must be >= 1 (null keeps every case), got {max_cases}")
         ds.cases = ds.cases[: int(max_cases)]
+    selected = {c.case_id for c in ds.cases}
+    ds.unselected = [c for c in every if c.case_id not in selected]
+    nfc_cases(ds.unselected)
     changed = nfc_cases(ds.cases)
     if changed:
         note = (f"{changed} text field(s) were not in Unicode NFC and were normalised (a subject "
