@@ -129,14 +129,12 @@ def matcher(module):
 
 
 def fixture(old, new, data: Path, out) -> None:
-    sys.path.insert(0, str(ROOT / "tests" / "unit"))
     from test_localize import fixture_cases, scores  # the test's own scoring
+    from test_localize_yaml import cases as bn_mr_cases
 
     register_new_languages()
-    inline = json.loads((ROOT / INLINE_FIXTURE).read_text(encoding="utf-8"))["records"]
     sets = [("tests/fixtures/localize_bmike53.json", fixture_cases(data)),
-            (f"{INLINE_FIXTURE} (bn, mr: rules from their YAML)",
-             [(r["lang"], r["prompt"], r["subject"], r["src"], i) for i, r in enumerate(inline)])]
+            (f"{INLINE_FIXTURE} (bn, mr: rules from their YAML)", bn_mr_cases())]
     print("\nHand-labelled fixtures, precision and recall per language:", file=out)
     for name, cases in sets:
         got = {label: scores(cases, m) for label, m in (("old", matcher(old)),
@@ -211,13 +209,10 @@ def _cell(s: dict) -> dict:
 
 def fallback_fixtures(data: Path) -> dict:
     """{fixture: {setting: {lang | "all": scores}}} on both hand-labelled fixtures."""
-    sys.path.insert(0, str(ROOT / "tests" / "unit"))
     from test_localize import fixture_cases, scores
+    from test_localize_yaml import cases as bn_mr_cases
 
-    inline = json.loads((ROOT / INLINE_FIXTURE).read_text(encoding="utf-8"))["records"]
-    sets = {"tests/fixtures/localize_bmike53.json": fixture_cases(data),
-            INLINE_FIXTURE: [(r["lang"], r["prompt"], r["subject"], r["src"], i)
-                             for i, r in enumerate(inline)]}
+    sets = {"tests/fixtures/localize_bmike53.json": fixture_cases(data), INLINE_FIXTURE: bn_mr_cases()}
     out = {}
     for name, cases in sets.items():
         out[name] = {}
@@ -234,13 +229,11 @@ def fallback_negatives(data: Path, shifts=(1, 7, 31, 101)) -> dict:
     other bn/mr records' prompts that do not name it (as tests/unit/test_localize_yaml.py)."""
     matchers = {setting: setting_matcher(setting) for setting in FALLBACK_SETTINGS}
     out = {setting: {} for setting in FALLBACK_SETTINGS}
+    from test_localize_yaml import negative_pairs as bn_mr_pairs
+
     pairs = negative_pairs(data, shifts)  # lang -> [(prompt, subject)]
-    records = json.loads((ROOT / INLINE_FIXTURE).read_text(encoding="utf-8"))["records"]
-    for r in records:
-        for o in records:
-            if o["lang"] == r["lang"] and o["subject"] != r["subject"] \
-                    and r["subject"] not in o["prompt"]:
-                pairs[r["lang"]].append((o["prompt"], r["subject"]))
+    for prompt, subject, lang in bn_mr_pairs():
+        pairs[lang].append((prompt, subject))
     for setting, m in matchers.items():
         for lang, ps in pairs.items():
             out[setting][lang] = [sum(m(p, s, lang) is not None for p, s in ps), len(ps)]
@@ -316,6 +309,7 @@ def main() -> None:
                     help="where --fallbacks writes its measurements")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests" / "unit"))  # the tests' own fixtures and scoring
     if args.fallbacks:
         fallback_report(args.data, args.json, sys.stdout)
         return
